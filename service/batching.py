@@ -1,0 +1,254 @@
+"""Micro-batching: one thread owns each model's forward pass.
+
+Async handlers put a request on a bounded queue and await a future; the model
+thread drains whatever queries are waiting (up to ``max_batch``), encodes them in
+one forward pass, and hands searches to a small FAISS pool so the next encode can
+start while the previous batch is searched. Bulk encodes (ingest, evaluate,
+catch-up) go through the same thread in chunks, with queries served between
+chunks. A full queue raises ``Overloaded`` (HTTP 429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from index.encoder import Encoder
+
+log = logging.getLogger("strop.batching")
+
+SearchFn = Callable[[np.ndarray], Any]  # receives the (nq, dim) query block, returns per-query results
+
+
+class Overloaded(Exception):
+    def __init__(self, retry_after: float):
+        super().__init__("encode queue is full")
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Query:
+    text: str
+    done: Callable[[Any, BaseException | None], None]
+    group: Any = None  # requests with the same group key are searched together
+    search: Callable[[np.ndarray], list[Any]] | None = None  # batch search for the group
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Bulk:
+    texts: Sequence[str]
+    future: cf.Future
+
+
+class EncodeBatcher:
+    def __init__(
+        self,
+        encoder: Encoder,
+        max_batch: int = 32,
+        queue_size: int = 512,
+        search_pool: cf.Executor | None = None,
+        observe: Callable[[int, float], None] | None = None,
+    ):
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self._queries: queue.Queue[_Query] = queue.Queue(maxsize=queue_size)
+        self._bulk: queue.Queue[_Bulk | None] = queue.Queue(maxsize=max(16, queue_size // 8))
+        self._search_pool = search_pool
+        self._observe = observe
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._avg_batch_s = 0.05
+        self._thread = threading.Thread(target=self._run, name=f"encode:{encoder.name}", daemon=True)
+        self._thread.start()
+
+    # -- public, async ------------------------------------------------------------------
+    async def encode_query(self, text: str) -> np.ndarray:
+        return await self._submit(_Query(text, _noop))
+
+    async def search(self, text: str, group: Any, search: Callable[[np.ndarray], list[Any]]) -> Any:
+        """Encode ``text`` and run ``search`` over the batch of queries sharing ``group``."""
+        return await self._submit(_Query(text, _noop, group, search))
+
+    async def _submit(self, q: _Query) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def done(value: Any, exc: BaseException | None) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(value)
+
+            loop.call_soon_threadsafe(settle)
+
+        q.done = done
+        self._put_query(q)
+        return await fut
+
+    def _put_query(self, q: _Query) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("encoder is shutting down")
+        try:
+            self._queries.put_nowait(q)
+        except queue.Full:
+            raise Overloaded(self.retry_after()) from None
+        self._wake.set()
+
+    async def encode_bulk(self, texts: Sequence[str]) -> np.ndarray:
+        return await asyncio.wrap_future(self.submit_bulk(texts))
+
+    # -- public, sync (from worker threads) ---------------------------------------------
+    def submit_bulk(self, texts: Sequence[str]) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        if self._stop.is_set():
+            raise RuntimeError("encoder is shutting down")
+        try:
+            self._bulk.put_nowait(_Bulk(list(texts), fut))
+        except queue.Full:
+            raise Overloaded(self.retry_after()) from None
+        self._wake.set()
+        return fut
+
+    def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """Blocking bulk encode through the model thread (call from a worker thread, never the loop)."""
+        if not texts:
+            return np.empty((0, self.encoder.dim), np.float32)
+        while True:
+            try:
+                return self.submit_bulk(texts).result()
+            except Overloaded as e:
+                time.sleep(min(e.retry_after, 1.0))
+
+    def retry_after(self) -> float:
+        return max(1.0, round(self._queries.qsize() / max(self.max_batch, 1) * self._avg_batch_s, 1))
+
+    @property
+    def depth(self) -> int:
+        return self._queries.qsize()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- the model thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        bulk: _Bulk | None = None
+        bulk_pos = 0
+        bulk_out: np.ndarray | None = None
+        bulk_order: np.ndarray | None = None
+        while True:
+            batch = self._drain_queries()
+            if batch:
+                self._serve_queries(batch)
+                continue
+            if bulk is None:
+                try:
+                    bulk = self._bulk.get_nowait()
+                except queue.Empty:
+                    bulk = None
+                if bulk is not None:
+                    if bulk.future.set_running_or_notify_cancel() is False:
+                        bulk = None
+                        continue
+                    bulk_pos = 0
+                    bulk_order = np.argsort([-len(t) for t in bulk.texts], kind="stable")
+                    bulk_out = np.empty((len(bulk.texts), self.encoder.dim), np.float32)
+            if bulk is not None:
+                assert bulk_order is not None and bulk_out is not None
+                # a chunk of the length-sorted bulk request, then look at queries again
+                idx = bulk_order[bulk_pos : bulk_pos + self.max_batch * 4]
+                try:
+                    vecs = self.encoder.encode([bulk.texts[i] for i in idx], batch_size=self.max_batch).vectors
+                    bulk_out[idx] = vecs
+                    bulk_pos += len(idx)
+                    if bulk_pos >= len(bulk.texts):
+                        bulk.future.set_result(bulk_out)
+                        bulk = None
+                except BaseException as e:  # noqa: BLE001 - report to the waiter
+                    bulk.future.set_exception(e)
+                    bulk = None
+                continue
+            if self._stop.is_set():
+                self._fail_pending()
+                return
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def _drain_queries(self) -> list[_Query]:
+        out: list[_Query] = []
+        while len(out) < self.max_batch:
+            try:
+                out.append(self._queries.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def _serve_queries(self, batch: list[_Query]) -> None:
+        t0 = time.perf_counter()
+        try:
+            vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch).vectors
+        except BaseException as e:  # noqa: BLE001
+            for q in batch:
+                q.done(None, e)
+            return
+        dt = time.perf_counter() - t0
+        self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * dt
+        if self._observe:
+            self._observe(len(batch), dt)
+        groups: dict[Any, list[int]] = {}
+        for i, q in enumerate(batch):
+            if q.search is None:
+                q.done(vecs[i], None)
+            else:
+                groups.setdefault(q.group if q.group is not None else ("solo", i), []).append(i)
+        for members in groups.values():
+            qs = [batch[i] for i in members]
+            block = vecs[members]
+            if self._search_pool is not None:
+                self._search_pool.submit(_run_search, qs, block)
+            else:
+                _run_search(qs, block)
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                self._queries.get_nowait().done(None, RuntimeError("encoder closed"))
+            except queue.Empty:
+                break
+        while True:
+            try:
+                b = self._bulk.get_nowait()
+            except queue.Empty:
+                break
+            if b is not None and not b.future.done():
+                b.future.set_exception(RuntimeError("encoder closed"))
+
+
+def _run_search(qs: list[_Query], block: np.ndarray) -> None:
+    search = qs[0].search
+    assert search is not None
+    try:
+        results = search(block)
+    except BaseException as e:  # noqa: BLE001
+        for q in qs:
+            q.done(None, e)
+        return
+    for q, r in zip(qs, results, strict=True):
+        q.done(r, None)
+
+
+def _noop(value: Any, exc: BaseException | None) -> None:  # replaced in _submit
+    pass

@@ -1,0 +1,39 @@
+"""Annotated dependency aliases, so route functions stay short."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from index.store import DocumentStore
+from service.manager import CollectionManager, CollectionState
+from service.security import require
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_manager(request: Request) -> CollectionManager:
+    return request.app.state.manager
+
+
+def get_store(request: Request) -> DocumentStore:
+    return request.app.state.store
+
+
+def get_collection(name: str, request: Request) -> CollectionState:
+    """The collection named in the path (404 if unknown)."""
+    return request.app.state.manager.state(name)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[CollectionManager, Depends(get_manager)]
+StoreDep = Annotated[DocumentStore, Depends(get_store)]
+CollectionDep = Annotated[CollectionState, Depends(get_collection)]
+
+Read = Depends(require("read"))
+Write = Depends(require("write"))
+Admin = Depends(require("admin"))

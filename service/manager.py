@@ -1,0 +1,342 @@
+"""Collections as the API process serves them: one active version each, swapped by reference.
+
+All methods here are blocking (SQLite, FAISS, file I/O) and run in worker
+threads; handlers reach them through ``anyio.to_thread`` and encoders through
+their batchers. Per collection, a write lock orders writes against activation:
+a write encodes with the version it will be indexed in, and an activation
+replays every write after its catch-up before swapping, so no acknowledged
+document is missing after a swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.collection import (
+    ServedVersion,
+    apply_changes,
+    build_version,
+    catch_up,
+    doc_text,
+    encoder_source,
+    load_index,
+)
+from index.faiss_index import IndexSpec
+from index.live import LiveIndex
+from index.store import CollectionRecord, Conflict, Document, DocumentStore, NotFound
+from index.versions import VersionStore, new_version_id
+from service.models import LoadedModel, ModelRegistry
+
+log = logging.getLogger("strop.manager")
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MODALITIES = ("text", "code", "image")
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-63 characters from a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit"
+        )
+
+
+@dataclass
+class Served:
+    version: ServedVersion
+    model: LoadedModel
+
+    @property
+    def id(self) -> str:
+        return self.version.id
+
+    @property
+    def live(self) -> LiveIndex:
+        return self.version.live
+
+
+@dataclass
+class CollectionState:
+    record: CollectionRecord
+    vstore: VersionStore
+    served: Served
+    cursor: int
+    id_map: dict[str, int]
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    compacting: bool = False
+    active_mtime: float = 0.0
+
+
+class CollectionManager:
+    def __init__(self, store: DocumentStore, models: ModelRegistry, data_dir: Path,
+                 auto_threshold: int = 50_000, retention: int = 5,
+                 on_activate: Callable[[str, str], None] | None = None):
+        self.store = store
+        self.models = models
+        self.data_dir = Path(data_dir)
+        self.auto_threshold = auto_threshold
+        self.retention = retention
+        self.on_activate = on_activate
+        self._states: dict[str, CollectionState] = {}
+        self._lock = threading.RLock()
+        self._open_locks: dict[str, threading.Lock] = {}
+
+    # -- lookup -----------------------------------------------------------------------
+    def state(self, name: str) -> CollectionState:
+        st = self._states.get(name)
+        if st is None:
+            raise NotFound(f"collection {name!r} does not exist; create it with POST /collections")
+        return st
+
+    def names(self) -> list[str]:
+        return sorted(self._states)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open_all(self) -> None:
+        for name in self.store.list_collections():
+            try:
+                self._open(name)
+            except Exception:
+                log.exception("could not open collection %s", name)
+
+    def _open(self, name: str) -> CollectionState:
+        with self._lock:
+            lock = self._open_locks.setdefault(name, threading.Lock())
+        with lock:
+            if name in self._states:
+                return self._states[name]
+            record = self.store.get_collection(name)
+            vstore = VersionStore(self.data_dir, name).ensure()
+            vstore.clean_partials()
+            vid = vstore.active()
+            if vid is None:
+                vid = self._create_base_version(record, vstore)
+            served = self._load(record, vstore, vid)
+            cursor, id_map = catch_up(self.store, served.version, served.model.batcher.encode_sync)
+            st = CollectionState(record, vstore, served, cursor, id_map, active_mtime=vstore.active_mtime())
+            self._states[name] = st
+            return st
+
+    def _create_base_version(self, record: CollectionRecord, vstore: VersionStore) -> str:
+        model = self.models.acquire(record.encoder)
+        try:
+            vid = new_version_id(self.store.next_version_number(record.name))
+            spec = IndexSpec.from_dict(record.index_spec)
+            build_version(self.store, vstore, vid, model.batcher.encode_sync, model.encoder.dim, spec,
+                          encoder_ref=record.encoder, metrics={})
+            vstore.activate(vid)
+            return vid
+        finally:
+            self.models.release(model)
+
+    def _load(self, record: CollectionRecord, vstore: VersionStore, vid: str) -> Served:
+        manifest = vstore.verify(vid)
+        source = encoder_source(vstore, manifest)
+        model = self.models.acquire(source)
+        try:
+            if model.encoder.dim != int(manifest["dim"]):
+                raise Conflict(f"version {vid}: encoder dim {model.encoder.dim} != index dim {manifest['dim']}")
+            live = load_index(vstore, manifest)
+        except BaseException:
+            self.models.release(model)
+            raise
+        sv = ServedVersion(record.name, vid, manifest, source, live, live.spec)
+        return Served(sv, model)
+
+    def create(self, name: str, modality: str, encoder: str, index: dict[str, Any]) -> CollectionState:
+        check_name(name)
+        spec = IndexSpec.from_dict({"auto_threshold": self.auto_threshold, **index})
+        # Load the encoder first so a bad name fails before anything is stored.
+        model = self.models.acquire(encoder)
+        try:
+            self.store.create_collection(name, modality, encoder, spec.to_dict())
+            try:
+                return self._open(name)
+            except BaseException:
+                self.store.delete_collection(name)
+                VersionStore(self.data_dir, name).remove_all()
+                raise
+        finally:
+            self.models.release(model)
+
+    def delete(self, name: str) -> None:
+        st = self.state(name)
+        with st.write_lock:
+            self.store.delete_collection(name)
+            with self._lock:
+                self._states.pop(name, None)
+            st.vstore.remove_all()
+            self.models.release(st.served.model)
+
+    # -- writes -------------------------------------------------------------------------
+    def upsert(self, name: str, docs: Sequence[Document]) -> tuple[int, int]:
+        """Encode, store durably, index. Returns (upserted, truncated)."""
+        st = self.state(name)
+        with st.write_lock:
+            served = st.served
+            enc = served.model.encoder
+            texts = [doc_text(d) for d in docs]
+            truncated = enc.count_truncated(texts)
+            vecs = served.model.batcher.encode_sync(texts)
+            stored = self.store.upsert(name, docs, vectors={served.id: vecs})
+            old = [st.id_map[d.id] for d in stored if d.id in st.id_map]
+            if old:
+                served.live.remove(old)
+            served.live.add([d.rid for d in stored], vecs)
+            for d in stored:
+                st.id_map[d.id] = d.rid
+        self.maybe_compact(name)
+        return len(stored), truncated
+
+    def delete_document(self, name: str, doc_id: str) -> None:
+        st = self.state(name)
+        with st.write_lock:
+            self.store.delete(name, doc_id)
+            rid = st.id_map.pop(doc_id, None)
+            if rid is not None:
+                st.served.live.remove([rid])
+
+    # -- versions -----------------------------------------------------------------------
+    def activate(self, name: str, vid: str, write_pointer: bool = True) -> Served:
+        """Load ``vid``, catch it up with the store, swap it in; the old one keeps serving until then."""
+        st = self.state(name)
+        if st.served.id == vid:
+            if write_pointer and st.vstore.active() != vid:
+                st.vstore.activate(vid)
+            return st.served
+        new = self._load(st.record, st.vstore, vid)
+        try:
+            cursor, id_map = catch_up(self.store, new.version, new.model.batcher.encode_sync)
+            with st.write_lock:
+                # writes acknowledged since the catch-up
+                changes = self.store.changes_since(name, cursor, limit=1_000_000)
+                apply_changes(self.store, new.version, changes, id_map, new.model.batcher.encode_sync)
+                if write_pointer:
+                    st.vstore.activate(vid)
+                old = st.served
+                st.served = new
+                st.id_map = id_map
+                st.cursor = max(cursor, changes[-1].seq if changes else cursor)
+                st.active_mtime = st.vstore.active_mtime()
+        except BaseException:
+            self.models.release(new.model)
+            raise
+        self.models.release(old.model)
+        log.info("collection %s now serves %s (was %s)", name, vid, old.id)
+        if write_pointer and self.on_activate:
+            self.on_activate(name, vid)
+        self.maybe_compact(name)
+        return new
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        st = self.state(name)
+        active = st.served.id
+        out = []
+        for m in st.vstore.list():
+            out.append({
+                "id": m["id"], "created_at": m.get("created_at"), "parent": m.get("parent"),
+                "job": m.get("job"), "metrics": m.get("metrics", {}), "count": m.get("count"),
+                "encoder": m.get("encoder"), "index": m.get("index", {}).get("built_kind"),
+                "active": m["id"] == active,
+            })
+        return out
+
+    # -- sync with other processes --------------------------------------------------------
+    def poll(self) -> None:
+        """Pick up collections, versions and writes made by other processes (API replicas, trainers)."""
+        known = set(self.store.list_collections())
+        for name in known - set(self._states):
+            try:
+                self._open(name)
+            except Exception:
+                log.exception("could not open collection %s", name)
+        for name in set(self._states) - known:
+            st = self._states.pop(name, None)
+            if st is not None:
+                self.models.release(st.served.model)
+        for name, st in list(self._states.items()):
+            try:
+                self._poll_one(name, st)
+            except NotFound:
+                continue
+            except Exception:
+                log.exception("poll failed for collection %s", name)
+
+    def _poll_one(self, name: str, st: CollectionState) -> None:
+        mtime = st.vstore.active_mtime()
+        if mtime != st.active_mtime:
+            vid = st.vstore.active()
+            if vid and vid != st.served.id:
+                self.activate(name, vid, write_pointer=False)
+            st.active_mtime = mtime
+        changes = self.store.changes_since(name, st.cursor)
+        if changes:
+            with st.write_lock:
+                changes = self.store.changes_since(name, st.cursor, limit=100_000)
+                apply_changes(self.store, st.served.version, changes, st.id_map,
+                              st.served.model.batcher.encode_sync)
+                if changes:
+                    st.cursor = changes[-1].seq
+        try:
+            st.record = self.store.get_collection(name)
+        except NotFound:
+            pass
+
+    # -- compaction -----------------------------------------------------------------------
+    def maybe_compact(self, name: str) -> None:
+        st = self._states.get(name)
+        if st is None or st.compacting or not st.served.live.needs_compaction():
+            return
+        st.compacting = True
+        threading.Thread(target=self._compact, args=(name, st), name=f"compact:{name}", daemon=True).start()
+
+    def _compact(self, name: str, st: CollectionState) -> None:
+        """Rebuild the main index off the request path, then swap (writes meanwhile are replayed)."""
+        from index import faiss_index as fi
+
+        try:
+            served = st.served
+            t0 = time.perf_counter()
+            rids, vecs = served.live.snapshot()
+            main = fi.build(served.version.spec, served.version.dim, rids, vecs)
+            new_live = LiveIndex(main, served.version.spec, served.version.dim)
+            with st.write_lock:
+                if st.served is not served:
+                    return  # a new version arrived meanwhile
+                cur = served.live.ids()
+                gone = np.setdiff1d(rids, cur)
+                added = np.setdiff1d(cur, rids)
+                if gone.size:
+                    new_live.remove(gone)
+                if added.size:
+                    extra_ids, extra_vecs = served.live.snapshot()
+                    sel = np.isin(extra_ids, added)
+                    new_live.add(extra_ids[sel], extra_vecs[sel])
+                st.served = Served(replace(served.version, live=new_live), served.model)
+            log.info("compacted %s: %d vectors into %s in %.1fs", name, rids.size,
+                     fi.inner_kind(main), time.perf_counter() - t0)
+        except Exception:
+            log.exception("compaction of %s failed", name)
+        finally:
+            st.compacting = False
+
+    def close(self) -> None:
+        with self._lock:
+            states = list(self._states.values())
+            self._states.clear()
+        for st in states:
+            self.models.release(st.served.model)
+
+
+def make_documents(items: Sequence[dict[str, Any]]) -> list[Document]:
+    return [Document(id=i["id"], text=i.get("text"), image=i.get("image"), metadata=i.get("metadata") or {})
+            for i in items]

@@ -1,0 +1,104 @@
+"""Loaded encoders, shared by every collection version that uses the same weights.
+
+Each loaded model gets exactly one ``EncodeBatcher`` (one thread owns its forward
+pass). Models are reference counted: when the last version using one is swapped
+out, its batcher is closed after a grace period so in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from index.encoder import Encoder, resolve_spec
+from service.batching import EncodeBatcher
+
+log = logging.getLogger("strop.models")
+
+
+@dataclass
+class LoadedModel:
+    key: str
+    encoder: Encoder
+    batcher: EncodeBatcher
+    refs: int = 0
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        precision: str = "auto",
+        device: str | None = None,
+        max_batch: int = 32,
+        queue_size: int = 512,
+        observe: Callable[[int, float], None] | None = None,
+        grace_s: float = 30.0,
+    ):
+        self.precision = precision
+        self.device = device
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.observe = observe
+        self.grace_s = grace_s
+        self.search_pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="faiss")
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def key(self, source: str) -> str:
+        return resolve_spec(source)
+
+    def acquire(self, source: str) -> LoadedModel:
+        """Load (or share) the model at ``source`` and take a reference to it."""
+        key = self.key(source)
+        with self._lock:
+            lm = self._models.get(key)
+            if lm is not None:
+                lm.refs += 1
+                return lm
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                lm = self._models.get(key)
+                if lm is not None:
+                    lm.refs += 1
+                    return lm
+            encoder = Encoder.load(source, precision=self.precision, device=self.device)
+            log.info("loaded encoder %s (%s, dim %d)", source, encoder.precision, encoder.dim)
+            batcher = EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe)
+            lm = LoadedModel(key, encoder, batcher, refs=1)
+            with self._lock:
+                self._models[key] = lm
+            return lm
+
+    def release(self, lm: LoadedModel) -> None:
+        with self._lock:
+            lm.refs -= 1
+            if lm.refs > 0:
+                return
+        timer = threading.Timer(self.grace_s, self._close_if_unused, args=(lm,))
+        timer.daemon = True
+        timer.start()
+
+    def _close_if_unused(self, lm: LoadedModel) -> None:
+        with self._lock:
+            if lm.refs > 0 or self._models.get(lm.key) is not lm:
+                return
+            del self._models[lm.key]
+        lm.batcher.close()
+        log.info("unloaded encoder %s", lm.key)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def close(self) -> None:
+        with self._lock:
+            models = list(self._models.values())
+            self._models.clear()
+        for lm in models:
+            lm.batcher.close()
+        self.search_pool.shutdown(wait=False, cancel_futures=True)

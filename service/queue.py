@@ -1,0 +1,131 @@
+"""The job queue (rq on Redis) and version announcements (Redis pub/sub), as the API sees them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+
+from index.store import DocumentStore
+from trainer.contract import JOB_FUNCTION, TERMINAL, cancel_key, events_channel, queue_name
+
+log = logging.getLogger("strop.queue")
+
+JOB_TIMEOUT_S = 6 * 3600
+HEARTBEAT_STALE_S = 60.0
+
+
+class JobQueue:
+    def __init__(self, url: str, prefix: str, store: DocumentStore):
+        self.url = url
+        self.prefix = prefix
+        self.store = store
+        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.queue = Queue(queue_name(prefix), connection=self.redis)
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # -- jobs -----------------------------------------------------------------------------
+    def submit(self, collection: str, kind: str, spec: dict[str, Any]) -> str:
+        job_id = uuid.uuid4().hex
+        self.store.create_job(job_id, collection, kind, spec)
+        try:
+            self.queue.enqueue(JOB_FUNCTION, job_id, job_id=job_id, job_timeout=JOB_TIMEOUT_S,
+                               result_ttl=86400, failure_ttl=7 * 86400,
+                               meta={"collection": collection, "prefix": self.prefix})
+        except redis.RedisError as e:
+            self.store.update_job(job_id, state="failed", error=f"could not enqueue: {e}", finished_at=time.time())
+            raise
+        return job_id
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self.reconcile(self.store.get_job(job_id))
+
+    def reconcile(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A running job whose worker vanished (kill -9, lost machine) is failed, not running forever."""
+        if rec["state"] not in ("queued", "running"):
+            return rec
+        now = time.time()
+        beat = rec.get("heartbeat_at") or rec.get("started_at")
+        if rec["state"] == "running" and beat and now - beat > HEARTBEAT_STALE_S:
+            msg = "worker lost (no heartbeat for %ds); the active version is unchanged: resubmit the job" % int(now - beat)
+            if self.store.finish_job_if(rec["id"], ("running",), state="failed", error=msg, finished_at=now):
+                return self.store.get_job(rec["id"])
+        if rec["state"] == "queued":
+            try:
+                status = Job.fetch(rec["id"], connection=self.redis).get_status(refresh=True)
+            except NoSuchJobError:
+                status = None
+            except redis.RedisError:
+                return rec
+            if status is None or str(status) in ("JobStatus.FAILED", "failed", "JobStatus.STOPPED", "stopped"):
+                if now - rec["created_at"] > HEARTBEAT_STALE_S:
+                    self.store.finish_job_if(rec["id"], ("queued",), state="failed",
+                                             error="the queue lost this job before a worker ran it; resubmit",
+                                             finished_at=now)
+                    return self.store.get_job(rec["id"])
+        return rec
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        rec = self.store.get_job(job_id)
+        if rec["state"] in TERMINAL:
+            return rec
+        self.redis.set(cancel_key(self.prefix, job_id), "1", ex=86400)
+        if self.store.finish_job_if(job_id, ("queued",), state="cancelled", stage="cancelled",
+                                    finished_at=time.time()):
+            try:
+                Job.fetch(job_id, connection=self.redis).cancel()
+            except (NoSuchJobError, InvalidJobOperation):
+                pass
+            return self.store.get_job(job_id)
+        # running: the worker's training process checks the flag between steps; stop its work horse too
+        try:
+            send_stop_job_command(self.redis, job_id)
+        except (NoSuchJobError, InvalidJobOperation):
+            pass
+        self.store.finish_job_if(job_id, ("running",), state="cancelled", finished_at=time.time())
+        return self.store.get_job(job_id)
+
+    # -- events ---------------------------------------------------------------------------
+    def announce(self, collection: str, version: str) -> None:
+        try:
+            self.redis.publish(events_channel(self.prefix), json.dumps({"collection": collection, "version": version}))
+        except redis.RedisError:
+            log.warning("could not announce %s/%s; other processes will poll", collection, version)
+
+    def listen(self, manager: Any, stop: threading.Event) -> None:
+        """Follow version announcements; reconnects, and polling covers anything missed meanwhile."""
+        while not stop.is_set():
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(events_channel(self.prefix))
+                while not stop.is_set():
+                    msg = pubsub.get_message(timeout=1.0)
+                    if not msg:
+                        continue
+                    try:
+                        event = json.loads(msg["data"])
+                        st = manager.state(event["collection"])
+                        if st.served.id != event["version"] and st.vstore.active() == event["version"]:
+                            manager.activate(event["collection"], event["version"], write_pointer=False)
+                    except Exception:
+                        log.exception("bad event %r", msg)
+                pubsub.close()
+            except redis.RedisError:
+                stop.wait(1.0)
+
+    def close(self) -> None:
+        try:
+            self.redis.close()
+        except Exception:
+            pass

@@ -1,0 +1,87 @@
+"""Collections and their versions."""
+
+from __future__ import annotations
+
+from anyio import to_thread
+from fastapi import APIRouter, status
+
+from service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
+from service.errors import ApiError
+from service.manager import CollectionState, check_name
+from service.schemas import CollectionCreate, CollectionInfo, VersionInfo
+
+router = APIRouter(tags=["collections"])
+
+
+def info(st: CollectionState, count: int) -> CollectionInfo:
+    m = st.served.version.manifest
+    return CollectionInfo(
+        name=st.record.name,
+        modality=st.record.modality,
+        count=count,
+        encoder=st.record.encoder,
+        teacher=st.record.teacher,
+        version=VersionInfo(id=st.served.id, created_at=m.get("created_at"), metrics=m.get("metrics", {})),
+    )
+
+
+@router.post("/collections", status_code=status.HTTP_201_CREATED, response_model=CollectionInfo, dependencies=[Admin])
+async def create_collection(body: CollectionCreate, manager: ManagerDep, settings: SettingsDep) -> CollectionInfo:
+    """Create a collection; its first version is the base encoder plus an empty index."""
+    try:
+        check_name(body.name)
+    except ValueError as e:
+        raise ApiError(422, "invalid_name", str(e)) from None
+    if body.modality == "image":
+        raise ApiError(501, "not_implemented", "image collections are not available in this build yet")
+    encoder = body.encoder or settings.default_encoder
+    if body.name in manager.names():
+        raise ApiError(409, "conflict", f"collection {body.name!r} already exists")
+    try:
+        st = await to_thread.run_sync(manager.create, body.name, body.modality, encoder, body.index.as_spec())
+    except OSError as e:
+        raise ApiError(422, "bad_encoder", f"could not load encoder {encoder!r}: {e}") from None
+    return info(st, 0)
+
+
+@router.get("/collections", dependencies=[Read])
+async def list_collections(manager: ManagerDep) -> dict:
+    """All collections with their active versions."""
+    out = []
+    for name in manager.names():
+        try:
+            st = manager.state(name)
+        except Exception:  # deleted meanwhile
+            continue
+        count = await to_thread.run_sync(manager.store.count, name)
+        out.append(info(st, count))
+    return {"collections": out}
+
+
+@router.get("/collections/{name}", response_model=CollectionInfo, dependencies=[Read])
+async def get_collection(st: CollectionDep, manager: ManagerDep) -> CollectionInfo:
+    """One collection: modality, live document count, encoder, teacher and the active version."""
+    count = await to_thread.run_sync(manager.store.count, st.record.name)
+    return info(st, count)
+
+
+@router.delete("/collections/{name}", dependencies=[Admin])
+async def delete_collection(st: CollectionDep, manager: ManagerDep) -> dict:
+    """Delete a collection, its documents and all its versions."""
+    await to_thread.run_sync(manager.delete, st.record.name)
+    return {"deleted": st.record.name}
+
+
+@router.get("/collections/{name}/versions", dependencies=[Read])
+async def list_versions(st: CollectionDep, manager: ManagerDep) -> dict:
+    """Every kept version, oldest first; `active` marks the one being served."""
+    versions = await to_thread.run_sync(manager.versions, st.record.name)
+    return {"versions": versions, "active": st.served.id}
+
+
+@router.post("/collections/{name}/versions/{vid}/activate", dependencies=[Admin])
+async def activate_version(st: CollectionDep, vid: str, manager: ManagerDep) -> dict:
+    """Serve version `vid` (rollback or roll forward). Searches keep answering during the swap."""
+    previous = st.served.id
+    served = await to_thread.run_sync(manager.activate, st.record.name, vid)
+    return {"active": served.id, "previous": previous}

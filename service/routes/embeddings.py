@@ -1,0 +1,62 @@
+"""OpenAI-compatible embeddings."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from anyio import to_thread
+from fastapi import APIRouter, Request
+
+from index.encoder import _ALIASES
+from service.deps import ManagerDep, Read, SettingsDep
+from service.errors import ApiError
+from service.models import LoadedModel
+from service.schemas import EmbeddingsRequest
+
+router = APIRouter(tags=["embeddings"])
+
+
+def _model_for(name: str, request: Request) -> LoadedModel:
+    manager = request.app.state.manager
+    if name in manager.names():
+        return manager.state(name).served.model
+    settings = request.app.state.settings
+    allowed = {settings.default_encoder.lower(), *_ALIASES,
+               *(s.strip().lower() for s in settings.allowed_encoders.split(",") if s.strip())}
+    if name.lower() not in allowed:
+        raise ApiError(404, "unknown_model", f"model {name!r} is neither a collection nor an allowed encoder "
+                       f"(allowed: {sorted(allowed)}; add more with STROP_ALLOWED_ENCODERS)")
+    cache: dict[str, LoadedModel] = request.app.state.embedding_models
+    if name.lower() not in cache:
+        cache[name.lower()] = manager.models.acquire(name)
+    return cache[name.lower()]
+
+
+@router.post("/v1/embeddings", dependencies=[Read])
+async def embeddings(body: EmbeddingsRequest, request: Request, manager: ManagerDep, settings: SettingsDep) -> dict:
+    """Embeddings for `input` from a collection's active encoder or a named encoder (OpenAI request/response shape)."""
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if not inputs:
+        raise ApiError(422, "empty_input", "input must be a non-empty string or list of strings")
+    if len(inputs) > settings.max_embedding_inputs:
+        raise ApiError(413, "too_many_inputs", f"{len(inputs)} inputs; max_embedding_inputs={settings.max_embedding_inputs}")
+    for i, t in enumerate(inputs):
+        if not isinstance(t, str) or not t:
+            raise ApiError(422, "empty_input", f"input[{i}] must be a non-empty string")
+        if len(t) > settings.max_document_chars:
+            raise ApiError(413, "input_too_long", f"input[{i}] exceeds max_document_chars={settings.max_document_chars}")
+    model = await to_thread.run_sync(_model_for, body.model, request)
+    if len(inputs) == 1:
+        vecs = (await model.batcher.encode_query(inputs[0]))[None, :]
+    else:
+        vecs = await model.batcher.encode_bulk(inputs)
+    lengths = await to_thread.run_sync(model.encoder.token_lengths, inputs)
+    tokens = int(sum(min(n, model.encoder.max_seq_length) for n in lengths))
+    data = []
+    for i, v in enumerate(vecs):
+        emb: object = base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if body.encoding_format == "base64" \
+            else [float(x) for x in v]
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

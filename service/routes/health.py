@@ -1,0 +1,45 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from anyio import to_thread
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Readiness: collections (encoders + indexes) loaded and Redis reachable (when configured)."""
+    state = request.app.state
+    checks: dict[str, str] = {}
+    checks["collections"] = "ok" if getattr(state, "ready", False) else "loading"
+    queue = getattr(state, "queue", None)
+    if queue is None:
+        checks["redis"] = "not configured"
+    else:
+        try:
+            await to_thread.run_sync(queue.ping)
+            checks["redis"] = "ok"
+        except Exception as e:  # noqa: BLE001
+            checks["redis"] = f"unreachable: {type(e).__name__}"
+    ok = checks["collections"] == "ok" and checks["redis"] in ("ok", "not configured")
+    if not ok:
+        return error_response(503, "not_ready", "; ".join(f"{k}: {v}" for k, v in checks.items()))
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body = request.app.state.telemetry.render(request.app.state)
+    return Response(body, media_type="text/plain; version=0.0.4")

@@ -1,0 +1,108 @@
+"""Search, evaluation and relevance feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+from fastapi import APIRouter, status
+
+from index.metrics import evaluate_rankings
+from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
+from service.errors import ApiError
+from service.manager import CollectionState, Served
+from service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
+from service.settings import Settings
+from service.telemetry import Timer
+
+router = APIRouter(tags=["search"])
+
+
+def check_query(query: str | None, image: str | None, st: CollectionState, settings: Settings) -> str:
+    if st.record.modality == "image":
+        raise ApiError(501, "not_implemented", "image search is not available in this build yet")
+    if image is not None:
+        raise ApiError(422, "wrong_modality", f"collection {st.record.name!r} holds {st.record.modality}: send 'query' text")
+    if query is None or not query.strip():
+        raise ApiError(422, "empty_query", "query must be a non-empty string")
+    if len(query) > settings.max_query_chars:
+        raise ApiError(413, "query_too_long", f"query has {len(query)} characters; max_query_chars={settings.max_query_chars}")
+    return query
+
+
+def check_top_k(top_k: int, settings: Settings) -> None:
+    if not 1 <= top_k <= settings.max_top_k:
+        raise ApiError(422, "bad_top_k", f"top_k must be between 1 and max_top_k={settings.max_top_k}; got {top_k}")
+
+
+def _split(scores: np.ndarray, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(scores[i], ids[i]) for i in range(scores.shape[0])]
+
+
+async def search_rids(served: Served, query: str, k: int, allow: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode through the model's micro-batcher and search the served index; (scores, rids) of one query."""
+    live = served.live
+    if allow is None:
+        return await served.model.batcher.search(query, (id(live), k), lambda block: _split(*live.search(block, k)))
+    vec = await served.model.batcher.encode_query(query)
+    scores, ids = await to_thread.run_sync(live.search, vec[None, :], k, allow)
+    return scores[0], ids[0]
+
+
+@router.post("/collections/{name}/search", response_model=SearchResponse, response_model_exclude_none=True,
+             dependencies=[Read])
+async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> SearchResponse:
+    """Nearest documents to `query` (cosine). `filter` keeps documents whose metadata equals every given key."""
+    timer = Timer()
+    query = check_query(body.query, body.image, st, settings)
+    check_top_k(body.top_k, settings)
+    if body.rerank and not st.record.teacher:
+        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher: train one with "
+                       "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or pass a teacher path")
+    served = st.served  # one reference for the whole request: encoder and index match
+    allow = None
+    if body.filter:
+        allow = await to_thread.run_sync(manager.store.filter_rids, st.record.name, body.filter)
+    scores, rids = await search_rids(served, query, body.top_k, allow)
+    valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0]
+    docs = await to_thread.run_sync(manager.store.by_rids, [r for _, r in valid])
+    hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid if r in docs]
+    return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
+
+
+@router.post("/collections/{name}/evaluate", dependencies=[Read])
+async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> dict[str, Any]:
+    """MRR@10, recall@1, recall@k and nDCG@10 of the active version on the given (query, positive_ids) pairs."""
+    if len(body.pairs) > settings.max_eval_pairs:
+        raise ApiError(413, "too_many_pairs", f"{len(body.pairs)} pairs; max_eval_pairs={settings.max_eval_pairs}")
+    for i, p in enumerate(body.pairs):
+        if len(p.query) > settings.max_query_chars:
+            raise ApiError(413, "query_too_long", f"pairs[{i}].query exceeds max_query_chars={settings.max_query_chars}")
+    if body.rerank and not st.record.teacher:
+        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with")
+    served = st.served
+    k = max(body.k, 10)
+    vecs = await served.model.batcher.encode_bulk([p.query for p in body.pairs])
+    _, rids = await to_thread.run_sync(served.live.search, vecs, k)
+    flat = sorted({int(r) for r in rids.ravel() if r >= 0})
+    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=False))
+    rankings = [[docs[int(r)].id for r in row if int(r) in docs] for row in rids]
+    out = evaluate_rankings(rankings, [p.positive_ids for p in body.pairs], k=body.k)
+    out["version"] = served.id
+    return out
+
+
+@router.post("/collections/{name}/feedback", status_code=status.HTTP_202_ACCEPTED, dependencies=[Write])
+async def feedback(body: FeedbackIn, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> dict:
+    """Record which documents answered a query (and which did not); `train.source: "feedback"` learns from it."""
+    if len(body.query) > settings.max_query_chars:
+        raise ApiError(413, "query_too_long", f"query exceeds max_query_chars={settings.max_query_chars}")
+    ids = body.positive_ids + body.negative_ids
+    found = await to_thread.run_sync(manager.store.get_many, st.record.name, ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise ApiError(422, "unknown_documents", f"documents not in collection {st.record.name!r}: {missing[:10]}")
+    fid = await to_thread.run_sync(manager.store.add_feedback, st.record.name, body.query,
+                                   body.positive_ids, body.negative_ids)
+    return {"accepted": True, "id": fid}

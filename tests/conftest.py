@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny locally built encoder (speed), the packaged MiniLM (quality), apps over real parts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 64-d random BERT sentence encoder with the MiniLM tokenizer, built once per run."""
+    from index.encoder import build_tiny_encoder
+
+    return str(build_tiny_encoder(tmp_path_factory.mktemp("tiny") / "encoder"))
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "data"
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def make_client(data_dir: Path, tiny_encoder_path: str):
+    """Build a TestClient (real HTTP through the ASGI app, lifespan included) over ``data_dir``."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    clients: list[TestClient] = []
+
+    def make(**overrides) -> TestClient:
+        settings = Settings(data_dir=data_dir, default_encoder=tiny_encoder_path, precision="fp32",
+                            poll_interval_s=0.2, **overrides)
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        try:
+            c.__exit__(None, None, None)
+        except Exception:
+            pass

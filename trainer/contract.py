@@ -1,0 +1,117 @@
+"""The job contract shared by the service and the trainer: payload models and queue names.
+
+The service imports only this module of ``trainer`` (no torch code). Defaults are
+the ones docs/benchmarks.md supports; every field is validated at submission
+so an impossible job is a 4xx, not a failed job later.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+JOB_FUNCTION = "trainer.worker.run_job"
+STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
+TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+STAGES = ("queued", "waiting", "snapshot", "pairs", "evaluate_before", "mine", "train", "evaluate_after", "publish", "done")
+
+
+def queue_name(prefix: str) -> str:
+    return f"{prefix}-jobs"
+
+
+def events_channel(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+def cancel_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}:cancel:{job_id}"
+
+
+def lock_key(prefix: str, collection: str) -> str:
+    return f"{prefix}:lock:{collection}"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainPair(Strict):
+    query: str = Field(..., min_length=1)
+    positive_id: str = Field(..., min_length=1)
+
+
+class TrainSpec(Strict):
+    pairs: list[TrainPair] | None = Field(None, description="explicit (query, positive_id) pairs")
+    source: Literal["pairs", "feedback", "docstrings", "views"] | None = Field(
+        None, description="feedback = the collection's feedback log; docstrings (code); views (images)")
+
+    @model_validator(mode="after")
+    def _one(self) -> TrainSpec:
+        if self.pairs is not None and self.source not in (None, "pairs"):
+            raise ValueError("give either train.pairs or train.source, not both")
+        if self.pairs is None and self.source in (None, "pairs"):
+            raise ValueError("train needs 'pairs' (a non-empty list) or 'source'")
+        if self.pairs is not None and not self.pairs:
+            raise ValueError("train.pairs is empty: give at least one {query, positive_id}")
+        return self
+
+
+class EvalPair(Strict):
+    query: str = Field(..., min_length=1)
+    positive_ids: list[str] = Field(..., min_length=1)
+
+
+class EvalSpec(Strict):
+    pairs: list[EvalPair] | None = None
+    holdout: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of training pairs held out")
+    group_by: str | None = Field(None, description="metadata key of the positive to split held-out groups by")
+
+    @model_validator(mode="after")
+    def _one(self) -> EvalSpec:
+        if (self.pairs is None) == (self.holdout is None):
+            raise ValueError("eval needs exactly one of 'pairs' or 'holdout'")
+        if self.pairs is not None and not self.pairs:
+            raise ValueError("eval.pairs is empty")
+        return self
+
+
+class MiningSpec(Strict):
+    negatives_per_query: int = Field(1, ge=0, le=64, description="mined hard negatives per query (0 = in-batch only)")
+    range_min: int = Field(0, ge=0, description="skip this many top-ranked candidates")
+    range_max: int = Field(50, ge=1, le=1000, description="consider candidates up to this rank")
+    relative_margin: float = Field(0.05, ge=0.0, lt=1.0,
+                                   description="drop candidates scoring above (1 - margin) x the positive's score")
+    refresh_every: int = Field(0, ge=0, description="re-encode the corpus and re-mine every N steps (0 = never)")
+
+    @model_validator(mode="after")
+    def _window(self) -> MiningSpec:
+        if self.range_min >= self.range_max:
+            raise ValueError(f"mining.range_min ({self.range_min}) must be below range_max ({self.range_max})")
+        return self
+
+
+class LossSpec(Strict):
+    temperature: float = Field(0.05, gt=0.0, le=1.0, description="InfoNCE temperature")
+
+
+class GateSpec(Strict):
+    metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = "mrr@10"
+    min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="activate only if after - before >= min_delta")
+
+
+class JobSpec(Strict):
+    kind: Literal["encoder", "teacher"] = "encoder"
+    train: TrainSpec
+    eval: EvalSpec | None = Field(None, description="default: holdout 0.2 of the training pairs")
+    mining: MiningSpec = Field(default_factory=MiningSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(32, ge=2, le=1024)
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    max_steps: int | None = Field(None, ge=1)
+    max_seq_length: int | None = Field(None, ge=8, le=8192, description="truncate training texts (default: the encoder's)")
+    seed: int = 42
+    gate: GateSpec = Field(default_factory=GateSpec)
+    activate: bool = True
