@@ -102,13 +102,35 @@ def build_version(
             flush()
     flush()
     vecs = np.vstack(chunks) if chunks else np.empty((0, dim), np.float32)
-    index = fi.build(spec, dim, np.asarray(ids, np.int64), vecs)
+    return write_version(vstore, vid, np.asarray(ids, np.int64), vecs, dim, spec, watermark,
+                         encoder_ref=encoder_ref, save_encoder=save_encoder, parent=parent, job=job,
+                         metrics=metrics, extra=extra)
+
+
+def write_version(
+    vstore: VersionStore,
+    vid: str,
+    rids: np.ndarray,
+    vecs: np.ndarray,
+    dim: int,
+    spec: IndexSpec,
+    watermark: int,
+    *,
+    encoder_ref: str | None = None,
+    save_encoder: Callable[[Path], None] | None = None,
+    parent: str | None = None,
+    job: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the index over (rids, vecs) and write version ``vid`` atomically."""
+    index = fi.build(spec, dim, np.asarray(rids, np.int64), vecs)
 
     def fill(tmp: Path) -> dict[str, Any]:
         fi.save(index, tmp / INDEX_FILE)
         if save_encoder is not None:
             save_encoder(tmp / ENCODER_DIR)
-            enc = {"path": ENCODER_DIR, "base": encoder_ref}
+            enc: dict[str, Any] = {"path": ENCODER_DIR, "base": encoder_ref}
         else:
             enc = {"ref": encoder_ref or "default"}
         return {
@@ -125,6 +147,36 @@ def build_version(
         }
 
     return vstore.write(vid, fill)
+
+
+def version_vectors(store: DocumentStore, vstore: VersionStore, manifest: dict[str, Any],
+                    rids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors a version already holds for ``rids`` (its index, then the store's per-version table).
+
+    Returns (found mask, vectors for the found rows in ``rids`` order).
+    """
+    index = fi.load(vstore.path(manifest["id"]) / INDEX_FILE)
+    dim = int(manifest["dim"])
+    ids, vecs = fi.all_vectors(index)
+    pos = {int(r): i for i, r in enumerate(ids)}
+    out = np.zeros((len(rids), dim), np.float32)
+    found = np.zeros(len(rids), bool)
+    rest = []
+    for j, r in enumerate(rids):
+        i = pos.get(int(r))
+        if i is None:
+            rest.append(j)
+        else:
+            out[j] = vecs[i]
+            found[j] = True
+    if rest:
+        got = store.get_vectors(manifest["id"], [int(rids[j]) for j in rest], dim)
+        for j in rest:
+            v = got.get(int(rids[j]))
+            if v is not None:
+                out[j] = v
+                found[j] = True
+    return found, out
 
 
 def load_index(vstore: VersionStore, manifest: dict[str, Any]) -> LiveIndex:

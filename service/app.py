@@ -54,8 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready = True
         stop = threading.Event()
         tasks = [asyncio.create_task(_poll_loop(manager, settings.poll_interval_s))]
+        listener = None
         if queue is not None:
-            threading.Thread(target=queue.listen, args=(manager, stop), name="events", daemon=True).start()
+            listener = threading.Thread(target=queue.listen, args=(manager, stop), name="events", daemon=True)
+            listener.start()
         try:
             yield
         finally:
@@ -63,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if listener is not None:
+                await to_thread.run_sync(listener.join, 3.0)
             manager.close()
             models.close()
             if queue is not None:

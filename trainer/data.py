@@ -1,0 +1,140 @@
+"""Stages 1-2: snapshot the collection, assemble training and evaluation pairs."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from index.collection import doc_text, encoder_source
+from index.store import DocumentStore
+from index.versions import VersionStore
+from trainer.contract import JobSpec
+
+
+@dataclass
+class Snapshot:
+    """The corpus as of ``watermark`` and the version that served it."""
+
+    collection: str
+    modality: str
+    version: str
+    manifest: dict[str, Any]
+    encoder_source: str
+    base_encoder: str
+    watermark: int
+    ids: list[str]
+    rids: np.ndarray
+    texts: list[str]
+    metadata: list[dict[str, Any]]
+    index_spec: dict[str, Any]
+    pos: dict[str, int] = field(default_factory=dict)  # doc id -> row
+
+    def __post_init__(self) -> None:
+        self.pos = {d: i for i, d in enumerate(self.ids)}
+
+
+@dataclass
+class Pair:
+    query: str
+    positive: int  # row in the snapshot
+    extra_positives: list[int] = field(default_factory=list)
+    negatives: list[int] = field(default_factory=list)  # given (feedback) negatives
+    group: str = ""
+
+
+@dataclass
+class EvalPair:
+    query: str
+    positives: list[int]
+
+
+def snapshot(store: DocumentStore, data_dir: str, collection: str) -> Snapshot:
+    rec = store.get_collection(collection)
+    vstore = VersionStore(data_dir, collection)
+    vid = vstore.active()
+    if vid is None:
+        raise RuntimeError(f"collection {collection!r} has no active version")
+    manifest = vstore.verify(vid)
+    watermark = store.watermark()
+    ids, rids, texts, metas = [], [], [], []
+    for d in store.iter_documents(collection, max_seq=watermark, with_images=False):
+        ids.append(d.id)
+        rids.append(d.rid)
+        texts.append(doc_text(d))
+        metas.append(d.metadata)
+    return Snapshot(collection, rec.modality, vid, manifest, encoder_source(vstore, manifest), rec.encoder,
+                    watermark, ids, np.asarray(rids, np.int64), texts, metas, rec.index_spec)
+
+
+def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple[list[Pair], list[EvalPair], dict]:
+    """Training pairs from the job's source, and evaluation pairs (given, or a grouped hold-out)."""
+    source = spec.train.source or "pairs"
+    pairs: list[Pair] = []
+    dropped = 0
+    if spec.train.pairs is not None:
+        for p in spec.train.pairs:
+            row = snap.pos.get(p.positive_id)
+            if row is None:
+                dropped += 1  # deleted since submission
+                continue
+            pairs.append(Pair(p.query, row))
+    elif source == "feedback":
+        for fb in store.list_feedback(snap.collection):
+            rows = [snap.pos[i] for i in fb["positive_ids"] if i in snap.pos]
+            negs = [snap.pos[i] for i in fb["negative_ids"] if i in snap.pos]
+            if not rows:
+                dropped += 1
+                continue
+            pairs.append(Pair(fb["query"], rows[0], rows[1:], negs))
+    else:
+        raise ValueError(f"train.source {source!r} is not supported for {snap.modality} collections yet")
+    if not pairs:
+        raise ValueError("no usable training pairs: every positive is missing from the collection")
+
+    group_key = spec.eval.group_by if spec.eval else None
+    for p in pairs:
+        meta = snap.metadata[p.positive]
+        p.group = str(meta.get(group_key)) if group_key and group_key in meta else snap.ids[p.positive]
+
+    if spec.eval is not None and spec.eval.pairs is not None:
+        evals = [EvalPair(e.query, [snap.pos[i] for i in e.positive_ids if i in snap.pos]) for e in spec.eval.pairs]
+        evals = [e for e in evals if e.positives]
+        train = pairs
+    else:
+        holdout = spec.eval.holdout if spec.eval and spec.eval.holdout else 0.2
+        train, held = split_by_group(pairs, holdout, spec.seed)
+        evals = _merge_eval(held)
+    if not evals:
+        raise ValueError("no evaluation pairs: give eval.pairs or more training pairs")
+    if not train:
+        raise ValueError("every training pair was held out for evaluation: give eval.pairs or more pairs")
+    info = {"train_pairs": len(train), "eval_pairs": len(evals), "dropped_pairs": dropped, "source": source}
+    return train, evals, info
+
+
+def split_by_group(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole groups (never a query's positive in both halves), about ``fraction`` of pairs."""
+    groups: dict[str, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        groups[p.group].append(p)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    target = max(1, round(fraction * len(pairs)))
+    held: list[Pair] = []
+    train: list[Pair] = []
+    for k in keys:
+        (held if len(held) < target else train).extend(groups[k])
+    if not train and len(keys) > 1:  # one giant group took everything
+        train, held = held[target:], held[:target]
+    return train, held
+
+
+def _merge_eval(pairs: list[Pair]) -> list[EvalPair]:
+    by_query: dict[str, set[int]] = defaultdict(set)
+    for p in pairs:
+        by_query[p.query].update([p.positive, *p.extra_positives])
+    return [EvalPair(q, sorted(rows)) for q, rows in by_query.items()]

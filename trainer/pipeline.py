@@ -1,0 +1,201 @@
+"""The encoder job: snapshot -> pairs -> evaluate before -> mine -> train -> evaluate after -> gate -> publish.
+
+Each stage is a plain function (``trainer.data``, ``trainer.mining``,
+``trainer.train``, below); ``run_encoder_job`` chains them and reports stage and
+progress through a ``Reporter``. Nothing becomes visible to the service until
+``publish`` renames a complete version into place and replaces the active pointer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.collection import doc_text, version_vectors, write_version
+from index.encoder import Encoder
+from index.faiss_index import IndexSpec
+from index.metrics import evaluate_rankings
+from index.store import DocumentStore
+from index.versions import VersionStore, new_version_id
+from trainer.contract import JobSpec
+from trainer.data import EvalPair, Snapshot, assemble_pairs, snapshot
+from trainer.mining import MiningStats, mine
+from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
+
+log = logging.getLogger("strop.pipeline")
+
+
+@dataclass
+class Reporter:
+    """Where a job writes stage, progress and details (the worker flushes it to the store)."""
+
+    stage: str = "queued"
+    progress: dict[str, Any] = field(default_factory=lambda: {"step": 0, "total_steps": 0, "loss": None, "eta_s": None})
+    details: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    should_stop: Callable[[], bool] = lambda: False
+    timings: dict[str, float] = field(default_factory=dict)
+    _t: float = field(default_factory=time.perf_counter)
+
+    def enter(self, stage: str) -> None:
+        self.check()
+        now = time.perf_counter()
+        if self.stage not in ("queued", "waiting"):
+            self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + now - self._t, 2)
+        self.stage, self._t = stage, now
+        self.details["stage_seconds"] = self.timings
+        log.info("stage %s", stage)
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise Cancelled()
+
+    def on_progress(self, p: Progress) -> None:
+        self.progress = {"step": p.step, "total_steps": p.total_steps, "loss": p.loss, "eta_s": p.eta_s}
+
+
+@dataclass
+class JobResult:
+    state: str  # succeeded | rejected
+    version: str | None
+    metrics: dict[str, Any]
+
+
+def encode_corpus(encoder: Encoder, texts: list[str], reporter: Reporter, what: str, batch: int = 256) -> np.ndarray:
+    out = np.empty((len(texts), encoder.dim), np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch):
+        reporter.check()
+        idx = order[start : start + batch]
+        out[idx] = encoder.encode([texts[i] for i in idx]).vectors
+        reporter.details[f"{what}_encoded"] = min(start + batch, len(texts))
+    return out
+
+
+def current_embeddings(store: DocumentStore, vstore: VersionStore, snap: Snapshot, encoder: Encoder,
+                       reporter: Reporter) -> np.ndarray:
+    """Corpus embeddings of the active version: from its index and vector table, encoding only what is missing."""
+    found, vecs = version_vectors(store, vstore, snap.manifest, snap.rids)
+    missing = np.flatnonzero(~found)
+    if missing.size:
+        vecs[missing] = encode_corpus(encoder, [snap.texts[i] for i in missing], reporter, "corpus")
+    reporter.details["corpus_reused"] = int(found.sum())
+    return vecs
+
+
+def evaluate(encoder: Encoder, corpus_emb: np.ndarray, snap: Snapshot, evals: list[EvalPair], k: int = 10) -> dict:
+    import faiss
+
+    q = encoder.encode([e.query for e in evals]).vectors
+    index = faiss.IndexFlatIP(corpus_emb.shape[1])
+    index.add(np.ascontiguousarray(corpus_emb, np.float32))
+    _, rows = index.search(q, min(k, len(snap.ids)))
+    rankings = [[snap.ids[r] for r in row if r >= 0] for row in rows]
+    positives = [[snap.ids[r] for r in e.positives] for e in evals]
+    return evaluate_rankings(rankings, positives, k=k)
+
+
+def run_encoder_job(
+    job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
+    reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None,
+) -> JobResult:
+    data_dir = str(data_dir)
+    vstore = VersionStore(data_dir, collection)
+
+    reporter.enter("snapshot")
+    snap = snapshot(store, data_dir, collection)
+    reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
+
+    reporter.enter("pairs")
+    pairs, evals, info = assemble_pairs(spec, store, snap)
+    reporter.details["pairs"] = info
+
+    reporter.enter("evaluate_before")
+    model = load_model(snap.encoder_source, device, spec.max_seq_length)
+    enc0 = inference_encoder(model, "base", device)
+    corpus0 = current_embeddings(store, vstore, snap, enc0, reporter)
+    before = evaluate(enc0, corpus0, snap, evals)
+    reporter.metrics = {"before": before}
+
+    reporter.enter("mine")
+    stats = MiningStats()
+    q0 = enc0.encode([p.query for p in pairs]).vectors
+    negatives, s = mine(q0, corpus0, snap.texts, pairs, spec.mining)
+    stats.add(s)
+    reporter.details["mining"] = stats.summary()
+    del enc0
+
+    def refresh(current_model: Any) -> list[list[int]]:
+        """ANCE: re-encode the corpus with the current weights and re-mine."""
+        enc = inference_encoder(current_model, "refresh", device)
+        corpus = encode_corpus(enc, snap.texts, reporter, "refresh")
+        qv = enc.encode([p.query for p in pairs]).vectors
+        negs, s2 = mine(qv, corpus, snap.texts, pairs, spec.mining)
+        stats.add(s2)
+        reporter.details["mining"] = stats.summary()
+        return negs
+
+    reporter.enter("train")
+    summary = fine_tune(model, pairs, snap.texts, negatives, spec,
+                        refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
+                        on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device)
+    reporter.details["train"] = summary
+
+    reporter.enter("evaluate_after")
+    enc1 = inference_encoder(model, "student", device)
+    corpus1 = encode_corpus(enc1, snap.texts, reporter, "reencode")
+    after = evaluate(enc1, corpus1, snap, evals)
+    metric = spec.gate.metric
+    delta = after[metric] - before[metric]
+    passed = delta >= spec.gate.min_delta
+    reporter.metrics = {"before": before, "after": after,
+                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
+                                 "passed": passed}}
+
+    reporter.enter("publish")
+    vid = publish(store, vstore, snap, model, enc1, corpus1, job_id, reporter.metrics, reporter)
+    activate = passed and spec.activate
+    if activate:
+        reporter.check()
+        vstore.activate(vid)
+        if announce:
+            announce(collection, vid)
+    reporter.details["activated"] = activate
+    reporter.enter("done")
+    return JobResult("succeeded" if passed else "rejected", vid, reporter.metrics)
+
+
+def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: Any, encoder: Encoder,
+            corpus: np.ndarray, job_id: str, metrics: dict, reporter: Reporter) -> str:
+    """Catch up on writes past the snapshot, build the index, write the version (not yet active)."""
+    rids = list(snap.rids)
+    vecs = [corpus]
+    # writes acknowledged while the job ran: apply them so the version starts current
+    watermark = store.watermark()
+    live = store.live_rids(snap.collection)
+    live_set = set(live.values())
+    keep = np.array([int(r) in live_set for r in snap.rids], bool)
+    new_rids = sorted(live_set - set(int(r) for r in snap.rids))
+    docs = store.by_rids(new_rids)
+    new_rids = [r for r in new_rids if r in docs]
+    rid_arr = np.asarray(rids, np.int64)[keep]
+    mat = corpus[keep]
+    if new_rids:
+        extra = encode_corpus(encoder, [doc_text(docs[r]) for r in new_rids], reporter, "catch_up")
+        rid_arr = np.concatenate([rid_arr, np.asarray(new_rids, np.int64)])
+        mat = np.vstack([mat, extra])
+    reporter.details["catch_up"] = {"added": len(new_rids), "removed": int((~keep).sum())}
+    del vecs
+    spec = IndexSpec.from_dict(snap.index_spec)
+    vid = new_version_id(store.next_version_number(snap.collection))
+    reporter.check()
+    write_version(vstore, vid, rid_arr, mat, encoder.dim, spec, watermark,
+                  encoder_ref=snap.base_encoder, save_encoder=lambda p: model.save(str(p)),
+                  parent=snap.version, job=job_id, metrics=metrics)
+    return vid

@@ -1,0 +1,187 @@
+"""Stage 7: fine-tune the bi-encoder with InfoNCE over in-batch plus mined negatives.
+
+Batches never hold the same text twice (a duplicate in a batch is a false
+negative). Every ``refresh_every`` steps the caller's ``refresh`` re-encodes the
+corpus with the current weights and re-mines (ANCE-style asynchronous refresh).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from index.encoder import Encoder, bf16_supported
+from trainer.contract import JobSpec
+from trainer.data import Pair
+from trainer.losses import info_nce
+
+log = logging.getLogger("strop.train")
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    eta_s: float | None
+
+
+def load_model(source: str, device: str = "cpu", max_seq_length: int | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    from index.encoder import resolve_spec
+
+    model = SentenceTransformer(resolve_spec(source), device=device)
+    if max_seq_length:
+        model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
+    return model
+
+
+def inference_encoder(model, name: str = "student", device: str = "cpu") -> Encoder:
+    """An encoder over a frozen copy of ``model`` (bf16 where supported: 4x faster corpus passes here)."""
+    frozen = copy.deepcopy(model).eval()
+    precision = "fp32"
+    if bf16_supported(device):
+        frozen = frozen.to(torch.bfloat16)
+        precision = "bf16"
+    return Encoder(frozen, name, precision, device)
+
+
+def make_batches(pairs: Sequence[Pair], texts: Sequence[str], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle pair indices into batches with no repeated query or document text inside a batch."""
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    pending = order
+    while pending:
+        batch: list[int] = []
+        seen: set[str] = set()
+        rest: list[int] = []
+        for i in pending:
+            p = pairs[i]
+            keys = {"q:" + p.query, "d:" + texts[p.positive]}
+            if len(batch) < batch_size and not (keys & seen):
+                batch.append(i)
+                seen |= keys
+            else:
+                rest.append(i)
+        if len(batch) < 2 and batches:
+            batches[-1].extend(batch)  # a straggler: not worth a step of its own
+        elif batch:
+            batches.append(batch)
+        pending = rest
+    return batches
+
+
+def fine_tune(
+    model,
+    pairs: list[Pair],
+    texts: list[str],
+    negatives: list[list[int]],
+    spec: JobSpec,
+    *,
+    refresh: Callable[[object], list[list[int]]] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    device: str = "cpu",
+) -> dict:
+    """Train ``model`` in place; returns a summary (steps, final loss, seconds, refreshes)."""
+    rng = random.Random(spec.seed)
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed % (2**32))
+    epochs_batches = [make_batches(pairs, texts, spec.batch_size, rng) for _ in range(spec.epochs)]
+    total = sum(len(b) for b in epochs_batches)
+    if spec.max_steps:
+        total = min(total, spec.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.01)
+    warmup = max(1, int(0.1 * total))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    step = 0
+    ema: float | None = None
+    t0 = time.perf_counter()
+    refreshes = 0
+    refresh_every = spec.mining.refresh_every
+    for batches in epochs_batches:
+        for batch in batches:
+            if step >= total:
+                break
+            if should_stop():
+                raise Cancelled()
+            if refresh is not None and refresh_every and step > 0 and step % refresh_every == 0:
+                model.eval()
+                negatives = refresh(model)
+                model.train()
+                refreshes += 1
+            loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            val = float(loss.detach())
+            ema = val if ema is None else 0.9 * ema + 0.1 * val
+            if on_progress:
+                elapsed = time.perf_counter() - t0
+                on_progress(Progress(step, total, round(ema, 5), round(elapsed / step * (total - step), 1)))
+    model.eval()
+    return {"steps": step, "loss": ema, "seconds": round(time.perf_counter() - t0, 2), "refreshes": refreshes,
+            "total_steps": total}
+
+
+def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]], batch: list[int],
+          temperature: float, device: str) -> torch.Tensor:
+    queries = [pairs[i].query for i in batch]
+    doc_rows = [pairs[i].positive for i in batch]
+    for i in batch:
+        for r in negatives[i] + pairs[i].negatives:
+            doc_rows.append(r)
+    # de-duplicate documents after the positives (a mined negative may repeat across queries)
+    seen: dict[int, int] = {}
+    uniq: list[int] = []
+    for r in doc_rows:
+        if r not in seen or len(uniq) < len(batch):
+            seen.setdefault(r, len(uniq))
+            uniq.append(r)
+    doc_texts = [texts[r] for r in uniq]
+    q = _embed(model, queries, device)
+    d = _embed(model, doc_texts, device)
+    mask = torch.zeros((len(batch), len(uniq)), dtype=torch.bool)
+    for a, i in enumerate(batch):
+        p = pairs[i]
+        relevant = {p.positive, *p.extra_positives}
+        pos_text = texts[p.positive]
+        for b, r in enumerate(uniq):
+            if b != a and (r in relevant or texts[r] == pos_text):
+                mask[a, b] = True
+    return info_nce(q, d, temperature, mask.to(q.device))
+
+
+def _embed(model, texts: list[str], device: str) -> torch.Tensor:
+    features = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
+    features = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+    return model(features)["sentence_embedding"]
+
+
+def lr_schedule_steps(n_pairs: int, batch_size: int, epochs: int) -> int:
+    return epochs * math.ceil(n_pairs / batch_size)
