@@ -51,7 +51,12 @@ def install(app: FastAPI) -> None:
         return error_response(status, code, message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if type(exc.__cause__).__name__ == "_TooLarge":
+            # A streamed (chunked) body ran past max_body_bytes: app._BodyLimit raises from receive(),
+            # and FastAPI wraps any body-reading error in a generic 400. It is a 413.
+            limit = request.app.state.settings.max_body_bytes
+            return error_response(413, "body_too_large", f"request body exceeds max_body_bytes={limit}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

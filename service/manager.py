@@ -43,7 +43,7 @@ MODALITIES = ("text", "code", "image")
 
 
 def check_name(name: str) -> None:
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # fullmatch: "$" alone admits a trailing "\n"
         raise ValueError(
             f"invalid collection name {name!r}: use 1-63 characters from a-z, 0-9, '-' and '_', "
             "starting with a letter or digit"

@@ -9,6 +9,7 @@ progress through a ``Reporter``. Nothing becomes visible to the service until
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Reporter:
         self.stage, self._t = stage, now
         self.details["stage_seconds"] = self.timings
         log.info("stage %s", stage)
+        _fault_pause(stage, self.check)
 
     def check(self) -> None:
         if self.should_stop():
@@ -58,6 +60,18 @@ class Reporter:
 
     def on_progress(self, p: Progress) -> None:
         self.progress = {"step": p.step, "total_steps": p.total_steps, "loss": p.loss, "eta_s": p.eta_s}
+
+
+def _fault_pause(stage: str, check: Callable[[], None]) -> None:
+    """Fault injection for tests and drills: ``STROP_FAULT_PAUSE="train=5,mine=2"`` sleeps on entering a stage."""
+    spec = os.environ.get("STROP_FAULT_PAUSE", "")
+    for item in filter(None, spec.split(",")):
+        name, _, secs = item.partition("=")
+        if name.strip() == stage:
+            end = time.monotonic() + float(secs or 0)
+            while time.monotonic() < end:
+                check()
+                time.sleep(0.1)
 
 
 @dataclass

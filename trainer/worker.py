@@ -50,7 +50,7 @@ def run_job(job_id: str) -> str:
     cancelled = threading.Event()
     stop_beat = threading.Event()
     reporter = Reporter(should_stop=cancelled.is_set)
-    lock = r.lock(lock_key(prefix, collection), timeout=LOCK_TTL_S, blocking=False)
+    lock = r.lock(lock_key(prefix, collection), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
     parent = os.getppid()
 
     def beat() -> None:
@@ -61,6 +61,8 @@ def run_job(job_id: str) -> str:
                 if os.getppid() != parent:
                     store.finish_job_if(job_id, ("running", "queued"), state="failed", finished_at=time.time(),
                                         error="worker process died; the active version is unchanged: resubmit")
+                    if lock.owned():
+                        lock.release()
                     os._exit(1)
                 if lock.owned():
                     lock.reacquire()
@@ -80,12 +82,15 @@ def run_job(job_id: str) -> str:
             if cancelled.is_set():
                 raise Cancelled()
             time.sleep(0.5)
+        reporter.details["lock_acquired_at"] = time.time()
         if spec.kind != "encoder":
             raise ValueError(f"job kind {spec.kind!r} is not available in this build")
         result = run_encoder_job(job_id, collection, spec, store, data_dir, reporter,
                                  device=os.environ.get("STROP_DEVICE", "cpu"),
                                  announce=lambda c, v: _announce(r, prefix, c, v))
         stop_beat.set()
+        beater.join(5)
+        reporter.details["lock_released_at"] = time.time()
         store.finish_job_if(job_id, ("running",), state=result.state, stage="done", version=result.version,
                             metrics=result.metrics, details=reporter.details, progress=reporter.progress,
                             finished_at=time.time())

@@ -1,0 +1,318 @@
+"""Training jobs end to end: real Redis (127.0.0.1:6379, own queue prefix), real rq workers in
+subprocesses, a tiny real encoder, real FAISS, the CPython stdlib as a small real corpus."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from bench.datasets import stdlib_pairs
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+pytestmark = [pytest.mark.redis]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict:
+    data = stdlib_pairs()
+    train = data["train"][:240]
+    test = data["train"][240:300]
+    docs = {p["positive_id"]: p["code"] for p in train + test}
+    return {"train": train, "test": test, "docs": [{"id": k, "text": v} for k, v in docs.items()]}
+
+
+@pytest.fixture()
+def env(data_dir: Path, tiny_encoder_path: str) -> dict:
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError:
+        pytest.fail("Redis must run at 127.0.0.1:6379 (redis-server --daemonize yes)")
+    prefix = "test-" + uuid.uuid4().hex[:8]
+    return {**os.environ, "STROP_DATA_DIR": str(data_dir), "STROP_REDIS_URL": REDIS_URL,
+            "STROP_REDIS_PREFIX": prefix, "STROP_DEFAULT_ENCODER": tiny_encoder_path, "STROP_PRECISION": "fp32"}
+
+
+@pytest.fixture()
+def client(make_client, env):
+    return make_client(redis_url=REDIS_URL, redis_prefix=env["STROP_REDIS_PREFIX"])
+
+
+class Workers:
+    def __init__(self, env: dict):
+        self.env = env
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, burst: bool = True, **extra_env: str) -> subprocess.Popen:
+        args = [sys.executable, "-m", "service.cli", "worker"] + (["--burst"] if burst else [])
+        log = open(os.path.join(os.path.dirname(self.env["STROP_DATA_DIR"]), f"worker{len(self.procs)}.log"), "w")
+        p = subprocess.Popen(args, env={**self.env, **extra_env}, stdout=log, stderr=log,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(10)
+
+
+@pytest.fixture()
+def workers(env):
+    w = Workers(env)
+    yield w
+    w.stop()
+
+
+def load(client, corpus, name: str = "code") -> dict:
+    assert client.post("/collections", json={"name": name, "modality": "code"}).status_code == 201
+    r = client.put(f"/collections/{name}/documents", json={"documents": corpus["docs"]})
+    assert r.status_code == 200, r.text
+    return {"pairs": [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in corpus["test"]]}
+
+
+def job_body(corpus, evals, **kw) -> dict:
+    body = {"train": {"pairs": [{"query": p["query"], "positive_id": p["positive_id"]} for p in corpus["train"]]},
+            "eval": evals, "epochs": 3, "batch_size": 16, "learning_rate": 1e-3,
+            "mining": {"negatives_per_query": 1, "relative_margin": 0.0}}
+    body.update(kw)
+    return body
+
+
+def wait(client, job_id: str, states=("succeeded", "rejected", "failed", "cancelled"), timeout: float = 120) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not reach {states}: {job}")
+
+
+def active(client, name: str = "code") -> str:
+    return client.get(f"/collections/{name}").json()["version"]["id"]
+
+
+def test_job_raises_mrr_and_swaps(client, corpus, workers):
+    evals = load(client, corpus)
+    before = client.post("/collections/code/evaluate", json=evals).json()
+    r = client.post("/collections/code/jobs", json=job_body(corpus, evals))
+    assert r.status_code == 202 and r.json()["state"] == "queued"
+    job_id = r.json()["job_id"]
+    workers.start()
+    job = wait(client, job_id)
+    assert job["state"] == "succeeded", job
+    m = job["metrics"]
+    assert m["after"]["mrr@10"] > m["before"]["mrr@10"] + 0.02
+    assert abs(m["before"]["mrr@10"] - before["mrr@10"]) < 0.02  # same eval pairs, same version
+    mining = job["details"]["mining"]
+    for key in ("candidates_seen", "removed_positive", "removed_window", "removed_margin", "queries_without_negatives"):
+        assert key in mining
+    assert mining["kept"] > 0
+    assert job["progress"]["step"] == job["progress"]["total_steps"] > 0
+    # the API process switched to the job's version (pub/sub or polling)
+    end = time.time() + 5
+    while active(client) != job["version"] and time.time() < end:
+        time.sleep(0.1)
+    assert active(client) == job["version"]
+    after = client.post("/collections/code/evaluate", json=evals).json()
+    assert after["mrr@10"] > before["mrr@10"] + 0.02
+    listed = client.get("/jobs", params={"collection": "code"}).json()["jobs"]
+    assert [j["job_id"] for j in listed] == [job_id]
+
+
+def test_gated_out_job_keeps_active_version(client, corpus, workers):
+    evals = load(client, corpus)
+    v0 = active(client)
+    r = client.post("/collections/code/jobs", json=job_body(corpus, evals, gate={"metric": "mrr@10", "min_delta": 0.9}))
+    workers.start()
+    job = wait(client, r.json()["job_id"])
+    assert job["state"] == "rejected"
+    assert job["metrics"]["gate"]["passed"] is False
+    time.sleep(0.5)
+    assert active(client) == v0
+    versions = client.get("/collections/code/versions").json()
+    assert job["version"] in [v["id"] for v in versions["versions"]]  # kept for inspection / manual activation
+    assert versions["active"] == v0
+
+
+@pytest.mark.parametrize("patch,code", [
+    ({"bogus": 1}, "invalid_job"),
+    ({"train": {"pairs": []}}, "invalid_job"),
+    ({"train": {"pairs": [{"query": "q", "positive_id": "does.not.exist"}]}}, "unknown_documents"),
+    ({"mining": {"negatives_per_query": -1}}, "invalid_job"),
+    ({"mining": {"range_min": 10, "range_max": 5}}, "invalid_job"),
+    ({"epochs": 0}, "invalid_job"),
+    ({"train": {"source": "docstrings", "pairs": [{"query": "q", "positive_id": "x"}]}}, "invalid_job"),
+])
+def test_impossible_jobs_are_refused_at_submission(client, corpus, patch, code):
+    evals = load(client, corpus)
+    body = job_body(corpus, evals)
+    body.update(patch)
+    r = client.post("/collections/code/jobs", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == code
+    assert client.get("/jobs", params={"collection": "code"}).json()["jobs"] == []
+
+
+def test_unknown_collection_and_job(client):
+    assert client.post("/collections/nope/jobs", json={"train": {"source": "feedback"}}).status_code == 404
+    assert client.get("/jobs/nope").status_code == 404
+    assert client.delete("/jobs/nope").status_code == 404
+
+
+def test_cancel_queued_job(client, corpus):
+    evals = load(client, corpus)
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+    job = client.delete(f"/jobs/{job_id}").json()
+    assert job["state"] == "cancelled"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["waiting", "snapshot", "evaluate_before", "mine", "train", "evaluate_after", "publish"])
+def test_cancel_running_job_in_each_stage(client, corpus, workers, stage):
+    evals = load(client, corpus)
+    v0 = active(client)
+    if stage == "waiting":  # another job holds the collection's lock
+        r = redis.Redis.from_url(REDIS_URL)
+        lock = r.lock(f"{workers.env['STROP_REDIS_PREFIX']}:lock:code", timeout=60)
+        assert lock.acquire(blocking=False)
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+    workers.start(burst=True, STROP_FAULT_PAUSE=f"{stage}=30")
+    end = time.time() + 60
+    while time.time() < end:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["stage"] == stage and job["state"] == "running":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"job never reached stage {stage}: {job}")
+    t0 = time.time()
+    assert client.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
+    workers.procs[-1].wait(15)
+    assert time.time() - t0 < 10
+    assert client.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+    assert active(client) == v0
+    if stage == "waiting":
+        lock.release()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, workers, data_dir):
+    evals = load(client, corpus)
+    v0 = active(client)
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+    w = workers.start(burst=False, STROP_FAULT_PAUSE="train=30")
+    end = time.time() + 60
+    while client.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
+        time.sleep(0.1)
+    os.kill(w.pid, signal.SIGKILL)  # the worker process, not its work horse
+    job = wait(client, job_id, timeout=20)
+    assert job["state"] == "failed" and "worker" in job["error"]
+    assert active(client) == v0
+    assert not list((data_dir / "collections" / "code" / "versions").glob(".tmp-*"))
+    # the collection is not stuck: a fresh job runs to completion
+    job2 = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+    workers.start()
+    assert wait(client, job2)["state"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_jobs_on_one_collection_never_interleave(client, corpus, workers):
+    evals = load(client, corpus)
+    ids = [client.post("/collections/code/jobs", json=job_body(corpus, evals, max_steps=5)).json()["job_id"]
+           for _ in range(2)]
+    workers.start()
+    workers.start()
+    jobs = [wait(client, j) for j in ids]
+    assert all(j["state"] == "succeeded" for j in jobs), jobs
+    first, second = sorted(jobs, key=lambda j: j["details"]["lock_acquired_at"])
+    assert second["details"]["lock_acquired_at"] >= first["finished_at"]
+    assert second["details"]["snapshot"]["version"] == first["version"]  # trained on top of the first
+
+
+@pytest.mark.slow
+def test_swap_under_search_load_loses_nothing(client, corpus, workers):
+    evals = load(client, corpus)
+    v0 = active(client)
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+    statuses: list[int] = []
+    written: list[str] = []
+    stop = threading.Event()
+    queries = [p["query"] for p in corpus["test"]]
+
+    def search_loop() -> None:
+        i = 0
+        while not stop.is_set():
+            r = client.post("/collections/code/search", json={"query": queries[i % len(queries)], "top_k": 5})
+            statuses.append(r.status_code)
+            i += 1
+
+    def write_loop() -> None:
+        i = 0
+        while not stop.is_set():
+            doc_id = f"live.doc{i}"
+            r = client.put("/collections/code/documents",
+                           json={"documents": [{"id": doc_id, "text": f"def live_{i}(): return {i}"}]})
+            if r.status_code == 200:
+                written.append(doc_id)
+            i += 1
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=search_loop), threading.Thread(target=write_loop)]
+    for t in threads:
+        t.start()
+    workers.start(STROP_FAULT_PAUSE="publish=1")
+    job = wait(client, job_id)
+    end = time.time() + 5
+    while active(client) == v0 and time.time() < end:
+        time.sleep(0.05)
+    time.sleep(1.0)  # keep the load going past the swap
+    stop.set()
+    for t in threads:
+        t.join()
+    assert job["state"] == "succeeded"
+    assert active(client) == job["version"]
+    assert len(statuses) >= 200 and set(statuses) == {200}, (len(statuses), set(statuses))
+    # every acknowledged document is findable in the new version, including those written during the job
+    assert written
+    for doc_id in written + [d["id"] for d in corpus["docs"][:20]]:
+        assert client.get(f"/collections/code/documents/{doc_id}").status_code == 200
+    hits_ok = 0
+    for i, doc_id in enumerate(written):
+        r = client.post("/collections/code/search",
+                        json={"query": f"def live_{i}(): return {i}", "top_k": 10, "filter": {}})
+        hits_ok += doc_id in [h["id"] for h in r.json()["hits"]]
+    count = client.get("/collections/code").json()["count"]
+    assert count == len(corpus["docs"]) + len(written)
+    st = client.app.state.manager.state("code")
+    assert st.served.live.ntotal == count  # the index holds exactly the acknowledged documents
+    assert hits_ok >= 0.8 * len(written)
+
+
+def test_feedback_trains(client, corpus, workers):
+    load(client, corpus)
+    for p in corpus["train"][:120]:
+        r = client.post("/collections/code/feedback", json={"query": p["query"], "positive_ids": [p["positive_id"]]})
+        assert r.status_code == 202
+    body = {"train": {"source": "feedback"}, "epochs": 2, "batch_size": 16, "learning_rate": 1e-3,
+            "mining": {"negatives_per_query": 1, "relative_margin": 0.0}}
+    job_id = client.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(client, job_id)
+    assert job["state"] in ("succeeded", "rejected")
+    assert job["details"]["pairs"]["source"] == "feedback"
+    assert job["details"]["pairs"]["train_pairs"] + job["details"]["pairs"]["eval_pairs"] >= 100
