@@ -358,6 +358,14 @@ class DocumentStore:
                 yield _doc(r)
             last = rows[-1]["rid"]
 
+    def list_documents(self, collection: str, after: str = "", limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        """(id, metadata) of live documents in id order, starting after ``after`` (keyset paging)."""
+        rows = self._conn().execute(
+            "SELECT id, metadata FROM documents WHERE collection = ? AND deleted = 0 AND id > ? ORDER BY id LIMIT ?",
+            (collection, after, limit),
+        ).fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
+
     def live_rids(self, collection: str) -> dict[str, int]:
         return {
             r[0]: r[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import threading
@@ -21,7 +22,7 @@ from service.batching import Overloaded
 from service.errors import error_response
 from service.manager import CollectionManager
 from service.models import ModelRegistry
-from service.routes import collections, documents, embeddings, health, jobs, search
+from service.routes import collections, documents, embeddings, health, ingest, jobs, search
 from service.settings import Settings
 from service.telemetry import Telemetry, Timer
 
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = DocumentStore(settings.db_path)
         models = ModelRegistry(settings.precision, settings.device, settings.batch_size, settings.queue_size,
                                observe=telemetry.observe_batch)
+        # Import the encoder stack before reporting ready: a replica that opens its first collection
+        # later (one created through another replica) must not pay a multi-second import then.
+        await to_thread.run_sync(importlib.import_module, "sentence_transformers")
         queue = None
         if settings.redis_url:
             from service.queue import JobQueue
@@ -100,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.telemetry.latency.labels(path).observe(timer.ms / 1000.0)
         return response
 
-    for module in (health, embeddings, collections, documents, search, jobs):
+    for module in (health, embeddings, collections, ingest, documents, search, jobs):
         app.include_router(module.router)
     return app
 

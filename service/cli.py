@@ -121,14 +121,21 @@ def cmd_search(args: argparse.Namespace) -> None:
         r = c.post(f"/collections/{args.collection}/search", json={"query": args.query, "top_k": args.top_k})
         if r.status_code != 200:
             _fail(r)
-        modality = info.json()["modality"]
-        for h in r.json()["hits"]:
-            md = h.get("metadata", {})
-            if modality == "code" and "path" in md:
-                print(f"{md['path']}:{md.get('line', '?')}  {md.get('signature', h['id'])}")
-            else:
-                text = (h.get("text") or "").replace("\n", " ")
-                print(f"{h['score']:.4f}  {h['id']}  {text[:100]}")
+        for line in format_hits(info.json()["modality"], r.json()["hits"]):
+            print(line)
+
+
+def format_hits(modality: str, hits: list[dict]) -> list[str]:
+    """Code hits as `path:line  signature`; others as `score  id  text`."""
+    out = []
+    for h in hits:
+        md = h.get("metadata") or {}
+        if modality == "code" and "path" in md:
+            out.append(f"{md['path']}:{md.get('line', '?')}  {md.get('signature') or h['id']}")
+        else:
+            text = (h.get("text") or "").replace("\n", " ")
+            out.append(f"{h['score']:.4f}  {h['id']}  {text[:100]}")
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -191,8 +198,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         ingest_code(c, Path(args.path), args.collection)
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``strop`` argument parser (also used by tests to check the Dockerfiles' and compose commands)."""
     p = argparse.ArgumentParser(prog="strop", description="self-improving embedding search")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -231,8 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--url", default=_env("URL", DEFAULT_URL))
     g.add_argument("--api-key", default=_env("API_KEY"))
     g.set_defaults(fn=cmd_ingest)
+    return p
 
-    args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
     args.fn(args)
 
 

@@ -40,8 +40,9 @@ def make_client(data_dir: Path, tiny_encoder_path: str):
     clients: list[TestClient] = []
 
     def make(**overrides) -> TestClient:
-        settings = Settings(data_dir=data_dir, default_encoder=tiny_encoder_path, precision="fp32",
-                            poll_interval_s=0.2, **overrides)
+        kwargs = {"data_dir": data_dir, "default_encoder": tiny_encoder_path, "precision": "fp32",
+                  "poll_interval_s": 0.2, **overrides}
+        settings = Settings(**kwargs)
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)

@@ -96,6 +96,20 @@ class LossSpec(Strict):
     temperature: float = Field(0.05, gt=0.0, le=1.0, description="InfoNCE temperature")
 
 
+class AugmentSpec(Strict):
+    """CoCoSoDa-style soft augmentation of code documents during training."""
+
+    rate: float = Field(0.1, ge=0.0, le=0.9, description="fraction of identifiers changed per document")
+    mode: Literal["mask", "type", "both"] = Field("both", description="mask = [MASK]; type = a token for its kind")
+
+
+class MomentumQueueSpec(Strict):
+    """A momentum copy of the encoder feeding a queue of document embeddings used as extra negatives."""
+
+    size: int = Field(1024, ge=32, le=65536)
+    momentum: float = Field(0.999, ge=0.0, lt=1.0)
+
+
 class GateSpec(Strict):
     metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = "mrr@10"
     min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="activate only if after - before >= min_delta")
@@ -113,5 +127,7 @@ class JobSpec(Strict):
     max_steps: int | None = Field(None, ge=1)
     max_seq_length: int | None = Field(None, ge=8, le=8192, description="truncate training texts (default: the encoder's)")
     seed: int = 42
+    augment: AugmentSpec | None = Field(None, description="code only; off by default (see docs/benchmarks.md)")
+    momentum_queue: MomentumQueueSpec | None = Field(None, description="off by default (see docs/benchmarks.md)")
     gate: GateSpec = Field(default_factory=GateSpec)
     activate: bool = True

@@ -44,12 +44,18 @@ class Pair:
     extra_positives: list[int] = field(default_factory=list)
     negatives: list[int] = field(default_factory=list)  # given (feedback) negatives
     group: str = ""
+    positive_text: str | None = None  # train on this instead of the stored text (docstrings: code without it)
+
+
+def positive_text(p: Pair, texts: list[str]) -> str:
+    return p.positive_text if p.positive_text is not None else texts[p.positive]
 
 
 @dataclass
 class EvalPair:
     query: str
     positives: list[int]
+    text_overrides: dict[int, str] = field(default_factory=dict)
 
 
 def snapshot(store: DocumentStore, data_dir: str, collection: str) -> Snapshot:
@@ -90,12 +96,18 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
                 dropped += 1
                 continue
             pairs.append(Pair(fb["query"], rows[0], rows[1:], negs))
+    elif source == "docstrings":
+        pairs = docstring_pairs(snap)
+        if not pairs:
+            raise ValueError("no function in the collection has a usable docstring (>= 3 words) to learn from")
     else:
         raise ValueError(f"train.source {source!r} is not supported for {snap.modality} collections yet")
     if not pairs:
         raise ValueError("no usable training pairs: every positive is missing from the collection")
 
     group_key = spec.eval.group_by if spec.eval else None
+    if group_key is None and source == "docstrings":
+        group_key = "path"  # hold out whole modules
     for p in pairs:
         meta = snap.metadata[p.positive]
         p.group = str(meta.get(group_key)) if group_key and group_key in meta else snap.ids[p.positive]
@@ -113,7 +125,40 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
     if not train:
         raise ValueError("every training pair was held out for evaluation: give eval.pairs or more pairs")
     info = {"train_pairs": len(train), "eval_pairs": len(evals), "dropped_pairs": dropped, "source": source}
+    if source == "docstrings" and not (spec.eval and spec.eval.pairs):
+        # Held-out functions are searched without their docstrings, or the query would match itself.
+        held_rows = {r for e in evals for r in e.positives}
+        by_row = {p.positive: p for p in pairs}
+        info["eval_text_overrides"] = len(held_rows)
+        for e in evals:
+            e.text_overrides = {r: by_row[r].positive_text for r in e.positives
+                                if r in by_row and by_row[r].positive_text is not None}
     return train, evals, info
+
+
+def docstring_pairs(snap: Snapshot) -> list[Pair]:
+    """(docstring summary -> code without the docstring) for every function and method that has one."""
+    from index.codeparse import split_docstring, usable_docstring
+
+    out = []
+    for row, (text, meta) in enumerate(zip(snap.texts, snap.metadata, strict=True)):
+        summary = meta.get("docstring") or ""
+        if meta.get("kind") not in ("function", "method") or not usable_docstring(summary):
+            continue
+        try:
+            _, code = split_docstring(text)
+        except SyntaxError:
+            continue
+        if code.strip():
+            out.append(Pair(summary, row, positive_text=code))
+    return out
+
+
+def eval_overrides(evals: list[EvalPair]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for e in evals:
+        out.update(e.text_overrides)
+    return out
 
 
 def split_by_group(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -138,3 +183,4 @@ def _merge_eval(pairs: list[Pair]) -> list[EvalPair]:
     for p in pairs:
         by_query[p.query].update([p.positive, *p.extra_positives])
     return [EvalPair(q, sorted(rows)) for q, rows in by_query.items()]
+

@@ -20,7 +20,8 @@ import torch
 
 from index.encoder import Encoder, bf16_supported
 from trainer.contract import JobSpec
-from trainer.data import Pair
+from trainer.augment import augment_code
+from trainer.data import Pair, positive_text
 from trainer.losses import info_nce
 
 log = logging.getLogger("strop.train")
@@ -71,7 +72,7 @@ def make_batches(pairs: Sequence[Pair], texts: Sequence[str], batch_size: int, r
         rest: list[int] = []
         for i in pending:
             p = pairs[i]
-            keys = {"q:" + p.query, "d:" + texts[p.positive]}
+            keys = {"q:" + p.query, "d:" + positive_text(p, texts)}
             if len(batch) < batch_size and not (keys & seen):
                 batch.append(i)
                 seen |= keys
@@ -115,6 +116,10 @@ def fine_tune(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    queue = MomentumQueue(model, spec.momentum_queue.size, spec.momentum_queue.momentum) \
+        if spec.momentum_queue else None
+    aug_rng = random.Random(spec.seed + 1)
+    augment = (lambda t: augment_code(t, spec.augment.rate, spec.augment.mode, aug_rng)) if spec.augment else None
     model.train()
     step = 0
     ema: float | None = None
@@ -132,12 +137,14 @@ def fine_tune(
                 negatives = refresh(model)
                 model.train()
                 refreshes += 1
-            loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device)
+            loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device, augment, queue)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            if queue is not None:
+                queue.update(model)
             step += 1
             val = float(loss.detach())
             ema = val if ema is None else 0.9 * ema + 0.1 * val
@@ -150,7 +157,8 @@ def fine_tune(
 
 
 def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]], batch: list[int],
-          temperature: float, device: str) -> torch.Tensor:
+          temperature: float, device: str, augment: Callable[[str], str] | None = None,
+          queue: MomentumQueue | None = None) -> torch.Tensor:
     queries = [pairs[i].query for i in batch]
     doc_rows = [pairs[i].positive for i in batch]
     for i in batch:
@@ -163,7 +171,9 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
         if r not in seen or len(uniq) < len(batch):
             seen.setdefault(r, len(uniq))
             uniq.append(r)
-    doc_texts = [texts[r] for r in uniq]
+    doc_texts = [positive_text(pairs[batch[b]], texts) if b < len(batch) else texts[r] for b, r in enumerate(uniq)]
+    if augment is not None:
+        doc_texts = [augment(t) for t in doc_texts]
     q = _embed(model, queries, device)
     d = _embed(model, doc_texts, device)
     mask = torch.zeros((len(batch), len(uniq)), dtype=torch.bool)
@@ -174,7 +184,46 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
         for b, r in enumerate(uniq):
             if b != a and (r in relevant or texts[r] == pos_text):
                 mask[a, b] = True
-    return info_nce(q, d, temperature, mask.to(q.device))
+    if queue is None:
+        return info_nce(q, d, temperature, mask.to(q.device))
+    # momentum queue: extra negatives from earlier batches, encoded by the slow-moving copy
+    q_rows = torch.tensor([pairs[i].positive for i in batch])
+    extra, extra_rows = queue.negatives()
+    if extra is not None:
+        qmask = (extra_rows[None, :] == q_rows[:, None])
+        d = torch.cat([d, extra.to(d.device)], dim=0)
+        mask = torch.cat([mask, qmask], dim=1)
+    loss = info_nce(q, d, temperature, mask.to(q.device))
+    queue.enqueue(doc_texts[: len(batch)], q_rows, device)
+    return loss
+
+
+class MomentumQueue:
+    """MoCo-style: a momentum copy of the encoder embeds each batch's positives into a FIFO queue
+    that later batches use as extra negatives (rows of the same document are masked)."""
+
+    def __init__(self, model, size: int, momentum: float):
+        self.encoder = copy.deepcopy(model).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.size = size
+        self.m = momentum
+        self.vecs: torch.Tensor | None = None
+        self.rows = torch.empty(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        for pm, p in zip(self.encoder.parameters(), model.parameters(), strict=True):
+            pm.mul_(self.m).add_(p.detach(), alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def enqueue(self, doc_texts: list[str], rows: torch.Tensor, device: str) -> None:
+        v = torch.nn.functional.normalize(_embed(self.encoder, doc_texts, device), dim=-1).cpu()
+        self.vecs = v if self.vecs is None else torch.cat([v, self.vecs])[: self.size]
+        self.rows = torch.cat([rows, self.rows])[: self.size]
+
+    def negatives(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        return self.vecs, self.rows
 
 
 def _embed(model, texts: list[str], device: str) -> torch.Tensor:

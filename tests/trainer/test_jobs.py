@@ -316,3 +316,36 @@ def test_feedback_trains(client, corpus, workers):
     assert job["state"] in ("succeeded", "rejected")
     assert job["details"]["pairs"]["source"] == "feedback"
     assert job["details"]["pairs"]["train_pairs"] + job["details"]["pairs"]["eval_pairs"] >= 100
+
+
+@pytest.mark.slow
+def test_docstrings_job_with_augmentation_and_momentum_queue(client, workers):
+    import email
+    import json as _json
+
+    from index.codeparse import parse_tree
+    from index.codesync import to_document
+
+    docs = []
+    for pkg in (Path(_json.__file__).parent, Path(email.__file__).parent):
+        docs += [to_document(d) for d in parse_tree(pkg).docs]
+    assert client.post("/collections", json={"name": "lib", "modality": "code"}).status_code == 201
+    for i in range(0, len(docs), 500):
+        assert client.put("/collections/lib/documents", json={"documents": docs[i:i + 500]}).status_code == 200
+    body = {"train": {"source": "docstrings"}, "epochs": 2, "batch_size": 16, "learning_rate": 1e-3,
+            "mining": {"negatives_per_query": 1, "relative_margin": 0.0},
+            "augment": {"rate": 0.2, "mode": "both"}, "momentum_queue": {"size": 64, "momentum": 0.99},
+            "gate": {"metric": "mrr@10", "min_delta": -1.0}}
+    job_id = client.post("/collections/lib/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(client, job_id)
+    assert job["state"] == "succeeded", job
+    pairs = job["details"]["pairs"]
+    assert pairs["source"] == "docstrings" and pairs["train_pairs"] > 50
+    assert pairs["eval_text_overrides"] == pairs["eval_pairs"] or pairs["eval_text_overrides"] > 0
+    assert job["metrics"]["after"]["n"] == pairs["eval_pairs"]
+    # a text collection cannot train on docstrings
+    client.post("/collections", json={"name": "prose", "modality": "text"})
+    client.put("/collections/prose/documents", json={"documents": [{"id": "a", "text": "x y"}, {"id": "b", "text": "z"}]})
+    r = client.post("/collections/prose/jobs", json={"train": {"source": "docstrings"}})
+    assert r.status_code == 422

@@ -1,0 +1,165 @@
+"""Code search on the CPython standard library, everything through the REST API.
+
+Split: bench.datasets.stdlib_pairs (docstring summary -> function source without its
+docstring), 80/20 by module file. A live `strop serve` (embedded Redis + worker) is
+started on a temp data dir. For each configuration the collection "all" (every stdlib
+function, ~14k, the realistic corpus) is rolled back to its base version and a job is
+submitted; the trained encoder is then also evaluated on a collection holding only the
+test functions (~1.2k). Reports MRR@10, R@1, R@10 on both corpora, job wall time and
+time per stage.
+
+    python -m bench.codesearch                 # full run (hours on 2 CPU cores)
+    python -m bench.codesearch --quick         # smoke: 600 train pairs, 10 steps
+    python -m bench.codesearch --configs inbatch,mined1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.datasets import stdlib_pairs
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "inbatch": {"mining": {"negatives_per_query": 0}},
+    "mined1": {"mining": {"negatives_per_query": 1, "range_min": 0, "range_max": 50, "relative_margin": 0.05}},
+    "mined3": {"mining": {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relative_margin": 0.05}},
+    "mined1_window10_100": {"mining": {"negatives_per_query": 1, "range_min": 10, "range_max": 100,
+                                       "relative_margin": 0.05}},
+    "mined1_margin10": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.10}},
+    "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
+    "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 66}},
+    "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
+}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = _port()
+    log = open(data_dir.parent / "serve.log", "a")
+    p = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
+                          str(data_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return p, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not start; see serve.log")
+
+
+def put_all(c: httpx.Client, name: str, docs: list[dict]) -> None:
+    for i in range(0, len(docs), 500):
+        r = c.put(f"/collections/{name}/documents", json={"documents": docs[i : i + 500]})
+        r.raise_for_status()
+
+
+def evaluate(c: httpx.Client, name: str, pairs: list[dict]) -> dict:
+    r = c.post(f"/collections/{name}/evaluate", json={"pairs": pairs, "k": 10})
+    r.raise_for_status()
+    return r.json()
+
+
+def run_job(c: httpx.Client, body: dict) -> dict:
+    r = c.post("/collections/all/jobs", json=body)
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        job = c.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "rejected", "failed", "cancelled"):
+            return job
+        time.sleep(2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--seeds", default="42")
+    ap.add_argument("--max-steps", type=int, default=None)
+    args = ap.parse_args()
+
+    data = stdlib_pairs()
+    train, test = data["train"], data["test"]
+    corpus_all, corpus_test = data["corpus_all"], data["corpus_test"]
+    if args.quick:
+        train, test = train[:600], test[:200]
+        keep = {p["positive_id"] for p in train + test}
+        corpus_all = [d for d in corpus_all if d["id"] in keep] + [d for d in corpus_all if d["id"] not in keep][:1000]
+        corpus_test = [d for d in corpus_test if d["id"] in {p["positive_id"] for p in test}]
+    max_steps = args.max_steps or (10 if args.quick else None)
+    print(f"sizes: train pairs {len(train)}, test pairs {len(test)}, corpus_all {len(corpus_all)}, "
+          f"corpus_test {len(corpus_test)}", flush=True)
+    eval_pairs = [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in test]
+    tmp = Path(tempfile.mkdtemp(prefix="strop-codesearch-"))
+    data_dir = tmp / "data"
+    server, url = start_server(data_dir)
+    rows = []
+    try:
+        c = httpx.Client(base_url=url, timeout=3600)
+        t = time.perf_counter()
+        for name, docs in (("all", corpus_all), ("test", corpus_test)):
+            c.post("/collections", json={"name": name, "modality": "code"}).raise_for_status()
+            put_all(c, name, docs)
+        print(f"ingest {len(corpus_all) + len(corpus_test)} docs: {time.perf_counter() - t:.0f}s", flush=True)
+        base = c.get("/collections/all").json()["version"]["id"]
+        zs_all, zs_test = evaluate(c, "all", eval_pairs), evaluate(c, "test", eval_pairs)
+        rows.append(("zero-shot", "-", zs_test, zs_all, 0.0, {}))
+        print(rows[-1], flush=True)
+        for cfg in args.configs.split(","):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                c.post(f"/collections/all/versions/{base}/activate").raise_for_status()
+                body = {"train": {"pairs": [{"query": p["query"], "positive_id": p["positive_id"]} for p in train]},
+                        "eval": {"pairs": eval_pairs}, "batch_size": 32, "learning_rate": 2e-5, "seed": seed,
+                        "gate": {"metric": "mrr@10", "min_delta": -1.0}, **CONFIGS[cfg]}
+                if max_steps:
+                    body["max_steps"] = max_steps
+                t = time.perf_counter()
+                job = run_job(c, body)
+                wall = time.perf_counter() - t
+                if job["state"] != "succeeded":
+                    print(cfg, job["state"], job["error"], flush=True)
+                    continue
+                encoder = data_dir / "collections" / "all" / "versions" / job["version"] / "encoder"
+                tname = f"test-{cfg.replace('.', '').replace('_', '-')}-{seed}".lower()[:60]
+                c.post("/collections", json={"name": tname, "modality": "code", "encoder": str(encoder)}).raise_for_status()
+                put_all(c, tname, corpus_test)
+                m_test = evaluate(c, tname, eval_pairs)
+                m_all = evaluate(c, "all", eval_pairs)
+                c.delete(f"/collections/{tname}")
+                rows.append((cfg, seed, m_test, m_all, wall, job["details"].get("stage_seconds", {})))
+                print(cfg, seed, json.dumps({"test": m_test["mrr@10"], "all": m_all["mrr@10"], "wall": round(wall),
+                                             "mining": job["details"].get("mining")}), flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    print()
+    print("| config | seed | MRR@10 test | R@1 test | R@10 test | MRR@10 all | R@1 all | R@10 all | job s | stages (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for cfg, seed, mt, ma, wall, stages in rows:
+        print(f"| {cfg} | {seed} | {mt['mrr@10']:.4f} | {mt['recall@1']:.4f} | {mt['recall@10']:.4f} | "
+              f"{ma['mrr@10']:.4f} | {ma['recall@1']:.4f} | {ma['recall@10']:.4f} | {wall:.0f} | "
+              f"{json.dumps(stages)} |")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
