@@ -57,7 +57,8 @@ class LiveIndex:
             if revived:
                 self.tombstones.difference_update(revived)
                 self._gen += 1
-            have = {int(r) for r in rids_a[fresh] if self._delta_has(int(r))}
+            d_ids = faiss.vector_to_array(self.delta.id_map) if self.delta.ntotal else np.empty(0, np.int64)
+            have = set(np.intersect1d(rids_a[fresh], d_ids).tolist())
             keep = np.array([f and int(r) not in have for r, f in zip(rids_a, fresh, strict=True)], bool)
             if keep.any():
                 self.delta.add_with_ids(vecs[keep], rids_a[keep])

@@ -1,0 +1,126 @@
+"""Teacher ablation through the REST API, on two real sets:
+
+* stdlib: CPython standard-library code search (docstring summary -> code), split by module file;
+* debian: Debian package descriptions (synopsis -> long description), split by source package.
+
+First a teacher job trains the collection's cross-encoder (RocketQA recipe). Then, from the same
+base version and with the same step budget, encoder jobs run: hard negatives alone; + denoise;
++ margin_mse; + cprd; + semantic positives; + mixing. The last row reranks the base bi-encoder's
+top 50 with the trained teacher. Reports MRR@10, R@1, R@10 on the held-out queries and wall time.
+
+    python -m bench.distill --set stdlib --steps 150
+    python -m bench.distill --set debian --train 5000 --test 1000 --corpus 20000 --steps 150
+    python -m bench.distill --quick              # smoke run on a few hundred pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.codesearch import evaluate, put_all, start_server
+from bench.datasets import debian_pairs, stdlib_pairs
+
+BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relative_margin": 0.05}
+ROWS: dict[str, dict[str, Any]] = {
+    "hard negatives": {},
+    "+ denoise": {"mining": {**BASE_MINING, "denoise": True}},
+    "+ margin_mse": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "margin_mse", "weight": 1.0}},
+    "+ cprd": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0}},
+    "+ semantic positives": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
+                             "positives": {"semantic": True, "max_per_query": 1}},
+    "+ mixing": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
+                 "mix_hard_negatives": {"count": 4, "hardest": 8}},
+}
+
+
+def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int | None) -> dict:
+    if name == "stdlib":
+        d = stdlib_pairs()
+        train, test, corpus = d["train"], d["test"], d["corpus_all"]
+        train = [{"query": p["query"], "positive_id": p["positive_id"]} for p in train]
+        test = [{"query": p["query"], "positive_id": p["positive_id"]} for p in test]
+        modality = "code"
+    else:
+        d = debian_pairs()
+        train = [{"query": p["query"], "positive_id": p["positive_id"]} for p in d["train"]]
+        test = [{"query": p["query"], "positive_id": p["positive_id"]} for p in d["test"]]
+        corpus = d["corpus"]
+        modality = "text"
+    train, test = train[: n_train or None], test[: n_test or None]
+    if n_corpus:
+        keep = {p["positive_id"] for p in train + test}
+        corpus = [c for c in corpus if c["id"] in keep] + [c for c in corpus if c["id"] not in keep][: max(0, n_corpus - len(keep))]
+    return {"train": train, "test": test, "corpus": corpus, "modality": modality}
+
+
+def job(c: httpx.Client, name: str, body: dict) -> tuple[dict, float]:
+    t = time.perf_counter()
+    r = c.post(f"/collections/{name}/jobs", json=body)
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+    while True:
+        j = c.get(f"/jobs/{job_id}").json()
+        if j["state"] in ("succeeded", "rejected", "failed", "cancelled"):
+            return j, time.perf_counter() - t
+        time.sleep(2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", choices=["stdlib", "debian"], default="stdlib")
+    ap.add_argument("--train", type=int)
+    ap.add_argument("--test", type=int)
+    ap.add_argument("--corpus", type=int)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--teacher-steps", type=int, default=300)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.train, args.test, args.corpus, args.steps, args.teacher_steps = 300, 100, 1000, 10, 10
+    data = load_set(args.set, args.train, args.test, args.corpus)
+    evals = [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in data["test"]]
+    print(f"{args.set}: train {len(data['train'])}, test {len(data['test'])}, corpus {len(data['corpus'])}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="strop-distill-"))
+    server, url = start_server(tmp / "data")
+    rows = []
+    try:
+        c = httpx.Client(base_url=url, timeout=3600)
+        c.post("/collections", json={"name": "set", "modality": data["modality"]}).raise_for_status()
+        put_all(c, "set", data["corpus"])
+        base = c.get("/collections/set").json()["version"]["id"]
+        common = {"train": {"pairs": data["train"]}, "eval": {"pairs": evals}, "batch_size": 32,
+                  "learning_rate": 2e-5, "gate": {"metric": "mrr@10", "min_delta": -1.0}}
+        zs = evaluate(c, "set", evals)
+        rows.append(("zero-shot", zs, 0.0))
+        tj, tw = job(c, "set", {**common, "kind": "teacher", "max_steps": args.teacher_steps})
+        print("teacher", tj["state"], json.dumps(tj["metrics"]), flush=True)
+        if tj["state"] == "succeeded":
+            rows.append(("teacher as reranker of the base bi-encoder", tj["metrics"]["after"], tw))
+        for row in args.rows.split(","):
+            c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
+            body = {**common, "max_steps": args.steps, "mining": BASE_MINING, **ROWS[row]}
+            j, wall = job(c, "set", body)
+            if j["state"] not in ("succeeded", "rejected"):
+                print(row, j["state"], j["error"], flush=True)
+                continue
+            rows.append((row, j["metrics"]["after"], wall))
+            print(row, json.dumps(j["metrics"]["after"]), round(wall), flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    print(f"\n| {args.set} | MRR@10 | R@1 | R@10 | wall s |\n|---|---|---|---|---|")
+    for name, m, wall in rows:
+        print(f"| {name} | {m['mrr@10']:.4f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {wall:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
