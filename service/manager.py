@@ -109,7 +109,9 @@ class CollectionManager:
             except Exception:
                 log.exception("could not open collection %s", name)
 
-    def _open(self, name: str) -> CollectionState:
+    def _open(self, name: str, create_base: bool = True) -> CollectionState | None:
+        """Load a collection's active version. A replica that merely noticed a new collection
+        (``create_base=False``) waits for its creator to write the base version instead of racing it."""
         with self._lock:
             lock = self._open_locks.setdefault(name, threading.Lock())
         with lock:
@@ -121,6 +123,8 @@ class CollectionManager:
             mtime = vstore.active_mtime()  # before reading the pointer: an activation while we load is polled
             vid = vstore.active()
             if vid is None:
+                if not create_base and time.time() - record.created_at < 60:
+                    return None  # the creating process is still writing the base version
                 vid = self._create_base_version(record, vstore)
             served = self._load(record, vstore, vid)
             cursor, id_map = catch_up(self.store, served.version, served.model.batcher.encode_sync)
@@ -162,7 +166,9 @@ class CollectionManager:
         try:
             self.store.create_collection(name, modality, encoder, spec.to_dict())
             try:
-                return self._open(name)
+                st = self._open(name)
+                assert st is not None
+                return st
             except BaseException:
                 self.store.delete_collection(name)
                 VersionStore(self.data_dir, name).remove_all()
@@ -279,7 +285,7 @@ class CollectionManager:
         known = set(self.store.list_collections())
         for name in known - set(self._states):
             try:
-                self._open(name)
+                self._open(name, create_base=False)
             except Exception:
                 log.exception("could not open collection %s", name)
         for name in set(self._states) - known:

@@ -29,11 +29,20 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return ids, normalised(rng, N)
 
 
+_MAINS: dict[str, object] = {}
+
+
+def main_index(kind: str, data) -> object:
+    """One built index per kind for the whole module: LiveIndex never mutates its main index."""
+    if kind not in _MAINS:
+        ids, vecs = data
+        _MAINS[kind] = fi.build(IndexSpec(kind=kind), DIM, ids, vecs)
+    return _MAINS[kind]
+
+
 @pytest.fixture(scope="module", params=KINDS)
 def built(request: pytest.FixtureRequest, data) -> tuple[str, object]:
-    ids, vecs = data
-    kind = request.param
-    return kind, fi.build(IndexSpec(kind=kind), DIM, ids, vecs)
+    return request.param, main_index(request.param, data)
 
 
 def brute_force(queries: np.ndarray, rids: np.ndarray, vecs: np.ndarray, k: int) -> np.ndarray:
@@ -86,7 +95,9 @@ def test_auto_resolves_flat_below_threshold_hnsw_above(data) -> None:
     assert spec.resolve(1000) == "hnsw" and spec.resolve(10**6) == "hnsw"
     assert IndexSpec().resolve(N) == "flat"  # default threshold is far above N
     assert fi.inner_kind(fi.build(spec, DIM, ids[:999], vecs[:999])) == "flat"
-    assert fi.inner_kind(fi.build(spec, DIM, ids, vecs)) == "hnsw"
+    small = IndexSpec(kind="auto", auto_threshold=300)
+    assert fi.inner_kind(fi.build(small, DIM, ids[:299], vecs[:299])) == "flat"
+    assert fi.inner_kind(fi.build(small, DIM, ids[:300], vecs[:300])) == "hnsw"
     assert fi.inner_kind(fi.build(IndexSpec(), DIM, ids, vecs)) == "flat"
     # IVF needs enough points to train its quantiser; below that it is flat
     assert IndexSpec(kind="ivf").resolve(100) == "flat"
@@ -134,7 +145,9 @@ def make_live(kind: str, data) -> tuple[LiveIndex, dict[int, np.ndarray]]:
     """A LiveIndex over a fresh main index, plus the truth: rid -> vector of every live row."""
     ids, vecs = data
     spec = IndexSpec(kind=kind)
-    live = LiveIndex(fi.build(spec, DIM, ids, vecs), spec, DIM)
+    main = main_index(kind, data)
+    live = LiveIndex(main, spec, DIM)
+    assert live.main is main and main.ntotal == N
     return live, {int(r): vecs[i] for i, r in enumerate(ids)}
 
 

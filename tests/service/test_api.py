@@ -496,7 +496,7 @@ def test_malformed_json(docs_client) -> None:
     expect_error(docs_client.put("/collections/docs/documents", json={"documents": {"id": "a"}}), 422)
     expect_error(docs_client.put("/collections/docs/documents", json={"docs": corpus(1)}), 422)
     # not JSON at all
-    r = docs_client.post("/collections/docs/search", content="query=hello".encode(),
+    r = docs_client.post("/collections/docs/search", content=b"query=hello",
                          headers={"content-type": "application/x-www-form-urlencoded"})
     assert 400 <= r.status_code < 500
     error_of(r)

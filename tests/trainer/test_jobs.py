@@ -190,9 +190,9 @@ def test_cancel_running_job_in_each_stage(client, corpus, workers, stage):
         r = redis.Redis.from_url(REDIS_URL)
         lock = r.lock(f"{workers.env['STROP_REDIS_PREFIX']}:lock:code", timeout=60)
         assert lock.acquire(blocking=False)
-    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
-    workers.start(burst=True, STROP_FAULT_PAUSE=f"{stage}=30")
-    end = time.time() + 60
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals, max_steps=5)).json()["job_id"]
+    workers.start(burst=True, STROP_FAULT_PAUSE=f"{stage}=60")
+    end = time.time() + 180
     while time.time() < end:
         job = client.get(f"/jobs/{job_id}").json()
         if job["stage"] == stage and job["state"] == "running":

@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1.7
+# strop trainer image: `strop worker`, an rq queue consumer that runs training jobs.
+# Same package as the API image; more replicas = more jobs in parallel (one job per collection at a time).
+#
+#   docker build -f docker/trainer.Dockerfile -t strop-trainer .
+#   docker run -e STROP_REDIS_URL=redis://redis:6379/0 -v strop-data:/data strop-trainer
+#
+# Build args:
+#   PYTHON_IMAGE     base image (default python:3.11-slim)
+#   TORCH_VERSION    2.13.0, the version pyproject.toml pins
+#   TORCH_INDEX_URL  the CPU wheel index by default. GPU trainers: build with a CUDA index, e.g.
+#                    --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+#                    and run with STROP_DEVICE=cuda and a GPU reserved for the container.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+# torch first, from its own index; `pip install .` then keeps it (2.13.0+cpu satisfies torch==2.13.0).
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+RUN mkdir -p index trainer service \
+ && touch index/__init__.py trainer/__init__.py service/__init__.py \
+ && pip install . \
+ && pip uninstall -y strop
+COPY index ./index
+COPY trainer ./trainer
+COPY service ./service
+RUN pip install --no-deps . \
+ && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/strop strop \
+ && mkdir -p /data \
+ && chown strop:strop /data
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    STROP_DATA_DIR=/data
+USER strop
+WORKDIR /home/strop
+# Jobs fine-tune the collection's encoder; the default one must load with no network.
+RUN --network=none python -c "from index.encoder import Encoder; \
+e = Encoder.load('all-MiniLM-L6-v2', precision='fp32', device='cpu'); \
+v = e.encode(['offline check']).vectors; \
+assert v.shape == (1, 384), v.shape; print('packaged MiniLM loads offline:', e.dim, 'dims')"
+VOLUME ["/data"]
+# Healthy = Redis answers and an rq worker from this container (hostname) is registered.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD python -c "import os, socket, redis, rq; c = redis.Redis.from_url(os.environ['STROP_REDIS_URL'], socket_timeout=5); c.ping(); h = socket.gethostname(); assert any(w.hostname == h for w in rq.Worker.all(connection=c)), 'no rq worker registered from ' + h"
+CMD ["strop", "worker"]
