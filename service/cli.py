@@ -72,6 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         env = {**os.environ, "STROP_REDIS_URL": settings.redis_url or "",
                "STROP_DATA_DIR": str(settings.data_dir.resolve()), "STROP_REDIS_PREFIX": settings.redis_prefix}
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with this handler in place that
+    # becomes SystemExit, so the worker and the embedded Redis below are always stopped too.
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                     timeout_graceful_shutdown=10)
