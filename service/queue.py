@@ -58,7 +58,7 @@ class JobQueue:
         now = time.time()
         beat = rec.get("heartbeat_at") or rec.get("started_at")
         if rec["state"] == "running" and beat and now - beat > HEARTBEAT_STALE_S:
-            msg = "worker lost (no heartbeat for %ds); the active version is unchanged: resubmit the job" % int(now - beat)
+            msg = f"worker lost (no heartbeat for {int(now - beat)}s); the active version is unchanged: resubmit the job"
             if self.store.finish_job_if(rec["id"], ("running",), state="failed", error=msg, finished_at=now):
                 return self.store.get_job(rec["id"])
         if rec["state"] == "queued":

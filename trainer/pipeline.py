@@ -23,10 +23,10 @@ from index.encoder import Encoder
 from index.faiss_index import IndexSpec
 from index.metrics import evaluate_rankings
 from index.store import DocumentStore
+from index.teacher import load_teacher
 from index.versions import VersionStore, new_version_id
 from trainer.contract import JobSpec
 from trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
-from index.teacher import load_teacher
 from trainer.mining import MiningStats, mine
 from trainer.teaching import TeacherCache, denoise, score_pairs, semantic_positives
 from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from index.encoder import Encoder, bf16_supported
-from trainer.contract import JobSpec
 from trainer.augment import augment_code
+from trainer.contract import JobSpec
 from trainer.data import Pair, positive_text
 from trainer.distill import cprd, margin_mse, mix_negatives
 

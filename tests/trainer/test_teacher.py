@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
 from index.encoder import Encoder
 from index.teacher import BiEncoderScorer, CrossEncoderScorer, load_teacher
@@ -17,8 +18,6 @@ from trainer.distill import cprd, margin_mse, mix_negatives
 from trainer.mining import MiningStats
 from trainer.teaching import TeacherCache, denoise, semantic_positives
 from trainer.train import fine_tune, load_model
-
-from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
 TEXTS = [
     "Knead the dough, let it rise for an hour and bake the loaf at 220 degrees.",    # 0 positive
@@ -45,12 +44,12 @@ def test_denoise_drops_planted_false_negative(minilm_teacher):
 
 
 def test_semantic_positives_adds_paraphrase_not_unrelated(minilm_teacher):
-    corpus = minilm_teacher.encoder.encode(TEXTS).vectors
+    emb = minilm_teacher.encoder.encode(TEXTS).vectors
     pairs = [Pair(QUERY, 0)]
     spec = JobSpec.model_validate({"train": {"source": "feedback"},
                                    "positives": {"semantic": True, "max_per_query": 2, "neighbours": 4,
                                                  "min_ratio": 0.9}})
-    added, info = semantic_positives(TeacherCache(minilm_teacher), pairs, corpus, TEXTS, spec)
+    added, info = semantic_positives(TeacherCache(minilm_teacher), pairs, emb, TEXTS, spec)
     assert [p.positive for p in added] == [1]
     assert pairs[0].extra_positives == [1] and added[0].extra_positives == [0]
     assert info["checked"] == 4 and info["added"] == 1
