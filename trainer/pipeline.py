@@ -86,14 +86,20 @@ class JobResult:
     metrics: dict[str, Any]
 
 
-def encode_corpus(encoder: Encoder, texts: list[str], reporter: Reporter, what: str, batch: int = 256) -> np.ndarray:
+def encode_corpus(encoder: Encoder, texts: list[str], reporter: Reporter, what: str, batch: int = 128) -> np.ndarray:
     out = np.empty((len(texts), encoder.dim), np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
+    t0 = time.perf_counter()
     for start in range(0, len(texts), batch):
         reporter.check()
         idx = order[start : start + batch]
         out[idx] = encoder.encode([texts[i] for i in idx]).vectors
-        reporter.details[f"{what}_encoded"] = min(start + batch, len(texts))
+        done = min(start + batch, len(texts))
+        reporter.details[f"{what}_encoded"] = done
+        rate = done / max(time.perf_counter() - t0, 1e-6)
+        # longest texts come first, so this ETA errs on the long side
+        reporter.progress = {"step": done, "total_steps": len(texts), "loss": None,
+                             "eta_s": round((len(texts) - done) / rate, 1), "unit": f"{what} documents"}
     return out
 
 
