@@ -92,7 +92,7 @@ def job_body(corpus, evals, **kw) -> dict:
     return body
 
 
-def wait(client, job_id: str, states=("succeeded", "rejected", "failed", "cancelled"), timeout: float = 120) -> dict:
+def wait(client, job_id: str, states=("succeeded", "rejected", "failed", "cancelled"), timeout: float = 300) -> dict:
     end = time.time() + timeout
     while time.time() < end:
         job = client.get(f"/jobs/{job_id}").json()
@@ -215,8 +215,8 @@ def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, w
     evals = load(client, corpus)
     v0 = active(client)
     job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
-    w = workers.start(burst=False, STROP_FAULT_PAUSE="train=30")
-    end = time.time() + 60
+    w = workers.start(burst=False, STROP_FAULT_PAUSE="train=60")
+    end = time.time() + 180
     while client.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
         time.sleep(0.1)
     os.kill(w.pid, signal.SIGKILL)  # the worker process, not its work horse
@@ -225,7 +225,7 @@ def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, w
     assert active(client) == v0
     assert not list((data_dir / "collections" / "code" / "versions").glob(".tmp-*"))
     # the collection is not stuck: a fresh job runs to completion
-    job2 = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+    job2 = client.post("/collections/code/jobs", json=job_body(corpus, evals, max_steps=5)).json()["job_id"]
     workers.start()
     assert wait(client, job2)["state"] == "succeeded"
 
