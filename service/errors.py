@@ -46,8 +46,10 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, code, message = _describe(list(exc.errors()))
+        if code == "invalid_request" and request.url.path.endswith("/jobs"):
+            code = "invalid_job"
         return error_response(status, code, message)
 
     @app.exception_handler(StarletteHTTPException)

@@ -6,7 +6,6 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, status
-from pydantic import ValidationError
 
 from service.deps import Admin, CollectionDep, ManagerDep, Read
 from service.errors import ApiError
@@ -34,14 +33,10 @@ def job_view(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/collections/{name}/jobs", status_code=status.HTTP_202_ACCEPTED, dependencies=[Admin])
-async def submit_job(body: dict[str, Any], st: CollectionDep, request: Request, manager: ManagerDep) -> dict:
-    """Queue a training job (see JobSpec). Impossible jobs are refused here, not failed later."""
+async def submit_job(spec: JobSpec, st: CollectionDep, request: Request, manager: ManagerDep) -> dict:
+    """Queue a training job. Impossible jobs (unknown fields, missing documents, bad values) are a 422 here,
+    not a failed job later."""
     queue = _queue(request)
-    try:
-        spec = JobSpec.model_validate(body)
-    except ValidationError as e:
-        parts = [f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()[:5]]
-        raise ApiError(422, "invalid_job", "; ".join(parts)) from None
     await to_thread.run_sync(check_job, spec, st.record, manager.store)
     job_id = await to_thread.run_sync(queue.submit, st.record.name, spec.kind, spec.model_dump(mode="json"))
     return {"job_id": job_id, "state": "queued"}
