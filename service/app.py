@@ -36,6 +36,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(max(1, torch.get_num_threads()))
+        # One OpenMP thread per FAISS search: searches already run two at a time in the search pool,
+        # and on a busy 2-core machine a 2-thread batch-1 search spin-waits for ~12 ms
+        # (bench/index_kinds.py: 0.23 ms with 1 thread vs 12 ms with 2 on HNSW at 50k).
+        from index.faiss_index import set_threads
+
+        set_threads(1)
         telemetry: Telemetry = app.state.telemetry
         store = DocumentStore(settings.db_path)
         models = ModelRegistry(settings.precision, settings.device, settings.batch_size, settings.queue_size,
