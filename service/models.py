@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from index.encoder import Encoder, resolve_spec
 from service.batching import EncodeBatcher
@@ -52,48 +53,40 @@ class ModelRegistry:
         return resolve_spec(source)
 
     def acquire(self, source: str) -> LoadedModel:
-        """Load (or share) the model at ``source`` and take a reference to it."""
-        key = self.key(source)
-        with self._lock:
-            lm = self._models.get(key)
-            if lm is not None:
-                lm.refs += 1
-                return lm
-            load_lock = self._loading.setdefault(key, threading.Lock())
-        with load_lock:
-            with self._lock:
-                lm = self._models.get(key)
-                if lm is not None:
-                    lm.refs += 1
-                    return lm
+        """Load (or share) the encoder at ``source`` and take a reference to it."""
+
+        def load() -> tuple[Any, EncodeBatcher]:
             encoder = Encoder.load(source, precision=self.precision, device=self.device)
             log.info("loaded encoder %s (%s, dim %d)", source, encoder.precision, encoder.dim)
-            batcher = EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe)
-            lm = LoadedModel(key, encoder, batcher, refs=1)
-            with self._lock:
-                self._models[key] = lm
-            return lm
+            return encoder, EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe)
+
+        return self._acquire(self.key(source), load)
 
     def acquire_teacher(self, source: str) -> LoadedModel:
         """Load (or share) a teacher scorer behind its own micro-batching thread."""
         from index.teacher import ScorerAdapter, load_teacher
 
-        key = "teacher:" + source
+        def load() -> tuple[Any, EncodeBatcher]:
+            adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision))
+            return adapter, EncodeBatcher(adapter, self.max_batch, self.queue_size, None, None)  # type: ignore[arg-type]
+
+        return self._acquire("teacher:" + source, load)
+
+    def _acquire(self, key: str, load: Callable[[], tuple[Any, EncodeBatcher]]) -> LoadedModel:
         with self._lock:
             lm = self._models.get(key)
             if lm is not None:
                 lm.refs += 1
                 return lm
             load_lock = self._loading.setdefault(key, threading.Lock())
-        with load_lock:
+        with load_lock:  # one load per key, other callers wait and share it
             with self._lock:
                 lm = self._models.get(key)
                 if lm is not None:
                     lm.refs += 1
                     return lm
-            adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision))
-            batcher = EncodeBatcher(adapter, self.max_batch, self.queue_size, None, None)  # type: ignore[arg-type]
-            lm = LoadedModel(key, adapter, batcher, refs=1)  # type: ignore[arg-type]
+            model, batcher = load()
+            lm = LoadedModel(key, model, batcher, refs=1)
             with self._lock:
                 self._models[key] = lm
             return lm
