@@ -729,16 +729,18 @@ def render(res: dict[str, Any]) -> str:
                              n_ing, sec, n_ing / sec])
     lines.append(table(["ingest (same texts)", "docs", "seconds", "docs/s"], ing_rows))
     lines.append("")
-    mem = [[f"strop, {bl['docs']:,} docs loaded, at ready", res["strop_rss_loaded_mib"]],
-           ["strop, same, after the search rounds", res["strop_rss_after_search_mib"]],
-           [f"strop, after PUT of {n_ing:,} more docs", res["strop_rss_after_ingest_mib"]]]
+    mem = [[f"strop, {bl['docs']:,} docs loaded, at ready", res["strop_rss_loaded_mib"]]]
     if "strop_rss_empty_mib" in res:
         mem.append(["strop, one empty collection, at ready", res["strop_rss_empty_mib"]])
-        mem.append(["strop, one empty collection, after a short search load", res["strop_rss_empty_after_search_mib"]])
-        mem.append([f"=> per 100,000 docs: (loaded - empty) after search / {bl['docs']:,} x 100k",
+        mem.append([f"**=> per 100,000 docs: (loaded - empty) at ready / {bl['docs']:,} x 100k**",
+                    res["rss_per_100k_at_ready_mib"]])
+    mem.append(["strop, loaded, after the search rounds", res["strop_rss_after_search_mib"]])
+    mem.append([f"strop, loaded, after PUT of {n_ing:,} more docs", res["strop_rss_after_ingest_mib"]])
+    if "strop_rss_empty_mib" in res:
+        mem.append(["strop, empty collection, after a short search load", res["strop_rss_empty_after_search_mib"]])
+        mem.append(["(loaded after search rounds - empty after short load), same scaling: not like for like",
                     res["rss_per_100k_mib"]])
-        mem.append(["=> per 100,000 docs: (loaded - empty) at ready, same scaling", res["rss_per_100k_at_ready_mib"]])
-    mem.append([f"=> per 100,000 docs: PUT growth after the first batch (/{res['ingest_rss_delta_docs']:,} x 100k)",
+    mem.append([f"PUT growth after the first batch, /{res['ingest_rss_delta_docs']:,} x 100k: mostly allocator growth",
                 res["rss_per_100k_ingest_mib"]])
     for h in ("async", "def"):
         if f"naive_{h}_rss_mib" in res:
