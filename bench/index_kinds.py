@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from bench._util import cached_embeddings, debian_data, log, machine_line, median, table  # noqa: E402
 from index import faiss_index as fi  # noqa: E402
-from index.faiss_index import IndexSpec
+from index.faiss_index import IndexSpec  # noqa: E402
 
 K = 10
 

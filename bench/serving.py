@@ -214,7 +214,7 @@ def _free_port() -> int:
 # load generation
 # =========================================================================================
 async def _load(url: str, path: str, bodies: Sequence[bytes], concurrency: int, duration: float,
-                warmup: float, start: int, max_requests: int) -> dict[str, Any]:
+                warmup: float, start: int, max_requests: int, method: str = "POST") -> dict[str, Any]:
     """``concurrency`` workers, one request in flight each, for ``duration`` s (bounded count)."""
     import httpx
 
@@ -223,7 +223,7 @@ async def _load(url: str, path: str, bodies: Sequence[bytes], concurrency: int, 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120.0) as client:
         counter = itertools.count(start)
         lat: list[float] = []
-        codes: Counter[int] = Counter()
+        codes: Counter[int | str] = Counter()
         recording = False
         deadline = 0.0
         sent = 0
@@ -234,7 +234,16 @@ async def _load(url: str, path: str, bodies: Sequence[bytes], concurrency: int, 
                 body = bodies[next(counter) % len(bodies)]
                 sent += 1
                 t = time.perf_counter()
-                r = await client.post(path, content=body, headers=headers)
+                try:
+                    if method == "GET":
+                        r = await client.get(path)
+                    else:
+                        r = await client.post(path, content=body, headers=headers)
+                except httpx.HTTPError as e:  # a dropped connection counts as an error, the run goes on
+                    if recording:
+                        codes[type(e).__name__] += 1
+                    await asyncio.sleep(0.05)
+                    continue
                 dt = time.perf_counter() - t
                 if not recording:
                     continue
@@ -261,13 +270,13 @@ async def _load(url: str, path: str, bodies: Sequence[bytes], concurrency: int, 
 
 
 def run_levels(server: Server, path: str, bodies: Sequence[bytes], levels: Sequence[int], duration: float,
-               warmup: float, metrics: bool = False, start: int = 0) -> list[dict[str, Any]]:
+               warmup: float, metrics: bool = False, start: int = 0, method: str = "POST") -> list[dict[str, Any]]:
     out = []
     for i, c in enumerate(levels):
         before = _batch_metrics(server.url) if metrics else None
         cpu0 = server.cpu_s()
         r = asyncio.run(_load(server.url, path, bodies, c, duration, warmup, start=start + i * 997,
-                              max_requests=int(duration * 2000)))
+                              max_requests=int(duration * 2000), method=method))
         r["server_cpu_s"] = server.cpu_s() - cpu0
         if metrics and before is not None:
             after = _batch_metrics(server.url)
@@ -563,6 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"in-process: batch32 {b['qps']:.1f} qps; single p50 {s1['p50_ms']:.1f} ms "
                 f"(encode {s1['encode_p50_ms']:.1f}, search {s1['search_p50_ms']:.2f})")
         res["runs"] = runs
+        # the HTTP floor: the same client and server, an endpoint that does nothing
+        res["strop_healthz"] = run_levels(srv, "/healthz", bodies, [1], min(duration, 5.0), 1.0, method="GET")[0]
         del enc, live
         res["strop_rss_after_search_mib"] = srv.rss_mib()
         for name in systems[1:]:
@@ -679,6 +690,11 @@ def render(res: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"in-process single query: encode p50 {_med(s1, 'encode_p50_ms'):.1f} ms + search p50 "
                  f"{_med(s1, 'search_p50_ms'):.2f} ms")
+    if res.get("strop_healthz"):
+        h = res["strop_healthz"]
+        lines.append("")
+        lines.append(f"HTTP floor (same client, same strop process, `GET /healthz`, c=1): p50 {h['p50_ms']:.2f} ms, "
+                     f"p99 {h['p99_ms']:.2f} ms, {h['qps']:.0f} QPS")
     lines.append("")
 
     def rounds_of(name: str, c: int) -> dict[int, dict[str, Any]]:
