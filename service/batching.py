@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from index.encoder import Encoder
 
@@ -68,6 +69,11 @@ class EncodeBatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._avg_batch_s = 0.05
+        # Tiny query batches run on one intra-op thread: splitting a 1-4 query forward pass over
+        # both cores costs more in wake-ups than it saves (bench/serving.py, c=1 p50 9.2 -> 7.1 ms),
+        # and it leaves the other core to HTTP and FAISS. Bulk and larger batches use all threads.
+        self.small_batch = 4
+        self._threads = max(1, torch.get_num_threads())
         self._thread = threading.Thread(target=self._run, name=f"encode:{encoder.name}", daemon=True)
         self._thread.start()
 
@@ -144,6 +150,10 @@ class EncodeBatcher:
         self._wake.set()
 
     # -- the model thread ---------------------------------------------------------------
+    def _set_threads(self, n: int) -> None:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)  # per calling thread under OpenMP: only this model thread
+
     def _run(self) -> None:
         bulk: _Bulk | None = None
         bulk_pos = 0
@@ -170,6 +180,7 @@ class EncodeBatcher:
                 assert bulk_order is not None and bulk_out is not None
                 # a chunk of the length-sorted bulk request, then look at queries again
                 idx = bulk_order[bulk_pos : bulk_pos + self.max_batch * 4]
+                self._set_threads(self._threads)
                 try:
                     vecs = self.encoder.encode([bulk.texts[i] for i in idx], batch_size=self.max_batch).vectors
                     bulk_out[idx] = vecs
@@ -198,8 +209,9 @@ class EncodeBatcher:
 
     def _serve_queries(self, batch: list[_Query]) -> None:
         t0 = time.perf_counter()
+        self._set_threads(1 if len(batch) <= self.small_batch else self._threads)
         try:
-            vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch).vectors
+            vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch, pad_multiple=16).vectors
         except BaseException as e:  # noqa: BLE001
             for q in batch:
                 q.done(None, e)

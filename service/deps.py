@@ -1,4 +1,8 @@
-"""Annotated dependency aliases, so route functions stay short."""
+"""Annotated dependency aliases, so route functions stay short.
+
+The getters are ``async``: FastAPI runs plain ``def`` dependencies in its threadpool, which costs a
+thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,19 @@ from service.security import require
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_manager(request: Request) -> CollectionManager:
+async def get_manager(request: Request) -> CollectionManager:
     return request.app.state.manager
 
 
-def get_store(request: Request) -> DocumentStore:
+async def get_store(request: Request) -> DocumentStore:
     return request.app.state.store
 
 
-def get_collection(name: str, request: Request) -> CollectionState:
+async def get_collection(name: str, request: Request) -> CollectionState:
     """The collection named in the path (404 if unknown)."""
     return request.app.state.manager.state(name)
 

@@ -9,6 +9,7 @@ from anyio import to_thread
 from fastapi import APIRouter, status
 
 from index.metrics import evaluate_rankings
+from index.store import Document, DocumentStore
 from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from service.errors import ApiError
 from service.manager import CollectionState, Served
@@ -36,18 +37,27 @@ def check_top_k(top_k: int, settings: Settings) -> None:
         raise ApiError(422, "bad_top_k", f"top_k must be between 1 and max_top_k={settings.max_top_k}; got {top_k}")
 
 
-def _split(scores: np.ndarray, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(scores[i], ids[i]) for i in range(scores.shape[0])]
+Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid
 
 
-async def search_rids(served: Served, query: str, k: int, allow: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Encode through the model's micro-batcher and search the served index; (scores, rids) of one query."""
+def _lookup(store: DocumentStore, scores: np.ndarray, ids: np.ndarray) -> list[Found]:
+    """Per-query results of a block search, with one store lookup for the whole block."""
+    docs = store.by_rids(sorted({int(r) for r in ids.ravel() if r >= 0}))
+    return [(scores[i], ids[i], docs) for i in range(scores.shape[0])]
+
+
+async def search_docs(served: Served, store: DocumentStore, query: str, k: int, allow: np.ndarray | None) -> Found:
+    """Encode through the model's micro-batcher, search the served index and fetch the hits' documents.
+
+    Unfiltered queries that share a version and ``k`` are searched as one block in the FAISS pool,
+    and their documents read there too: no extra thread hop per request.
+    """
     live = served.live
     if allow is None:
-        return await served.model.batcher.search(query, (id(live), k), lambda block: _split(*live.search(block, k)))
+        return await served.model.batcher.search(query, (id(live), k),
+                                                 lambda block: _lookup(store, *live.search(block, k)))
     vec = await served.model.batcher.encode_query(query)
-    scores, ids = await to_thread.run_sync(live.search, vec[None, :], k, allow)
-    return scores[0], ids[0]
+    return (await to_thread.run_sync(lambda: _lookup(store, *live.search(vec[None, :], k, allow))))[0]
 
 
 @router.post("/collections/{name}/search", response_model=SearchResponse, response_model_exclude_none=True,
@@ -65,10 +75,8 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     if body.filter:
         allow = await to_thread.run_sync(manager.store.filter_rids, st.record.name, body.filter)
     depth = max(body.top_k, settings.rerank_depth) if body.rerank else body.top_k
-    scores, rids = await search_rids(served, query, depth, allow)
-    valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0]
-    docs = await to_thread.run_sync(manager.store.by_rids, [r for _, r in valid])
-    valid = [(s, r) for s, r in valid if r in docs]
+    scores, rids, docs = await search_docs(served, manager.store, query, depth, allow)
+    valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
     if body.rerank and valid:
         teacher = await to_thread.run_sync(manager.teacher, st.record.name)
         t = (await teacher.batcher.encode_bulk([(query, docs[r].text or "") for _, r in valid]))[:, 0]
