@@ -28,8 +28,11 @@ log = logging.getLogger("strop.collection")
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
-def doc_text(doc: Document) -> str:
-    """The text a document is embedded from (text and code: the stored text verbatim)."""
+def doc_text(doc: Document) -> Any:
+    """What a document is embedded from: the stored text verbatim (text and code collections), or
+    ``(image bytes, text)`` for image documents (the image encoder reads both views)."""
+    if doc.image is not None:
+        return (doc.image, doc.text or "")
     return doc.text or ""
 
 
@@ -247,7 +250,7 @@ def _add_rows(
         cached = store.get_vectors(served.id, chunk, served.dim)
         need = [r for r in chunk if r not in cached]
         if need:
-            docs = store.by_rids(need)
+            docs = store.by_rids(need, with_image=True)
             need = [r for r in need if r in docs]  # deleted meanwhile: the change feed will say so
             if need:
                 vecs = np.asarray(encode([text_of(docs[r]) for r in need]), np.float32)

@@ -102,6 +102,19 @@ class LiveIndex:
             delta = faiss.vector_to_array(self.delta.id_map).astype(np.int64)
             return np.concatenate([main, delta])
 
+    def vectors(self, rids: Sequence[int]) -> np.ndarray:
+        """Stored vectors of live ``rids`` (IDMap2 reconstruct; zeros for a rid that is not here)."""
+        out = np.zeros((len(rids), self.dim), np.float32)
+        with self._lock:
+            for i, r in enumerate(rids):
+                for index in (self.delta, self.main):
+                    try:
+                        out[i] = index.reconstruct(int(r))
+                        break
+                    except RuntimeError:
+                        continue
+        return out
+
     # -- search -----------------------------------------------------------------------
     def _tombstone_selector(self) -> object | None:
         gen, batch, neg = self._sel_cache

@@ -311,8 +311,8 @@ class DocumentStore:
                 out[row["id"]] = _doc(row)
         return out
 
-    def by_rids(self, rids: Sequence[int], with_text: bool = True) -> dict[int, Document]:
-        cols = "id, rid, seq, metadata" + (", text" if with_text else "")
+    def by_rids(self, rids: Sequence[int], with_text: bool = True, with_image: bool = False) -> dict[int, Document]:
+        cols = "id, rid, seq, metadata" + (", text" if with_text else "") + (", image" if with_image else "")
         out: dict[int, Document] = {}
         for chunk in _chunks(list(rids), 500):
             q = ",".join("?" * len(chunk))
@@ -322,7 +322,7 @@ class DocumentStore:
                 out[row["rid"]] = Document(
                     row["id"],
                     row["text"] if with_text else None,
-                    None,
+                    row["image"] if with_image else None,
                     json.loads(row["metadata"]),
                     rid=row["rid"],
                     seq=row["seq"],

@@ -25,6 +25,16 @@ class ApiError(Exception):
         self.headers = headers
 
 
+_IMAGE_STATUS = {"image_too_large": 413, "image_too_many_pixels": 413}
+
+
+def image_error(e: Exception, where: str) -> ApiError:
+    """An ``index.images.ImageError`` as a 4xx: 413 for size limits, 422 for everything else."""
+    code = getattr(e, "code", "invalid_image")
+    message = getattr(e, "message", str(e))
+    return ApiError(_IMAGE_STATUS.get(code, 422), code, f"{where}: {message}")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 

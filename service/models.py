@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from index.encoder import Encoder, resolve_spec
+from index.image_encoder import ImageEncoder, is_image_spec
 from service.batching import EncodeBatcher
 
 log = logging.getLogger("strop.models")
@@ -50,13 +51,16 @@ class ModelRegistry:
         self._loading: dict[str, threading.Lock] = {}
 
     def key(self, source: str) -> str:
-        return resolve_spec(source)
+        return source if is_image_spec(source) else resolve_spec(source)
 
     def acquire(self, source: str) -> LoadedModel:
         """Load (or share) the encoder at ``source`` and take a reference to it."""
 
         def load() -> tuple[Any, EncodeBatcher]:
-            encoder = Encoder.load(source, precision=self.precision, device=self.device)
+            if is_image_spec(source):
+                encoder: Any = ImageEncoder.load(source, self.precision, self.device or "cpu")
+            else:
+                encoder = Encoder.load(source, precision=self.precision, device=self.device)
             log.info("loaded encoder %s (%s, dim %d)", source, encoder.precision, encoder.dim)
             return encoder, EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe)
 

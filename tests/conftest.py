@@ -54,3 +54,28 @@ def make_client(data_dir: Path, tiny_encoder_path: str):
             c.__exit__(None, None, None)
         except Exception:
             pass
+
+
+LOGO_WORDS = ["Acme", "Zenith", "Orbit", "Quill", "Nova", "Pixel", "Delta", "Ember", "Fjord", "Gamut"]
+LOGO_COLOURS = ["red", "blue", "green", "purple", "orange", "black", "teal", "brown", "navy", "olive"]
+
+
+def render_logo(i: int, fmt: str = "PNG") -> bytes:
+    """A small distinct logo: a coloured mark (circle, square or triangle) and a word."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    im = Image.new("RGB", (220, 120), "white")
+    d = ImageDraw.Draw(im)
+    colour = LOGO_COLOURS[i % len(LOGO_COLOURS)]
+    if i % 3 == 0:
+        d.ellipse((10, 10, 70, 70), fill=colour)
+    elif i % 3 == 1:
+        d.rectangle((10, 10, 70, 70), fill=colour)
+    else:
+        d.polygon([(10, 70), (40, 10), (70, 70)], fill=colour)
+    d.text((80, 30), LOGO_WORDS[i % len(LOGO_WORDS)], fill=colour, font=ImageFont.load_default(size=34))
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()

@@ -135,6 +135,28 @@ class MixSpec(Strict):
     hardest: int = Field(8, ge=2, le=128, description="mix among this many hardest negatives")
 
 
+class ViewsSpec(Strict):
+    """Image collections (``train.source: "views"``): multi-view training of the logo encoder.
+
+    Defaults from bench/logos.py (docs/benchmarks.md). These replace the text-oriented
+    ``epochs`` / ``batch_size`` / ``learning_rate`` for views jobs.
+    """
+
+    views_per_ref: int = Field(8, ge=1, le=64, description="augmented views rendered per reference (K)")
+    epochs: int = Field(10, ge=1, le=200)
+    batch_size: int = Field(64, ge=2, le=4096, description="brands per step")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    hard_negatives: bool = Field(True, description="batch each brand with its nearest other brands")
+    holdout_brands: float = Field(0.2, gt=0.0, lt=0.9,
+                                  description="brands left out of training, as the unknown side of calibration")
+    eval_views: int = Field(2, ge=1, le=16, description="held-out views per brand for metrics, fusion and threshold")
+
+
+class OpenSetSpec(Strict):
+    max_false_accept: float = Field(0.05, gt=0.0, lt=1.0,
+                                    description="target false-accept rate of the open-set threshold")
+
+
 class GateSpec(Strict):
     metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = "mrr@10"
     min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="activate only if after - before >= min_delta")
@@ -161,6 +183,8 @@ class JobSpec(Strict):
     distill: DistillSpec | None = None
     mix_hard_negatives: MixSpec | None = None
     rerank_depth: int = Field(50, ge=2, le=1000, description="teacher jobs: candidates reranked in evaluation")
+    views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
+    open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
     gate: GateSpec = Field(default_factory=GateSpec)
     activate: bool = True
 

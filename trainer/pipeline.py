@@ -253,7 +253,8 @@ def save_model(model: Any, path: Path) -> None:
 
 
 def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: Any, encoder: Encoder,
-            corpus: np.ndarray, job_id: str, metrics: dict, reporter: Reporter) -> str:
+            corpus: np.ndarray, job_id: str, metrics: dict, reporter: Reporter,
+            save_encoder: Callable[[Path], None] | None = None) -> str:
     """Catch up on writes past the snapshot, build the index, write the version (not yet active)."""
     rids = list(snap.rids)
     vecs = [corpus]
@@ -263,7 +264,7 @@ def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: A
     live_set = set(live.values())
     keep = np.array([int(r) in live_set for r in snap.rids], bool)
     new_rids = sorted(live_set - set(int(r) for r in snap.rids))
-    docs = store.by_rids(new_rids)
+    docs = store.by_rids(new_rids, with_image=True)
     new_rids = [r for r in new_rids if r in docs]
     rid_arr = np.asarray(rids, np.int64)[keep]
     mat = corpus[keep]
@@ -277,6 +278,6 @@ def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: A
     vid = new_version_id(store.next_version_number(snap.collection))
     reporter.check()
     write_version(vstore, vid, rid_arr, mat, encoder.dim, spec, watermark,
-                  encoder_ref=snap.base_encoder, save_encoder=lambda p: save_model(model, p),
+                  encoder_ref=snap.base_encoder, save_encoder=save_encoder or (lambda p: save_model(model, p)),
                   parent=snap.version, job=job_id, metrics=metrics)
     return vid

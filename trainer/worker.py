@@ -84,7 +84,12 @@ def run_job(job_id: str) -> str:
                 raise Cancelled()
             time.sleep(0.5)
         reporter.details["lock_acquired_at"] = time.time()
-        run = run_teacher_job if spec.kind == "teacher" else run_encoder_job
+        if spec.train.source == "views":
+            from trainer.views_job import run_views_job
+
+            run = run_views_job
+        else:
+            run = run_teacher_job if spec.kind == "teacher" else run_encoder_job
         result = run(job_id, collection, spec, store, data_dir, reporter,
                      device=os.environ.get("STROP_DEVICE", "cpu"),
                      announce=lambda c, v: _announce(r, prefix, c, v))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter, status
 
+from index.image_encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
 from service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
 from service.errors import ApiError
 from service.manager import CollectionState, check_name
@@ -33,8 +34,15 @@ async def create_collection(body: CollectionCreate, manager: ManagerDep, setting
     except ValueError as e:
         raise ApiError(422, "invalid_name", str(e)) from None
     if body.modality == "image":
-        raise ApiError(501, "not_implemented", "image collections are not available in this build yet")
-    encoder = body.encoder or settings.default_encoder
+        encoder = body.encoder or DEFAULT_IMAGE_ENCODER
+        if not is_image_spec(encoder):
+            raise ApiError(422, "bad_encoder", f"image collections need an image encoder: {DEFAULT_IMAGE_ENCODER!r} "
+                           f"(the default) or a directory holding a saved logo model; got {encoder!r}")
+    else:
+        encoder = body.encoder or settings.default_encoder
+        if is_image_spec(encoder):
+            raise ApiError(422, "bad_encoder", f"{encoder!r} is an image encoder; {body.modality} collections need "
+                           "a text encoder")
     if body.name in manager.names():
         raise ApiError(409, "conflict", f"collection {body.name!r} already exists")
     try:

@@ -9,8 +9,9 @@ import json
 from anyio import to_thread
 from fastapi import APIRouter
 
+from index.images import ImageError, decode_image
 from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
-from service.errors import ApiError
+from service.errors import ApiError, image_error
 from service.manager import make_documents
 from service.schemas import DocumentOut, DocumentsPut, UpsertResult
 from service.settings import Settings
@@ -60,11 +61,22 @@ def validate_documents(body: DocumentsPut, modality: str, settings: Settings) ->
     return out
 
 
+def check_images(items: list[dict]) -> None:
+    """Decode every image once before anything is stored: a broken one rejects the request (4xx)."""
+    for i, item in enumerate(items):
+        try:
+            decode_image(item["image"])
+        except ImageError as e:
+            raise image_error(e, f"documents[{i}].image") from None
+
+
 @router.put("/collections/{name}/documents", response_model=UpsertResult, dependencies=[Write])
 async def put_documents(body: DocumentsPut, st: CollectionDep, manager: ManagerDep,
                         settings: SettingsDep) -> UpsertResult:
     """Insert or replace documents by id. All or nothing: a bad document rejects the whole request."""
     items = validate_documents(body, st.record.modality, settings)
+    if st.record.modality == "image":
+        await to_thread.run_sync(check_images, items)
     n, truncated = await to_thread.run_sync(manager.upsert, st.record.name, make_documents(items))
     return UpsertResult(upserted=n, truncated=truncated)
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
 
+from index.images import ImageError, decode_image
 from index.metrics import evaluate_rankings
 from index.store import Document, DocumentStore
 from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
-from service.errors import ApiError
-from service.manager import CollectionState, Served
+from service.errors import ApiError, image_error
+from service.manager import CollectionManager, CollectionState, Served
 from service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
 from service.settings import Settings
 from service.telemetry import Timer
@@ -21,8 +25,6 @@ router = APIRouter(tags=["search"])
 
 
 def check_query(query: str | None, image: str | None, st: CollectionState, settings: Settings) -> str:
-    if st.record.modality == "image":
-        raise ApiError(501, "not_implemented", "image search is not available in this build yet")
     if image is not None:
         raise ApiError(422, "wrong_modality", f"collection {st.record.name!r} holds {st.record.modality}: send 'query' text")
     if query is None or not query.strip():
@@ -65,8 +67,10 @@ async def search_docs(served: Served, store: DocumentStore, query: str, k: int, 
 async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> SearchResponse:
     """Nearest documents to `query` (cosine). `filter` keeps documents whose metadata equals every given key."""
     timer = Timer()
-    query = check_query(body.query, body.image, st, settings)
     check_top_k(body.top_k, settings)
+    if st.record.modality == "image":
+        return await image_search(body, st, manager, timer)
+    query = check_query(body.query, body.image, st, settings)
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher: train one with "
                        "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or pass a teacher path")
@@ -89,9 +93,62 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
 
 
+async def image_search(body: SearchRequest, st: CollectionState, manager: CollectionManager,
+                       timer: Timer) -> JSONResponse:
+    """Identify the image: ranked hits with ``scores: {visual, text}``, and the open-set ``match``.
+
+    ``match`` is the best hit when its fused score reaches the version's calibrated threshold,
+    else ``null`` (the logo is not in the gallery).
+    """
+    name = st.record.name
+    if body.query is not None:
+        raise ApiError(422, "wrong_modality", f"collection {name!r} holds images: send 'image' (base64), not 'query'")
+    if body.image is None:
+        raise ApiError(422, "missing_image", "image collections are searched with 'image' (base64 PNG/JPEG/WebP/SVG)")
+    if body.rerank:
+        raise ApiError(422, "rerank_unsupported", "rerank is for text and code collections (a cross-encoder teacher)")
+    try:
+        raw = base64.b64decode(body.image, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "bad_base64", "image is not valid base64") from None
+    try:
+        img = await to_thread.run_sync(decode_image, raw)
+    except ImageError as e:
+        raise image_error(e, "image") from None
+    served = st.served
+    allow = None
+    if body.filter:
+        allow = await to_thread.run_sync(manager.store.filter_rids, name, body.filter)
+    qvec = await served.model.batcher.encode_query(img)
+    k = body.top_k
+
+    def run() -> tuple[np.ndarray, np.ndarray, dict[int, Document], np.ndarray]:
+        scores, ids = served.live.search(qvec[None, :], k, allow)
+        rids = [int(r) for r in ids[0] if r >= 0]
+        return scores[0], ids[0], manager.store.by_rids(rids), served.live.vectors(rids)
+
+    scores, rids, docs, rows = await to_thread.run_sync(run)
+    encoder = served.model.encoder
+    valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0]
+    vis, txt = encoder.split(qvec, rows) if len(rows) else (np.zeros(0), np.zeros(0))
+    hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata,
+                scores={"visual": round(float(vis[i]), 6), "text": round(float(txt[i]), 6)})
+            for i, (s, r) in enumerate(valid) if r in docs]
+    match = None
+    if hits and hits[0].score >= encoder.threshold:
+        match = {"id": hits[0].id, "score": hits[0].score}
+    out = SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3)).model_dump(exclude_none=True)
+    out["match"] = match
+    out["threshold"] = encoder.threshold
+    return JSONResponse(out)
+
+
 @router.post("/collections/{name}/evaluate", dependencies=[Read])
 async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> dict[str, Any]:
     """MRR@10, recall@1, recall@k and nDCG@10 of the active version on the given (query, positive_ids) pairs."""
+    if st.record.modality == "image":
+        raise ApiError(422, "wrong_modality", "evaluate takes text queries; an image collection's views jobs "
+                       "report top-1/top-5 identification and open-set metrics in the job record")
     if len(body.pairs) > settings.max_eval_pairs:
         raise ApiError(413, "too_many_pairs", f"{len(body.pairs)} pairs; max_eval_pairs={settings.max_eval_pairs}")
     for i, p in enumerate(body.pairs):

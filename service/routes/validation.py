@@ -15,6 +15,14 @@ def check_job(spec: JobSpec, record: CollectionRecord, store: DocumentStore) -> 
         raise ApiError(422, "invalid_job", "train.source 'docstrings' needs a code collection")
     if source == "views" and record.modality != "image":
         raise ApiError(422, "invalid_job", "train.source 'views' needs an image collection")
+    if record.modality == "image":
+        if spec.kind != "encoder" or source != "views":
+            raise ApiError(422, "invalid_job", "image collections train with {\"train\": {\"source\": \"views\"}} "
+                           "(encoder jobs); text pairs and teacher jobs are for text and code collections")
+        if store.count(record.name) < 3:
+            raise ApiError(422, "invalid_job", "a views job needs at least 3 reference images (brands): some are "
+                           "held out as unseen brands to calibrate the open-set threshold")
+        return
     if source == "feedback" and not store.list_feedback(record.name):
         raise ApiError(422, "invalid_job", "train.source 'feedback' but the collection has no feedback yet: "
                        "POST /collections/{name}/feedback first")

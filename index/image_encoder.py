@@ -1,0 +1,154 @@
+"""The image collections' encoder: a :class:`index.logo.LogoModel` behind the text encoders' interface.
+
+The service's micro-batcher, version builder and catch-up code all call
+``encoder.encode(items)`` and read ``encoder.dim``; this adapter lets them drive a logo model
+unchanged. Items are
+
+* ``(image bytes or PIL image, text)``: a gallery document (its image and its brand text),
+  embedded as the packed reference row ``[v, t]`` (``index.logo.pack_gallery``);
+* an image alone (bytes or PIL): a query, embedded as ``[w_visual v, w_text t]``
+  (``index.logo.pack_query``) so the index's inner product is the fused score.
+
+Specs: ``"efficientnet-lite0"`` (also ``"logo"``, ``"image"``, ``"default"``) is the pretrained
+ImageNet EfficientNet-Lite0 from its package with no learned head (the frozen baseline an image
+collection starts from), the packaged MiniLM for the text view and rapidocr for OCR. A
+directory holding ``logo.json`` is a trained model (a version written by a ``views`` job).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from index.encoder import Encoder, EncodeResult
+from index.images import decode_image
+
+log = logging.getLogger("strop.image_encoder")
+
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+_ALIASES = {"efficientnet-lite0", "logo", "image", "default"}
+# Fusion and open-set defaults of the untrained base model (the frozen backbone): the values
+# bench/logos.py fitted for the frozen backbone on held-out views; every views job re-fits both.
+BASE_W_TEXT = 0.5
+BASE_THRESHOLD = 0.55
+
+_text_encoders: dict[tuple[str, str], Encoder] = {}
+_text_lock = threading.Lock()
+
+
+def is_image_spec(spec: str | None) -> bool:
+    """True for the image aliases and for directories holding a saved logo model."""
+    if not spec:
+        return False
+    if spec.lower() in _ALIASES - {"default"}:
+        return True
+    p = Path(spec).expanduser()
+    return (p / "logo.json").is_file()
+
+
+def shared_text_encoder(spec: str | None, precision: str, device: str) -> Encoder:
+    """One text encoder per (spec, precision) in the process, shared by every logo model version."""
+    key = (spec or "default", precision)
+    with _text_lock:
+        enc = _text_encoders.get(key)
+        if enc is None:
+            enc = Encoder.load(spec, precision=precision, device=device)
+            _text_encoders[key] = enc
+        return enc
+
+
+def as_image(item: Any) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(item))
+    raise TypeError(f"expected image bytes or a PIL image, got {type(item).__name__}")
+
+
+class ImageEncoder:
+    """Encoder-compatible wrapper of a LogoModel (not re-entrant, like ``Encoder``)."""
+
+    precision = "fp32"
+    max_seq_length = 0
+
+    def __init__(self, model: Any, name: str):
+        self.model = model
+        self.name = name
+        self.dim = int(model.dim)
+        self.dim_visual = int(model.dim_visual)
+        self._lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: str | None, precision: str = "auto", device: str = "cpu") -> ImageEncoder:
+        from index.logo import Fusion, LogoModel, OcrReader, VisualConfig, VisualEncoder
+
+        if spec is None or spec.lower() in _ALIASES:
+            visual = VisualEncoder(VisualConfig(head="identity"))
+            text = shared_text_encoder(None, precision, device)
+            model = LogoModel(visual, text, OcrReader(), Fusion(w_text=BASE_W_TEXT, threshold=BASE_THRESHOLD))
+            return cls(model, DEFAULT_IMAGE_ENCODER)
+        d = Path(spec).expanduser()
+        meta = json.loads((d / "logo.json").read_text())
+        text = shared_text_encoder(meta.get("text_encoder"), precision, device) if meta.get("text_encoder") else None
+        model = LogoModel.load(d, text_encoder=text)
+        return cls(model, str(d))
+
+    # -- the Encoder interface ----------------------------------------------------------
+    def encode(self, items: Sequence[Any], batch_size: int = 32, pad_multiple: int = 1) -> EncodeResult:
+        out = np.zeros((len(items), self.dim), np.float32)
+        refs = [i for i, it in enumerate(items) if isinstance(it, tuple)]
+        queries = [i for i, it in enumerate(items) if not isinstance(it, tuple)]
+        with self._lock:
+            if refs:
+                imgs = [as_image(items[i][0]) for i in refs]
+                emb = self.model.embed_references(imgs, [items[i][1] or None for i in refs])
+                out[refs] = self.model.pack_gallery(emb)
+            if queries:
+                emb = self.model.embed_queries([as_image(items[i]) for i in queries])
+                out[queries] = self.model.pack_query(emb)
+        return EncodeResult(out, 0)
+
+    def count_truncated(self, items: Sequence[Any]) -> int:
+        return 0
+
+    def fingerprint(self) -> str:
+        return f"{self.name}:{self.precision}"
+
+    # -- search-side helpers ------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        return float(self.model.fusion.threshold)
+
+    @property
+    def w_text(self) -> float:
+        return float(self.model.fusion.w_text)
+
+    def split(self, query_row: np.ndarray, doc_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-hit ``(visual cosine, text cosine)`` from a packed query row and packed gallery rows.
+
+        The query row is ``[w_v v, w_t t]`` (or ``[v, 0]`` without OCR text), so the unit views are
+        recovered by dividing the weights back out.
+        """
+        dv = self.dim_visual
+        qv, qt = query_row[:dv], query_row[dv:]
+        has_text = bool(np.any(qt))
+        wv = (1.0 - self.w_text) if has_text else 1.0
+        wt = self.w_text if has_text else 0.0
+        vis = doc_rows[:, :dv] @ (qv / wv) if wv > 0 else doc_rows[:, :dv] @ qv
+        txt = doc_rows[:, dv:] @ (qt / wt) if wt > 0 else np.zeros(len(doc_rows), np.float32)
+        return vis.astype(np.float32), txt.astype(np.float32)
+
+
+def encode_image_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()

@@ -1,0 +1,93 @@
+"""Views jobs of image collections end to end: real Redis queue, rq worker subprocess, EfficientNet-Lite0,
+rapidocr and MiniLM, FAISS, gated hot swap with a calibrated open-set threshold."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import pytest
+from conftest import LOGO_WORDS, render_logo
+from PIL import Image
+from test_jobs import active, client, env, wait, workers  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+N = 8
+SMALL = {"epochs": 2, "views_per_ref": 3, "batch_size": 8, "eval_views": 2}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def load(client, n: int = N) -> None:  # noqa: F811
+    assert client.post("/collections", json={"name": "logos", "modality": "image"}).status_code == 201
+    docs = [{"id": LOGO_WORDS[i], "text": LOGO_WORDS[i], "image": b64(render_logo(i))} for i in range(n)]
+    r = client.put("/collections/logos/documents", json={"documents": docs})
+    assert r.status_code == 200, r.text
+
+
+def test_views_job_trains_calibrates_and_swaps(client, workers):  # noqa: F811
+    load(client)
+    v0 = active(client, "logos")
+    r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": SMALL,
+                                                     "open_set": {"max_false_accept": 0.05},
+                                                     "gate": {"metric": "mrr@10", "min_delta": -1.0}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    workers.start()
+    job = wait(client, job_id, timeout=400)
+    assert job["state"] == "succeeded", job
+    for side in ("before", "after"):
+        m = job["metrics"][side]
+        assert {"mrr@10", "recall@1", "top5", "auroc", "far_at_95tar", "threshold", "w_text"} <= set(m)
+        assert m["n"] == (N - 2) * SMALL["eval_views"]  # 20% of 8 brands (2) held out as unseen
+        assert m["false_accept"] <= 0.05  # calibrated on these views: no unknown view accepted
+    assert job["details"]["pairs"]["held_out_brands"] == 2
+    assert job["progress"]["total_steps"] >= 1
+    # the new version serves, with the job's fitted threshold and fusion weight
+    deadline = time.time() + 10
+    while active(client, "logos") == v0 and time.time() < deadline:
+        time.sleep(0.2)
+    assert active(client, "logos") == job["version"] != v0
+    img = Image.open(io.BytesIO(render_logo(3))).rotate(5, expand=True, fillcolor="white")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    hit = client.post("/collections/logos/search", json={"image": b64(buf.getvalue()), "top_k": 3}).json()
+    assert hit["threshold"] == pytest.approx(job["metrics"]["after"]["threshold"])
+    assert hit["hits"][0]["id"] == LOGO_WORDS[3]
+
+
+def test_views_job_cancel_while_training(client, workers):  # noqa: F811
+    load(client)
+    v0 = active(client, "logos")
+    body = {"train": {"source": "views"}, "views": {**SMALL, "epochs": 200}}
+    job_id = client.post("/collections/logos/jobs", json=body).json()["job_id"]
+    workers.start()
+    end = time.time() + 300
+    while time.time() < end:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["stage"] == "train" and (job["progress"] or {}).get("step", 0) >= 1:
+            break
+        assert job["state"] in ("queued", "running"), job
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"never trained: {job}")
+    t0 = time.time()
+    assert client.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
+    workers.procs[-1].wait(15)
+    assert time.time() - t0 < 10
+    assert client.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
+    assert active(client, "logos") == v0
+
+
+def test_views_job_refusals(client):  # noqa: F811
+    load(client, n=2)
+    r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}})
+    assert r.status_code == 422 and "at least 3" in r.json()["error"]["message"]
+    r = client.post("/collections/logos/jobs", json={"train": {"pairs": [{"query": "a", "positive_id": "Acme"}]}})
+    assert r.status_code == 422 and "views" in r.json()["error"]["message"]
+    r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": {"views_per_ref": 0}})
+    assert r.status_code == 422

@@ -1,0 +1,198 @@
+"""The views job of image collections: render views -> evaluate before -> train -> fit fusion and
+threshold -> evaluate after -> gate -> publish.
+
+One-shot logo identification has one reference image per brand, so the supervision is
+synthetic: every reference yields K augmented views (``trainer.views.make_views``) and the
+visual encoder learns to map a brand's views onto its reference (multi-view InfoNCE, with
+batches of mutually similar brands as hard negatives, ``trainer.views.train_views``).
+
+Held-out protocol, the same before and after training:
+
+* a fraction ``views.holdout_brands`` of the references (at least one) is left out of training
+  and out of the evaluation gallery: views of these are the *unknown* side (brands not in the
+  gallery) for the open-set threshold;
+* the other references are the training brands and the evaluation gallery; ``views.eval_views``
+  held-out views of each (rendered with seeds training never uses) are the *known* queries.
+
+On those views the job measures identification (``mrr@10``, ``recall@1`` = top-1,
+``recall@10``, ``top5``) and open-set quality (AUROC, false accepts at 95% true accepts), fits
+the fusion weight ``w_text`` and calibrates the threshold to ``open_set.max_false_accept``. The
+gate compares ``spec.gate.metric`` before and after. The published version indexes every
+reference, the held-out ones included (the encoder generalises across brands; they were only
+withheld to measure that).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.image_encoder import ImageEncoder
+from index.images import ImageError, decode_image
+from index.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, fused_scores
+from index.metrics import evaluate_rankings
+from index.store import DocumentStore
+from index.versions import VersionStore
+from trainer.contract import JobSpec
+from trainer.data import snapshot
+from trainer.pipeline import JobResult, Reporter, publish
+from trainer.train import Cancelled, Progress
+from trainer.views import Cancelled as ViewsCancelled
+from trainer.views import calibrate_threshold, fit_fusion, make_views, open_set_metrics, train_views
+
+log = logging.getLogger("strop.views_job")
+
+EVAL_SEED_OFFSET = 10_007  # held-out views never share a seed with training views
+
+
+def _subset(e: Embedded, idx: np.ndarray) -> Embedded:
+    return Embedded(e.visual[idx], e.text[idx], e.has_text[idx], [e.texts[i] for i in idx])
+
+
+def _concat(parts: list[Embedded]) -> Embedded:
+    return Embedded(np.vstack([p.visual for p in parts]), np.vstack([p.text for p in parts]),
+                    np.concatenate([p.has_text for p in parts]), [t for p in parts for t in p.texts])
+
+
+def measure(model: LogoModel, gallery: Embedded, known: Embedded, labels: np.ndarray, unknown: Embedded,
+            w_text: float, max_false_accept: float) -> dict[str, Any]:
+    """Identification and open-set metrics of ``model``'s embeddings at fusion weight ``w_text``."""
+    # float64: a threshold just above a float32 score must not round back onto it
+    fk = fused_scores(gallery, known, w_text)[0].astype(np.float64)
+    fu = fused_scores(gallery, unknown, w_text)[0].astype(np.float64)
+    cal = calibrate_threshold(fk.max(axis=1), fu.max(axis=1), max_false_accept)
+    osm = open_set_metrics(fk, labels, fu, cal["threshold"])
+    rankings = [list(np.argsort(-row, kind="stable")[:10]) for row in fk]
+    ir = evaluate_rankings(rankings, [[int(lab)] for lab in labels], k=10)
+    out = {k: ir[k] for k in ("mrr@10", "recall@1", "recall@10", "ndcg@10", "n")}
+    out.update({"top5": osm["top5"], "auroc": osm["auroc"], "far_at_95tar": osm["far_at_95tar"],
+                "threshold": cal["threshold"], "false_accept": cal["false_accept"],
+                "true_accept": cal["true_accept"], "w_text": w_text})
+    return {k: (round(float(v), 5) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def run_views_job(
+    job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
+    reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None,
+) -> JobResult:
+    data_dir = str(data_dir)
+    vstore = VersionStore(data_dir, collection)
+    vs = spec.views
+
+    reporter.enter("snapshot")
+    snap = snapshot(store, data_dir, collection)
+    docs = list(store.iter_documents(collection, max_seq=snap.watermark))
+    images, texts, keep = [], [], []
+    for i, d in enumerate(docs):
+        try:
+            images.append(decode_image(d.image or b""))
+        except ImageError:
+            continue  # stored before a stricter limit: it stays served as it was, untrained on
+        texts.append(d.text)
+        keep.append(i)
+    n = len(images)
+    reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(docs),
+                                    "usable_images": n}
+    if n < 3:
+        raise ValueError(f"a views job needs at least 3 decodable reference images, found {n}")
+
+    reporter.enter("pairs")
+    rng = np.random.default_rng(spec.seed)
+    perm = rng.permutation(n)
+    n_out = max(1, int(round(vs.holdout_brands * n)))
+    n_out = min(n_out, n - 2)
+    held, train_idx = np.sort(perm[:n_out]), np.sort(perm[n_out:])
+    stop = reporter.should_stop
+    base = ImageEncoder.load(snap.encoder_source, device=device).model
+    eval_views = make_views(images, vs.eval_views, seed=spec.seed + EVAL_SEED_OFFSET, family="train",
+                            should_stop=stop)
+    known_imgs = [v for i in train_idx for v in eval_views[i]]
+    labels = np.repeat(np.arange(len(train_idx)), vs.eval_views)
+    unknown_imgs = [v for i in held for v in eval_views[i]]
+    reporter.details["pairs"] = {"train_brands": len(train_idx), "held_out_brands": len(held),
+                                 "known_views": len(known_imgs), "unknown_views": len(unknown_imgs)}
+
+    reporter.enter("evaluate_before")
+    # OCR depends only on the pixels: read every reference and held-out view once, reuse for both models.
+    ref_ocr = base._ocr(images, None)
+    q_imgs = known_imgs + unknown_imgs
+    q_ocr = base._ocr(q_imgs, None)
+
+    def embed(model: LogoModel) -> tuple[Embedded, Embedded, Embedded, Embedded]:
+        refs = model.embed_references(images, texts, ocr_texts=ref_ocr)
+        qs = model.embed_queries(q_imgs, ocr_texts=q_ocr)
+        known = _subset(qs, np.arange(len(known_imgs)))
+        unknown = _subset(qs, np.arange(len(known_imgs), len(q_imgs)))
+        return refs, _subset(refs, train_idx), known, unknown
+
+    _, gal0, known0, unknown0 = embed(base)
+    before = measure(base, gal0, known0, labels, unknown0, base.fusion.w_text, spec.open_set.max_false_accept)
+    reporter.metrics = {"before": before}
+
+    reporter.enter("train")
+    if base.visual.config.head == "linear":
+        visual = base.visual  # continue from the served version's weights
+    else:
+        visual = VisualEncoder(VisualConfig(), seed=spec.seed)
+
+    try:
+        rep = train_views(visual, [images[i] for i in train_idx], [texts[i] for i in train_idx],
+                          views_per_ref=vs.views_per_ref, epochs=vs.epochs, batch_size=vs.batch_size,
+                          lr=vs.learning_rate, hard_negatives=vs.hard_negatives, seed=spec.seed,
+                          progress_cb=_progress(reporter), should_stop=stop)
+    except ViewsCancelled:
+        raise Cancelled() from None
+    if rep.stopped:
+        raise Cancelled()
+    reporter.details["train"] = {"steps": rep.steps, "epochs": rep.epochs, "seconds": round(rep.seconds, 2),
+                                 "seconds_caching": round(rep.seconds_caching, 2),
+                                 "loss": round(rep.losses[-1], 5) if rep.losses else None}
+
+    reporter.enter("evaluate_after")
+    model = LogoModel(visual, base.text_encoder, base.ocr)
+    refs1, gal1, known1, unknown1 = embed(model)
+    w_text, grid = fit_fusion(gal1, known1, labels, unknown1) if model.text_encoder is not None else (0.0, [])
+    after = measure(model, gal1, known1, labels, unknown1, w_text, spec.open_set.max_false_accept)
+    model.fusion.w_text = w_text
+    model.fusion.threshold = after["threshold"]
+    model.fusion.metrics = after
+    metric = spec.gate.metric
+    delta = after[metric] - before[metric]
+    passed = delta >= spec.gate.min_delta
+    reporter.details["fusion_grid"] = grid
+    reporter.metrics = {"before": before, "after": after,
+                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
+                                 "passed": passed}}
+
+    reporter.enter("publish")
+    encoder = ImageEncoder(model, "views")
+    corpus = np.zeros((len(docs), encoder.dim), np.float32)
+    corpus[keep] = model.pack_gallery(refs1)
+    snap_rows = np.asarray(keep, np.int64)
+    snap.rids = np.asarray([docs[i].rid for i in keep], np.int64)
+    vid = publish(store, vstore, snap, model, encoder, corpus[snap_rows], job_id, reporter.metrics, reporter,
+                  save_encoder=model.save)
+    activate = passed and spec.activate
+    if activate:
+        reporter.check()
+        vstore.activate(vid)
+        if announce:
+            announce(collection, vid)
+    reporter.details["activated"] = activate
+    reporter.enter("done")
+    return JobResult("succeeded" if passed else "rejected", vid, reporter.metrics)
+
+
+def _progress(reporter: Reporter) -> Callable[[int, int, float], None]:
+    t0 = time.perf_counter()
+
+    def cb(step: int, total: int, loss: float) -> None:
+        elapsed = time.perf_counter() - t0
+        reporter.on_progress(Progress(step, total, round(loss, 5), round(elapsed / max(step, 1) * (total - step), 1)))
+
+    return cb
