@@ -36,6 +36,10 @@ RUN pip install --no-deps . \
  && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 
 FROM ${PYTHON_IMAGE}
+# Image collections: cairosvg needs libcairo2; rapidocr pulls opencv-python, which needs libGL and glib.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libcairo2 libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/strop strop \
  && mkdir -p /data \
  && chown strop:strop /data
@@ -54,6 +58,12 @@ RUN --network=none python -c "from index.encoder import Encoder; \
 e = Encoder.load('all-MiniLM-L6-v2', precision='fp32', device='cpu'); \
 v = e.encode(['offline check']).vectors; \
 assert v.shape == (1, 384), v.shape; print('packaged MiniLM loads offline:', e.dim, 'dims')"
+# ... and so must the image stack: EfficientNet-Lite0 weights, rapidocr's models, cairosvg.
+RUN --network=none python -c "from index.image_encoder import ImageEncoder; \
+from index.images import decode_image; \
+svg = b'<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"64\" height=\"64\"><circle cx=\"32\" cy=\"32\" r=\"20\"/></svg>'; \
+v = ImageEncoder.load('efficientnet-lite0').encode([(decode_image(svg), 'check')]).vectors; \
+print('image encoder loads offline:', v.shape)"
 VOLUME ["/data"]
 EXPOSE 8000
 # Liveness; compose and load balancers use /readyz for readiness.
