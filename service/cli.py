@@ -6,6 +6,7 @@ Every flag also reads a ``STROP_*`` environment variable.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -124,10 +125,25 @@ def cmd_search(args: argparse.Namespace) -> None:
         info = c.get(f"/collections/{args.collection}")
         if info.status_code != 200:
             _fail(info)
-        r = c.post(f"/collections/{args.collection}/search", json={"query": args.query, "top_k": args.top_k})
+        modality = info.json()["modality"]
+        body: dict[str, Any] = {"top_k": args.top_k}
+        if modality == "image":  # QUERY is an image file
+            try:
+                body["image"] = base64.b64encode(Path(args.query).read_bytes()).decode()
+            except OSError as e:
+                print(f"{args.collection} is an image collection: QUERY must be an image file ({e})", file=sys.stderr)
+                sys.exit(2)
+        else:
+            body["query"] = args.query
+        r = c.post(f"/collections/{args.collection}/search", json=body)
         if r.status_code != 200:
             _fail(r)
-        for line in format_hits(info.json()["modality"], r.json()["hits"]):
+        out = r.json()
+        if modality == "image":
+            m = out.get("match")
+            print(f"match: {m['id']} ({m['score']:.4f})" if m else
+                  f"match: none (best score below the open-set threshold {out.get('threshold', 0):.4f})")
+        for line in format_hits(modality, out["hits"]):
             print(line)
 
 
@@ -145,17 +161,10 @@ def format_hits(modality: str, hits: list[dict]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    pairs = []
-    with open(args.pairs) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                    pairs.append({"query": obj["query"], "positive_id": obj["positive_id"]})
-                except (json.JSONDecodeError, KeyError) as e:
-                    print(f"{args.pairs}:{n}: expected {{\"query\", \"positive_id\"}}: {e}", file=sys.stderr)
-                    sys.exit(2)
-    body: dict[str, Any] = {"train": {"pairs": pairs}}
+    if (args.pairs is None) == (args.source is None):
+        print("give exactly one of --pairs FILE.jsonl or --source feedback|docstrings|views", file=sys.stderr)
+        sys.exit(2)
+    body: dict[str, Any] = {"train": {"source": args.source}} if args.source else {"train": {"pairs": _read_pairs(args.pairs)}}
     if args.options:
         body.update(json.loads(args.options))
     with _client(args.url, args.api_key) as c:
@@ -165,6 +174,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         job_id = r.json()["job_id"]
         print(f"job {job_id} queued", file=sys.stderr)
         follow(c, job_id)
+
+
+def _read_pairs(path: str) -> list[dict[str, str]]:
+    pairs = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                    pairs.append({"query": obj["query"], "positive_id": obj["positive_id"]})
+                except (json.JSONDecodeError, KeyError) as e:
+                    print(f"{path}:{n}: expected {{\"query\", \"positive_id\"}}: {e}", file=sys.stderr)
+                    sys.exit(2)
+    return pairs
 
 
 def follow(c: Any, job_id: str, interval: float = 1.0) -> dict:
@@ -228,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
         c.add_argument("collection")
         if name == "search":
-            c.add_argument("query")
+            c.add_argument("query", help="query text; for image collections, the path of an image file")
             c.add_argument("--top-k", type=int, default=10)
         else:
-            c.add_argument("--pairs", required=True, help="JSONL file of {query, positive_id}")
+            c.add_argument("--pairs", help="JSONL file of {query, positive_id}")
+            c.add_argument("--source", choices=["feedback", "docstrings", "views"],
+                           help="train from the collection itself instead of a pairs file")
             c.add_argument("--options", help="extra job fields as JSON, e.g. '{\"epochs\": 2}'")
         c.add_argument("--url", default=_env("URL", DEFAULT_URL))
         c.add_argument("--api-key", default=_env("API_KEY"))

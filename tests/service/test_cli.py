@@ -3,6 +3,7 @@ driven from the shell commands `strop search` and `strop train`, then restarted.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -92,6 +93,24 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
             time.sleep(0.1)
         assert c.get("/collections/notes").json()["version"]["id"] == result["version"]
         before = c.post("/collections/notes/search", json={"query": "stars", "top_k": 5}).json()
+
+        # image collections: QUERY is an image file; the open-set answer comes first
+        from conftest import LOGO_WORDS, render_logo
+
+        assert c.post("/collections", json={"name": "brands", "modality": "image"}).status_code == 201
+        logos = [{"id": LOGO_WORDS[i], "text": LOGO_WORDS[i], "image": base64.b64encode(render_logo(i)).decode()}
+                 for i in range(3)]
+        assert c.put("/collections/brands/documents", json={"documents": logos}).status_code == 200
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(render_logo(1, "JPEG"))
+        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "brands", str(photo), "--url", url],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines[0].startswith(f"match: {LOGO_WORDS[1]} ") and len(lines) == 4
+        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "brands", str(tmp_path / "nope.png"),
+                              "--url", url], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "image file" in out.stderr
         c.close()
     finally:
         _stop(server)
