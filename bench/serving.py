@@ -269,14 +269,74 @@ async def _load(url: str, path: str, bodies: Sequence[bytes], concurrency: int, 
             "p99_ms": pct(ms, 99), "client_cpu_s": client_cpu}
 
 
+_WRK_SCRIPT = r"""
+local bodies = {}
+for line in io.lines(os.getenv("STROP_WRK_BODIES")) do bodies[#bodies + 1] = line end
+local i = tonumber(os.getenv("STROP_WRK_START") or "0")
+local method = os.getenv("STROP_WRK_METHOD") or "POST"
+local headers = {["content-type"] = "application/json"}
+request = function()
+  i = i + 1
+  if method == "GET" then return wrk.format("GET", nil, nil, nil) end
+  return wrk.format("POST", nil, headers, bodies[(i % #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+    .. '"non2xx": %d, "socket_errors": %d}\n', summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(90), latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def _load_wrk(url: str, path: str, bodies: Sequence[bytes], concurrency: int, duration: float, warmup: float,
+              start: int, method: str = "POST") -> dict[str, Any]:
+    """The same load from ``wrk`` (C, one thread): far less client CPU than Python on a shared 2-core box.
+
+    Non-200 answers (429s included) are not counted in QPS; latency percentiles are wrk's (all answers).
+    """
+    import resource
+
+    tmp = Path(tempfile.mkdtemp(prefix="wrk-"))
+    try:
+        (tmp / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
+        (tmp / "load.lua").write_text(_WRK_SCRIPT)
+        env = {**os.environ, "STROP_WRK_BODIES": str(tmp / "bodies.jsonl"), "STROP_WRK_START": str(start),
+               "STROP_WRK_METHOD": method}
+        cmd = ["wrk", "-t1", f"-c{concurrency}", "--timeout", "120s", "-s", str(tmp / "load.lua"), url + path]
+        if warmup > 0:
+            subprocess.run(cmd[:1] + [f"-d{max(1, round(warmup))}s"] + cmd[1:], env=env, capture_output=True,
+                           check=True)
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run(cmd[:1] + [f"-d{max(1, round(duration))}s"] + cmd[1:], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    w = json.loads(line[len("WRKJSON "):])
+    seconds = w["duration_us"] / 1e6
+    ok = w["requests"] - w["non2xx"]
+    errors = {k: v for k, v in (("non-2xx", w["non2xx"]), ("socket", w["socket_errors"])) if v}
+    return {"concurrency": concurrency, "requests": ok, "errors": errors, "seconds": seconds, "qps": ok / seconds,
+            "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000, "p99_ms": w["p99_us"] / 1000,
+            "client_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), "loadgen": "wrk"}
+
+
+LOADGEN = "wrk" if shutil.which("wrk") else "httpx"
+
+
 def run_levels(server: Server, path: str, bodies: Sequence[bytes], levels: Sequence[int], duration: float,
                warmup: float, metrics: bool = False, start: int = 0, method: str = "POST") -> list[dict[str, Any]]:
     out = []
     for i, c in enumerate(levels):
         before = _batch_metrics(server.url) if metrics else None
         cpu0 = server.cpu_s()
-        r = asyncio.run(_load(server.url, path, bodies, c, duration, warmup, start=start + i * 997,
-                              max_requests=int(duration * 2000), method=method))
+        if LOADGEN == "wrk":
+            r = _load_wrk(server.url, path, bodies, c, duration, warmup, start=start + i * 997, method=method)
+        else:
+            r = asyncio.run(_load(server.url, path, bodies, c, duration, warmup, start=start + i * 997,
+                                  max_requests=int(duration * 2000), method=method))
         r["server_cpu_s"] = server.cpu_s() - cpu0
         if metrics and before is not None:
             after = _batch_metrics(server.url)
@@ -437,6 +497,7 @@ def precision_compare(queries: Sequence[str], docs: Sequence[str], repeat: int) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global LOADGEN
     ap = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=50_000, help="documents bulk-loaded before the search runs")
     ap.add_argument("--ingest-docs", type=int, default=None,
@@ -455,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--omp-default", action="store_true",
                     help="leave OMP_WAIT_POLICY alone in every process (default: PASSIVE, see bench/_util.py)")
+    ap.add_argument("--loadgen", default=LOADGEN, choices=["wrk", "httpx"],
+                    help="load generator: wrk (C, one thread; default when installed: apt-get install wrk) or the "
+                         "Python httpx client (costs ~1 ms of CPU per request on these cores)")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -467,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_naive(rest[0], rest[1], args.port, rest[2])
         return 0
 
+    LOADGEN = args.loadgen
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below (servers, temp dir)
     same_threads()
     if args.quick and args.docs == 50_000:
