@@ -80,6 +80,14 @@ def run_views_job(
     job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
     reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None,
 ) -> JobResult:
+    try:
+        return _run(job_id, collection, spec, store, data_dir, reporter, device, announce)
+    except ViewsCancelled:  # raised inside trainer.views (rendering, caching): the worker's cancel
+        raise Cancelled() from None
+
+
+def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
+         reporter: Reporter, device: str, announce: Callable[[str, str], None] | None) -> JobResult:
     data_dir = str(data_dir)
     vstore = VersionStore(data_dir, collection)
     vs = spec.views
@@ -119,13 +127,17 @@ def run_views_job(
 
     reporter.enter("evaluate_before")
     # OCR depends only on the pixels: read every reference and held-out view once, reuse for both models.
-    ref_ocr = base._ocr(images, None)
     q_imgs = known_imgs + unknown_imgs
-    q_ocr = base._ocr(q_imgs, None)
+    ocr = chunked(lambda lo, hi: base._ocr((images + q_imgs)[lo:hi], None), len(images) + len(q_imgs),
+                  reporter, "ocr")
+    ref_ocr, q_ocr = ocr[: len(images)], ocr[len(images):]
 
     def embed(model: LogoModel) -> tuple[Embedded, Embedded, Embedded, Embedded]:
-        refs = model.embed_references(images, texts, ocr_texts=ref_ocr)
-        qs = model.embed_queries(q_imgs, ocr_texts=q_ocr)
+        refs = _concat(chunked(lambda lo, hi: [model.embed_references(images[lo:hi], texts[lo:hi],
+                                                                      ocr_texts=ref_ocr[lo:hi])],
+                               len(images), reporter, "references"))
+        qs = _concat(chunked(lambda lo, hi: [model.embed_queries(q_imgs[lo:hi], ocr_texts=q_ocr[lo:hi])],
+                             len(q_imgs), reporter, "views"))
         known = _subset(qs, np.arange(len(known_imgs)))
         unknown = _subset(qs, np.arange(len(known_imgs), len(q_imgs)))
         return refs, _subset(refs, train_idx), known, unknown
@@ -140,13 +152,10 @@ def run_views_job(
     else:
         visual = VisualEncoder(VisualConfig(), seed=spec.seed)
 
-    try:
-        rep = train_views(visual, [images[i] for i in train_idx], [texts[i] for i in train_idx],
-                          views_per_ref=vs.views_per_ref, epochs=vs.epochs, batch_size=vs.batch_size,
-                          lr=vs.learning_rate, hard_negatives=vs.hard_negatives, seed=spec.seed,
-                          progress_cb=_progress(reporter), should_stop=stop)
-    except ViewsCancelled:
-        raise Cancelled() from None
+    rep = train_views(visual, [images[i] for i in train_idx], [texts[i] for i in train_idx],
+                      views_per_ref=vs.views_per_ref, epochs=vs.epochs, batch_size=vs.batch_size,
+                      lr=vs.learning_rate, hard_negatives=vs.hard_negatives, seed=spec.seed,
+                      progress_cb=_progress(reporter), should_stop=stop)
     if rep.stopped:
         raise Cancelled()
     reporter.details["train"] = {"steps": rep.steps, "epochs": rep.epochs, "seconds": round(rep.seconds, 2),
@@ -186,6 +195,21 @@ def run_views_job(
     reporter.details["activated"] = activate
     reporter.enter("done")
     return JobResult("succeeded" if passed else "rejected", vid, reporter.metrics)
+
+
+def chunked(fn: Callable[[int, int], list[Any]], n: int, reporter: Reporter, unit: str,
+            chunk: int = 64) -> list[Any]:
+    """``fn(lo, hi)`` over ``[0, n)`` in chunks, with progress and a cancel check between chunks."""
+    out: list[Any] = []
+    t0 = time.perf_counter()
+    for lo in range(0, n, chunk):
+        reporter.check()
+        out.extend(fn(lo, min(n, lo + chunk)))
+        done = min(n, lo + chunk)
+        rate = done / max(time.perf_counter() - t0, 1e-6)
+        reporter.progress = {"step": done, "total_steps": n, "loss": None, "eta_s": round((n - done) / rate, 1),
+                             "unit": unit}
+    return out
 
 
 def _progress(reporter: Reporter) -> Callable[[int, int, float], None]:
