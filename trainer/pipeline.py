@@ -222,16 +222,27 @@ def run_encoder_job(
     enc1 = inference_encoder(model, "student", device)
     corpus1 = encode_corpus(enc1, snap.texts, reporter, "reencode")
     after = evaluate(enc1, with_overrides(corpus1, overrides, enc1), snap, evals)
+    passed = apply_gate(spec, before, after, reporter)
+
+    reporter.enter("publish")
+    vid = publish(store, vstore, snap, model, enc1, corpus1, job_id, reporter.metrics, reporter)
+    return finish(reporter, vstore, vid, passed and spec.activate, passed, collection, announce)
+
+
+def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], reporter: Reporter) -> bool:
+    """Record before/after and the gate's verdict in the job's metrics; True when it passed."""
     metric = spec.gate.metric
     delta = after[metric] - before[metric]
     passed = delta >= spec.gate.min_delta
     reporter.metrics = {"before": before, "after": after,
                         "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
                                  "passed": passed}}
+    return passed
 
-    reporter.enter("publish")
-    vid = publish(store, vstore, snap, model, enc1, corpus1, job_id, reporter.metrics, reporter)
-    activate = passed and spec.activate
+
+def finish(reporter: Reporter, vstore: VersionStore, vid: str, activate: bool, passed: bool, collection: str,
+           announce: Callable[[str, str], None] | None) -> JobResult:
+    """Activate the written version when asked (and tell the API processes), then close the job."""
     if activate:
         reporter.check()
         vstore.activate(vid)

@@ -40,7 +40,7 @@ from index.store import DocumentStore
 from index.versions import VersionStore
 from trainer.contract import JobSpec
 from trainer.data import snapshot
-from trainer.pipeline import JobResult, Reporter, publish
+from trainer.pipeline import JobResult, Reporter, apply_gate, finish, publish
 from trainer.train import Cancelled, Progress
 from trainer.views import Cancelled as ViewsCancelled
 from trainer.views import calibrate_threshold, fit_fusion, make_views, open_set_metrics, train_views
@@ -170,31 +170,15 @@ def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data
     model.fusion.w_text = w_text
     model.fusion.threshold = after["threshold"]
     model.fusion.metrics = after
-    metric = spec.gate.metric
-    delta = after[metric] - before[metric]
-    passed = delta >= spec.gate.min_delta
+    passed = apply_gate(spec, before, after, reporter)
     reporter.details["fusion_grid"] = grid
-    reporter.metrics = {"before": before, "after": after,
-                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
-                                 "passed": passed}}
 
     reporter.enter("publish")
     encoder = ImageEncoder(model, "views")
-    corpus = np.zeros((len(docs), encoder.dim), np.float32)
-    corpus[keep] = model.pack_gallery(refs1)
-    snap_rows = np.asarray(keep, np.int64)
-    snap.rids = np.asarray([docs[i].rid for i in keep], np.int64)
-    vid = publish(store, vstore, snap, model, encoder, corpus[snap_rows], job_id, reporter.metrics, reporter,
-                  save_encoder=model.save)
-    activate = passed and spec.activate
-    if activate:
-        reporter.check()
-        vstore.activate(vid)
-        if announce:
-            announce(collection, vid)
-    reporter.details["activated"] = activate
-    reporter.enter("done")
-    return JobResult("succeeded" if passed else "rejected", vid, reporter.metrics)
+    snap.rids = np.asarray([docs[i].rid for i in keep], np.int64)  # the rows of refs1, in order
+    vid = publish(store, vstore, snap, model, encoder, model.pack_gallery(refs1), job_id, reporter.metrics,
+                  reporter, save_encoder=model.save)
+    return finish(reporter, vstore, vid, passed and spec.activate, passed, collection, announce)
 
 
 def chunked(fn: Callable[[int, int], list[Any]], n: int, reporter: Reporter, unit: str,
