@@ -81,10 +81,11 @@ class SearchRequest(Strict):
 
 class Hit(BaseModel):
     id: str
-    score: float
+    score: float = Field(..., description="cosine (text, code); fused visual+text score (image)")
     text: str | None = None
     metadata: dict[str, Any] = {}
-    scores: dict[str, float] | None = None
+    scores: dict[str, float] | None = Field(None, description="parts of the score: {bi_encoder, teacher} when "
+                                            "reranked; {visual, text} cosines in image collections")
 
 
 class Match(BaseModel):
@@ -94,9 +95,12 @@ class Match(BaseModel):
 
 class SearchResponse(BaseModel):
     hits: list[Hit]
-    version: str
+    version: str = Field(..., description="the version that answered (its encoder and index match)")
     took_ms: float
-    match: Match | None = None
+    match: Match | None = Field(None, description="image collections: the best hit when its score reaches the "
+                                "open-set threshold, else null (the logo is not in the gallery)")
+    threshold: float | None = Field(None, description="image collections: the version's calibrated open-set "
+                                    "threshold")
 
 
 class FeedbackIn(Strict):
