@@ -149,13 +149,8 @@ class Encoder:
         return sum(n > self.max_seq_length for n in self.token_lengths(long))
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 32, pad_multiple: int = 1) -> EncodeResult:
-        """L2-normalised float32 embeddings, in input order.
-
-        ``pad_multiple`` rounds each batch's token length up (padding is masked out, so the vectors
-        do not change): the query path uses 16, so the many small query batches come in a few
-        shapes and the per-shape kernel caches of oneDNN stay small.
-        """
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> EncodeResult:
+        """L2-normalised float32 embeddings, in input order."""
         texts = [t if t else " " for t in texts]
         if not texts:
             return EncodeResult(np.empty((0, self.dim), np.float32), 0)
@@ -164,13 +159,11 @@ class Encoder:
             out = np.empty((len(texts), self.dim), np.float32)
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
-                out[idx] = self._forward([texts[i] for i in idx], pad_multiple)
+                out[idx] = self._forward([texts[i] for i in idx])
         return EncodeResult(out, self.count_truncated(texts))
 
-    def _forward(self, texts: list[str], pad_multiple: int = 1) -> np.ndarray:
+    def _forward(self, texts: list[str]) -> np.ndarray:
         features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
-        if pad_multiple > 1:
-            features = _pad_tokens(features, pad_multiple, self.tokenizer.pad_token_id or 0, self.max_seq_length)
         features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
         emb = self.model(features)["sentence_embedding"].float()
         emb = torch.nn.functional.normalize(emb, dim=-1)
@@ -178,24 +171,6 @@ class Encoder:
 
     def fingerprint(self) -> str:
         return f"{self.name}:{self.precision}"
-
-
-def _pad_tokens(features: dict[str, Any], multiple: int, pad_id: int, max_len: int) -> dict[str, Any]:
-    """Right-pad token tensors to a multiple of ``multiple`` (never past ``max_len``); masks get 0."""
-    ids = features.get("input_ids")
-    mask = features.get("attention_mask")
-    if not isinstance(ids, torch.Tensor) or not isinstance(mask, torch.Tensor) or ids.dim() != 2:
-        return features
-    n = ids.shape[1]
-    target = min(-(-n // multiple) * multiple, max(max_len, n))
-    if target == n:
-        return features
-    out = dict(features)
-    for key, value in features.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == ids.shape:
-            fill = pad_id if key == "input_ids" else 0
-            out[key] = torch.nn.functional.pad(value, (0, target - n), value=fill)
-    return out
 
 
 def _time(fn: Any, repeat: int = 3) -> float:

@@ -12,6 +12,7 @@ picks the threshold and the efSearch default.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -29,6 +30,12 @@ IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 faiss.cvar.distance_compute_blas_threshold = 1
 
 _threads_lock = threading.Lock()
+
+# The OpenBLAS inside the faiss-cpu wheel (an OpenMP build) degrades badly when two threads call
+# sgemm at once: a flat 20k x 384 search of 16 queries took 11 ms alone and 50-100 ms per search
+# with two searching threads (bench/serving.py profile, docs/benchmarks.md). BLAS-backed searches
+# (flat, and IVF's coarse step) therefore take turns; HNSW searches (no BLAS) run concurrently.
+_blas_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -137,10 +144,12 @@ def search(
     kk = min(k, index.ntotal)
     if kind_needs_ef_bump(index) and params is not None:
         params.efSearch = max(params.efSearch, kk)
-    if params is None:
-        scores, ids = index.search(queries, kk)
-    else:
-        scores, ids = index.search(queries, kk, params=params)
+    lock = _blas_lock if inner_kind(index) != "hnsw" else contextlib.nullcontext()
+    with lock:
+        if params is None:
+            scores, ids = index.search(queries, kk)
+        else:
+            scores, ids = index.search(queries, kk, params=params)
     if kk < k:
         pad = k - kk
         scores = np.hstack([scores, np.full((nq, pad), -np.inf, np.float32)])

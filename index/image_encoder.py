@@ -103,7 +103,7 @@ class ImageEncoder:
         return cls(model, str(d))
 
     # -- the Encoder interface ----------------------------------------------------------
-    def encode(self, items: Sequence[Any], batch_size: int = 32, pad_multiple: int = 1) -> EncodeResult:
+    def encode(self, items: Sequence[Any], batch_size: int = 32) -> EncodeResult:
         out = np.zeros((len(items), self.dim), np.float32)
         refs = [i for i, it in enumerate(items) if isinstance(it, tuple)]
         queries = [i for i, it in enumerate(items) if not isinstance(it, tuple)]

@@ -119,6 +119,6 @@ class ScorerAdapter:
         self.scorer = scorer
         self.name = f"teacher:{scorer.name}"
 
-    def encode(self, items: Sequence[Any], batch_size: int = 32, pad_multiple: int = 1) -> EncodeResult:
+    def encode(self, items: Sequence[Any], batch_size: int = 32) -> EncodeResult:
         scores = self.scorer.score([tuple(i) for i in items], batch_size)
         return EncodeResult(scores.reshape(-1, 1), 0)

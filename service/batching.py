@@ -211,7 +211,7 @@ class EncodeBatcher:
         t0 = time.perf_counter()
         self._set_threads(1 if len(batch) <= self.small_batch else self._threads)
         try:
-            vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch, pad_multiple=16).vectors
+            vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch).vectors
         except BaseException as e:  # noqa: BLE001
             for q in batch:
                 q.done(None, e)

@@ -215,15 +215,3 @@ def test_full_queue_answers_429_with_retry_after(make_client) -> None:
     assert metric(text, "strop_overloaded_total") == len(rejected)
     assert f'status="429"}} {float(len(rejected))}' in text
 
-
-def test_padded_query_shapes_give_the_same_vectors(encoder: Encoder) -> None:
-    """The query path pads token length to a multiple of 16; padding is masked, vectors must not move."""
-    texts = ["a", "short query", "a somewhat longer query with seventeen or so tokens in it, to cross 16"]
-    plain = encoder.encode(texts).vectors
-    padded = encoder.encode(texts, pad_multiple=16).vectors
-    np.testing.assert_allclose(padded, plain, atol=1e-5)
-    from index.encoder import _pad_tokens
-
-    feats = encoder.model.tokenize(texts)
-    out = _pad_tokens(feats, 16, 0, encoder.max_seq_length)
-    assert out["input_ids"].shape[1] % 16 == 0 and out["attention_mask"].sum() == feats["attention_mask"].sum()
