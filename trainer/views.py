@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from index.logo import crop_to_content
@@ -356,18 +355,6 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
     return -(logp.masked_fill(~pos, 0.0).sum(1) / npos).mean()
 
 
-def memory_loss(z_views: torch.Tensor, z_refs: torch.Tensor, bank: torch.Tensor, batch: torch.Tensor,
-                labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE of each view against *every* reference: the positive is its own reference.
-
-    ``bank`` holds all references' embeddings (refreshed each epoch, no grad); the columns of the
-    batch's brands are replaced by their current, differentiable embeddings ``z_refs``. This is
-    identification over the whole gallery as a loss, at the cost of one ``(views x brands)`` matmul.
-    """
-    logits = (z_views @ bank.T).index_copy(1, batch, z_views @ z_refs.T)
-    return F.cross_entropy(logits / temperature, labels)
-
-
 def neighbour_batches(ref_emb: np.ndarray, batch_brands: int, group: int,
                       rng: np.random.Generator) -> list[np.ndarray]:
     """Batches of brand indices made of ``group``-sized clusters of mutual nearest neighbours.
@@ -396,8 +383,7 @@ def neighbour_batches(ref_emb: np.ndarray, batch_brands: int, group: int,
 def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[str | None] | None = None, *,
                 views_per_ref: int = 8, epochs: int = 10, batch_size: int = 64, views_per_step: int = 3,
                 lr: float = 1e-3, backbone_lr_scale: float = 0.3, temperature: float = 0.07,
-                hard_negatives: bool = True, group: int = 8, memory: bool = True, seed: int = 0,
-                view_size: int = 224,
+                hard_negatives: bool = True, group: int = 8, seed: int = 0, view_size: int = 224,
                 views: Sequence[Sequence[Image.Image]] | None = None,
                 progress_cb: Callable[[int, int, float], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> TrainReport:
@@ -449,12 +435,9 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     vps = min(views_per_step, k)
     step = 0
-    bank = torch.empty(0)
     for epoch in range(epochs):
-        if memory or (hard_negatives and group > 1):
-            ref_emb = _tail_embed(model, ref_cache)
-            bank = torch.from_numpy(ref_emb)
         if hard_negatives and group > 1:
+            ref_emb = _tail_embed(model, ref_cache)
             batches = neighbour_batches(ref_emb, batch_size, group, rng)
         else:
             perm = rng.permutation(n)
@@ -469,16 +452,10 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
             labels = torch.cat([torch.as_tensor(b), torch.as_tensor(np.repeat(b, vps))])
             z = model.tail(x)
             loss = supcon_loss(z, labels, temperature)
-            if memory:
-                bt = torch.as_tensor(b)
-                loss = loss + memory_loss(z[len(b):], z[: len(b)], bank, bt, torch.as_tensor(np.repeat(b, vps)),
-                                          temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            if memory:
-                bank[torch.as_tensor(b)] = z[: len(b)].detach()
             step += 1
             report.losses.append(loss.item())
             if progress_cb is not None:

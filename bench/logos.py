@@ -1,0 +1,338 @@
+"""One-shot, open-set logo identification on all simple-icons brands (issue 6).
+
+``python -m bench.logos`` renders every brand of ``simple-icons-pack`` with cairosvg (through
+``index.images.decode_image``, in the brand's colour; near-white colours are drawn black), one
+reference per brand. A fixed-seed permutation puts 80% of brands in the gallery and holds 20% out
+as unseen. Queries are ``"wild"`` views (``trainer.views.make_view``): background generators,
+illumination and blur that training never uses.
+
+Query sets (disjoint):
+* test known: one wild view of every gallery brand (identification over the whole gallery);
+* test unknown: one wild view of each of half of the unseen brands;
+* calibration known: another wild view of up to ``--calib`` gallery brands;
+* calibration unknown: one wild view of each of the *other* half of the unseen brands.
+Fusion weights and the open-set threshold are fitted on the calibration sets only.
+
+Models: the frozen backbone (EfficientNet-Lite0 average-pooled features, no training); the
+fine-tuned visual encoder (``trainer.views.train_views`` on ``--views`` train-family views per
+gallery reference); the same plus the text view (OCR + MiniLM, fused). Each row reports top-1
+and top-5 over the gallery, open-set AUROC, the false-accept rate at 95% true-accept, the
+false/true-accept rates at the threshold calibrated for 5% false accepts, wall time and peak
+RSS of its stage. OCR outputs are cached under ``bench/.cache/logos/``.
+"""
+
+from __future__ import annotations
+
+from bench._util import omp_passive
+
+omp_passive()
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from bench._util import CACHE, log, machine_line, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OCR_CACHE = CACHE / "logos"
+
+
+# -- data -----------------------------------------------------------------------------------------
+def icons() -> list[Any]:
+    import simple_icons_pack as sip
+
+    found = {getattr(sip, n).slug: getattr(sip, n) for n in dir(sip) if n.startswith("SI_")}
+    return [found[s] for s in sorted(found)]
+
+
+def brand_svg(icon: Any) -> bytes:
+    """The icon's SVG filled with the brand colour (black when the colour is too light to see on white)."""
+    h = icon.hex.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    lum = (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+    fill = "#000000" if lum > 0.85 else f"#{h}"
+    return icon.svg.replace("<svg ", f'<svg fill="{fill}" ', 1).encode()
+
+
+def render(icon: Any, side: int = 256) -> Image.Image:
+    from index.images import decode_image
+
+    return decode_image(brand_svg(icon), svg_side=side)
+
+
+def ocr_cached(reader: Any, key: str, images: list[Image.Image]) -> tuple[list[str], float]:
+    """OCR texts for ``images``, cached in one JSON per ``key``; returns ``(texts, seconds per image)``."""
+    OCR_CACHE.mkdir(parents=True, exist_ok=True)
+    path = OCR_CACHE / f"ocr-{key}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        if len(data["texts"]) == len(images):
+            return data["texts"], data["s_per_image"]
+    t = time.perf_counter()
+    texts = [reader.read(im).text for im in images]
+    spi = (time.perf_counter() - t) / max(1, len(images))
+    path.write_text(json.dumps({"texts": texts, "s_per_image": spi}))
+    return texts, spi
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- measurement ----------------------------------------------------------------------------------
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stage(name: str, fn: Callable[[], Any], rows: dict[str, dict[str, float]]) -> Any:
+    reset_peak()
+    t = time.perf_counter()
+    out = fn()
+    rows[name] = {"seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}
+    log(f"{name}: {rows[name]['seconds']:.1f}s, peak RSS {rows[name]['peak_rss_mb']:.0f} MB")
+    return out
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def evaluate(gallery: Any, sets: dict[str, Any], labels: dict[str, np.ndarray], w_text: float,
+             max_false_accept: float) -> dict[str, float]:
+    from index.logo import fused_scores
+    from trainer.views import calibrate_threshold, open_set_metrics
+
+    ck = fused_scores(gallery, sets["calib_known"], w_text)[0]
+    cu = fused_scores(gallery, sets["calib_unknown"], w_text)[0]
+    correct = ck.argmax(1) == labels["calib_known"]
+    cal = calibrate_threshold(ck.max(1)[correct], cu.max(1), max_false_accept)
+    tk = fused_scores(gallery, sets["test_known"], w_text)[0]
+    tu = fused_scores(gallery, sets["test_unknown"], w_text)[0]
+    m = open_set_metrics(tk, labels["test_known"], tu, cal["threshold"])
+    m["w_text"] = w_text
+    m["_pred"] = tk.argmax(1).tolist()
+    return m
+
+
+def samples(out_dir: Path, name: str, idx: list[int], queries: list[Image.Image], pred: list[int],
+            truth: np.ndarray, refs: list[Image.Image], titles: list[str], size: int = 96) -> Path:
+    """A small PNG: rows of query | predicted reference | true reference."""
+    img = Image.new("RGB", (3 * size + 4, len(idx) * (size + 14)), "white")
+    d = ImageDraw.Draw(img)
+    for r, i in enumerate(idx):
+        y = r * (size + 14)
+        for c, im in enumerate((queries[i], refs[pred[i]], refs[int(truth[i])])):
+            th = im.copy()
+            th.thumbnail((size, size))
+            img.paste(th, (c * (size + 2), y))
+        d.text((0, y + size), f"-> {titles[pred[i]][:14]} (true {titles[int(truth[i])][:14]})", fill="black")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    img.quantize(64).save(path, optimize=True)  # palette PNG: small enough for the repository
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--brands", type=int, default=0, help="use N brands (0 = all)")
+    ap.add_argument("--views", type=int, default=6, help="train views per gallery reference")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=64, help="brands per training step")
+    ap.add_argument("--views-per-step", type=int, default=3)
+    ap.add_argument("--train-blocks", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--size", type=int, default=160, help="encoder input side")
+    ap.add_argument("--view-size", type=int, default=160)
+    ap.add_argument("--calib", type=int, default=1000, help="calibration views of gallery brands")
+    ap.add_argument("--max-false-accept", type=float, default=0.05)
+    ap.add_argument("--no-hard-negatives", action="store_true")
+    ap.add_argument("--no-text", action="store_true")
+    ap.add_argument("--no-frozen", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", default="docs/img", help="where to save hit/miss PNGs ('' = none)")
+    ap.add_argument("--out", default=str(CACHE / "logos_results.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from index.logo import Embedded, VisualConfig, VisualEncoder, crop_to_content
+    from trainer.views import fit_fusion, make_view, train_views, view_rng
+
+    t_all = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    all_icons = icons()
+    if args.brands:
+        all_icons = [all_icons[i] for i in sorted(rng.permutation(len(all_icons))[: args.brands])]
+    perm = np.random.default_rng(args.seed + 1).permutation(len(all_icons))
+    n_gal = int(round(0.8 * len(all_icons)))
+    gal_icons = [all_icons[i] for i in sorted(perm[:n_gal])]
+    unseen = [all_icons[i] for i in sorted(perm[n_gal:])]
+    half = len(unseen) // 2
+    log(f"{len(all_icons)} brands: gallery {len(gal_icons)}, unseen {len(unseen)} "
+        f"({half} calibration, {len(unseen) - half} test)")
+    timing: dict[str, dict[str, float]] = {}
+
+    def _render() -> tuple[list[Image.Image], list[Image.Image]]:
+        return [render(i) for i in gal_icons], [render(i) for i in unseen]
+
+    refs, unseen_refs = stage("render references", _render, timing)
+    titles = [i.title for i in gal_icons]
+    calib_idx = np.sort(np.random.default_rng(args.seed + 2).permutation(len(gal_icons))[: args.calib])
+    wseed = 10_000 + args.seed  # wild views: their own seed stream, never used by training
+
+    def _queries() -> dict[str, list[Image.Image]]:
+        vs = args.view_size
+        return {
+            "test_known": [make_view(r, view_rng(wseed, i, 0, "wild"), "wild", vs) for i, r in enumerate(refs)],
+            "calib_known": [make_view(refs[i], view_rng(wseed, int(i), 1, "wild"), "wild", vs) for i in calib_idx],
+            "calib_unknown": [make_view(r, view_rng(wseed, 100_000 + i, 0, "wild"), "wild", vs)
+                              for i, r in enumerate(unseen_refs[:half])],
+            "test_unknown": [make_view(r, view_rng(wseed, 200_000 + i, 0, "wild"), "wild", vs)
+                             for i, r in enumerate(unseen_refs[half:])],
+        }
+
+    queries = stage("render wild queries", _queries, timing)
+    labels = {"test_known": np.arange(len(refs)), "calib_known": calib_idx}
+    log("queries: " + ", ".join(f"{k} {len(v)}" for k, v in queries.items()))
+    gal_crops = [crop_to_content(r) for r in refs]
+    results: dict[str, dict[str, Any]] = {}
+
+    def visual_sets(enc: VisualEncoder) -> tuple[Embedded, dict[str, Embedded]]:
+        def emb(images: list[Image.Image]) -> Embedded:
+            v = enc.encode(images)
+            return Embedded(v, np.zeros((len(v), 1), np.float32), np.zeros(len(v), bool), [""] * len(v))
+
+        return emb(gal_crops), {k: emb(v) for k, v in queries.items()}
+
+    # 1. frozen backbone ------------------------------------------------------------------------
+    if not args.no_frozen:
+        def _frozen() -> dict[str, float]:
+            enc = VisualEncoder(VisualConfig(head="identity", train_blocks=0, image_size=args.size))
+            g, s = visual_sets(enc)
+            return evaluate(g, s, labels, 0.0, args.max_false_accept)
+
+        results["frozen backbone"] = stage("frozen backbone", _frozen, timing)
+        results["frozen backbone"]["_stage"] = "frozen backbone"
+
+    # 2. fine-tuned ------------------------------------------------------------------------------
+    enc = VisualEncoder(VisualConfig(head="linear", dim=256, train_blocks=args.train_blocks, image_size=args.size),
+                        seed=args.seed)
+    last = [time.perf_counter()]
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if time.perf_counter() - last[0] > 30 or step == total:
+            last[0] = time.perf_counter()
+            log(f"  step {step}/{total} loss {loss:.4f}")
+
+    def _train() -> Any:
+        return train_views(enc, refs, titles, views_per_ref=args.views, epochs=args.epochs, batch_size=args.batch,
+                           views_per_step=args.views_per_step, lr=args.lr, seed=args.seed,
+                           hard_negatives=not args.no_hard_negatives, view_size=args.view_size,
+                           progress_cb=progress)
+
+    report = stage("train", _train, timing)
+    log(f"trained {report.steps} steps in {report.seconds:.0f}s (caching {report.seconds_caching:.0f}s); "
+        f"loss {np.mean(report.losses[:10]):.3f} -> {np.mean(report.losses[-10:]):.3f}")
+    vis_g, vis_s = stage("encode (fine-tuned)", lambda: visual_sets(enc), timing)
+    results["fine-tuned"] = evaluate(vis_g, vis_s, labels, 0.0, args.max_false_accept)
+    results["fine-tuned"]["_stage"] = "train"
+
+    # 3. fine-tuned + text view ------------------------------------------------------------------
+    best = "fine-tuned"
+    if not args.no_text:
+        from index.encoder import Encoder
+        from index.logo import OcrReader, reference_text
+
+        def _text() -> tuple[Embedded, dict[str, Embedded], float, list[dict[str, float]], float]:
+            reader = OcrReader()
+            text_enc = Encoder.load(None, precision="auto")
+            ref_ocr, spi = ocr_cached(reader, _key("refs", [i.slug for i in gal_icons]), gal_crops)
+            joined = [reference_text(t, o) for t, o in zip(titles, ref_ocr, strict=True)]
+
+            def tv(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+                has = np.array([bool(t.strip()) for t in texts])
+                out = np.zeros((len(texts), text_enc.dim), np.float32)
+                if has.any():
+                    out[has] = text_enc.encode([t for t in texts if t.strip()]).vectors
+                return out, has
+
+            gt, gh = tv(joined)
+            g = Embedded(vis_g.visual, gt, gh, joined)
+            sets = {}
+            for k, ims in queries.items():
+                key = _key(k, args.seed, args.view_size, len(all_icons), args.brands, len(ims))
+                texts, s = ocr_cached(reader, key, ims)
+                qt, qh = tv(texts)
+                sets[k] = Embedded(vis_s[k].visual, qt, qh, texts)
+            w, grid = fit_fusion(g, sets["calib_known"], labels["calib_known"], sets["calib_unknown"])
+            frac = float(np.mean([sets[k].has_text.mean() for k in sets]))
+            return g, sets, w, grid, spi, frac  # type: ignore[return-value]
+
+        g, sets, w, grid, spi, frac = stage("text view (OCR + MiniLM, fusion fit)", _text, timing)
+        log(f"OCR {spi * 1000:.0f} ms/image (measured when first cached); queries with OCR text: {frac:.1%}; "
+            f"w_text grid (calibration top-1): " + ", ".join(f"{r['w_text']:.1f}:{r['top1']:.3f}" for r in grid))
+        results["fine-tuned + text view"] = evaluate(g, sets, labels, w, args.max_false_accept)
+        results["fine-tuned + text view"].update({"_stage": "text view (OCR + MiniLM, fusion fit)",
+                                                  "ocr_ms_per_image": spi * 1000, "queries_with_text": frac,
+                                                  "fusion_grid": grid})
+        best = "fine-tuned + text view"
+
+    # report ------------------------------------------------------------------------------------------
+    rows = []
+    for name, m in results.items():
+        st = timing[m["_stage"]]
+        secs = st["seconds"] + (timing["encode (fine-tuned)"]["seconds"] if name != "frozen backbone" else 0)
+        rows.append([name, f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['auroc']:.3f}", f"{m['far_at_95tar']:.3f}",
+                     f"{m.get('false_accept', float('nan')):.3f} / {m.get('true_accept', float('nan')):.3f}",
+                     f"{m.get('w_text', 0):.1f}", f"{secs:,.0f}", f"{st['peak_rss_mb']:,.0f}"])
+    md = table(["model", "top-1", "top-5", "AUROC", "FAR @95% TAR", "FA / TA @ calibrated thr", "w_text",
+                "wall s", "peak RSS MB"], rows)
+    print(f"\n{machine_line()}\n")
+    print(f"gallery {len(refs)} brands, unseen {len(unseen)}; queries: "
+          + ", ".join(f"{k} {len(v)}" for k, v in queries.items()))
+    print(f"train: {report.steps} steps, {report.epochs} epochs, {args.views} views/ref, "
+          f"{report.seconds:.0f}s (of which caching {report.seconds_caching:.0f}s)\n")
+    print(md)
+    print(f"\ntotal wall {time.perf_counter() - t_all:.0f}s")
+    if args.samples:
+        pred = results[best]["_pred"]
+        truth = labels["test_known"]
+        ok = [i for i in range(len(pred)) if pred[i] == truth[i]]
+        bad = [i for i in range(len(pred)) if pred[i] != truth[i]]
+        pick = np.random.default_rng(args.seed)
+        for name, idx in (("logos_hits.png", ok), ("logos_misses.png", bad)):
+            if idx:
+                chosen = sorted(pick.choice(idx, min(6, len(idx)), replace=False).tolist())
+                p = samples(ROOT / args.samples, name, chosen, queries["test_known"], pred, truth, gal_crops, titles)
+                log(f"wrote {p}")
+    out = {"args": vars(args), "timing": timing, "train": {"steps": report.steps, "seconds": report.seconds,
+                                                           "seconds_caching": report.seconds_caching},
+           "results": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
+           "table": md, "command": "python -m bench.logos " + " ".join(sys.argv[1:] if argv is None else argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
