@@ -118,7 +118,7 @@ def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data
     stop = reporter.should_stop
     base = ImageEncoder.load(snap.encoder_source, device=device).model
     eval_views = make_views(images, vs.eval_views, seed=spec.seed + EVAL_SEED_OFFSET, family="train",
-                            should_stop=stop)
+                            size=VisualConfig().image_size, should_stop=stop)
     known_imgs = [v for i in train_idx for v in eval_views[i]]
     labels = np.repeat(np.arange(len(train_idx)), vs.eval_views)
     unknown_imgs = [v for i in held for v in eval_views[i]]
@@ -155,7 +155,7 @@ def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data
     rep = train_views(visual, [images[i] for i in train_idx], [texts[i] for i in train_idx],
                       views_per_ref=vs.views_per_ref, epochs=vs.epochs, batch_size=vs.batch_size,
                       lr=vs.learning_rate, hard_negatives=vs.hard_negatives, seed=spec.seed,
-                      progress_cb=_progress(reporter), should_stop=stop)
+                      view_size=visual.config.image_size, progress_cb=_progress(reporter), should_stop=stop)
     if rep.stopped:
         raise Cancelled()
     reporter.details["train"] = {"steps": rep.steps, "epochs": rep.epochs, "seconds": round(rep.seconds, 2),
