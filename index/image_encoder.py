@@ -35,8 +35,10 @@ log = logging.getLogger("strop.image_encoder")
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 _ALIASES = {"efficientnet-lite0", "logo", "image", "default"}
-# Fusion and open-set defaults of the untrained base model (the frozen backbone): the values
-# bench/logos.py fitted for the frozen backbone on held-out views; every views job re-fits both.
+# Fusion and open-set defaults of the untrained base model (the frozen backbone), which no job has
+# calibrated yet: an even split of the two views, and a threshold between what a blank image
+# (0.30) and a rotated JPEG of a reference (0.92) score against the test logos. Every views job
+# fits its own w_text and calibrates its own threshold on held-out views.
 BASE_W_TEXT = 0.5
 BASE_THRESHOLD = 0.55
 
