@@ -41,6 +41,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 66}},
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
+    "inbatch_lr5e-5": {"mining": {"negatives_per_query": 0}, "learning_rate": 5e-5},
+    "mined1_lr5e-5": {"mining": {"negatives_per_query": 1}, "learning_rate": 5e-5},
+    "mined3_lr5e-5": {"mining": {"negatives_per_query": 3}, "learning_rate": 5e-5},
+    # issue 5: CoCoSoDa-style options on the in-batch job
+    "inbatch_augment": {"mining": {"negatives_per_query": 0}, "augment": {"rate": 0.1, "mode": "both"}},
+    "inbatch_momentum": {"mining": {"negatives_per_query": 0}, "momentum_queue": {"size": 1024, "momentum": 0.999}},
+    # issue 5: the stdlib ingested with `strop ingest code`, trained on its own docstrings (no pairs given;
+    # the test queries are passed as eval pairs, so their modules are kept out of training)
+    "docstrings_inbatch": {"train": {"source": "docstrings"}, "mining": {"negatives_per_query": 0}},
+    "docstrings_mined1": {"train": {"source": "docstrings"}, "mining": {"negatives_per_query": 1}},
 }
 
 
@@ -78,8 +88,8 @@ def evaluate(c: httpx.Client, name: str, pairs: list[dict]) -> dict:
     return r.json()
 
 
-def run_job(c: httpx.Client, body: dict) -> dict:
-    r = c.post("/collections/all/jobs", json=body)
+def run_job(c: httpx.Client, body: dict, collection: str = "all") -> dict:
+    r = c.post(f"/collections/{collection}/jobs", json=body)
     r.raise_for_status()
     job_id = r.json()["job_id"]
     while True:
@@ -89,15 +99,39 @@ def run_job(c: httpx.Client, body: dict) -> dict:
         time.sleep(2)
 
 
+def evaluate_encoder(c: httpx.Client, name: str, encoder: Path, docs: list[dict], eval_pairs: list[dict]) -> dict:
+    """A throwaway collection over ``docs`` served by ``encoder``, evaluated on ``eval_pairs``."""
+    c.post("/collections", json={"name": name, "modality": "code", "encoder": str(encoder)}).raise_for_status()
+    try:
+        put_all(c, name, docs)
+        return evaluate(c, name, eval_pairs)
+    finally:
+        c.delete(f"/collections/{name}")
+
+
+def ingest_stdlib(url: str, root: str) -> str:
+    """`strop ingest code` the stdlib (the same files stdlib_pairs parses) into "stdlib"; its base version."""
+    from bench.datasets import STDLIB_EXCLUDE
+
+    cmd = [sys.executable, "-m", "service.cli", "ingest", "code", root, "--collection", "stdlib", "--url", url]
+    for pattern in STDLIB_EXCLUDE:
+        cmd += ["--exclude", pattern]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+    print(f"strop ingest code (stdlib): {out} in {time.perf_counter() - t:.0f}s", flush=True)
+    return httpx.get(f"{url}/collections/stdlib", timeout=60).json()["version"]["id"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--root", default=None, help="another Python tree instead of the stdlib (smoke runs)")
     args = ap.parse_args()
 
-    data = stdlib_pairs()
+    data = stdlib_pairs(args.root)
     train, test = data["train"], data["test"]
     corpus_all, corpus_test = data["corpus_all"], data["corpus_test"]
     if args.quick:
@@ -124,27 +158,32 @@ def main() -> None:
         zs_all, zs_test = evaluate(c, "all", eval_pairs), evaluate(c, "test", eval_pairs)
         rows.append(("zero-shot", "-", zs_test, zs_all, 0.0, {}))
         print(rows[-1], flush=True)
+        stdlib_base = None
         for cfg in args.configs.split(","):
+            self_supervised = CONFIGS[cfg].get("train", {}).get("source") == "docstrings"
+            if self_supervised and stdlib_base is None:
+                stdlib_base = ingest_stdlib(url, data["root"])
+            collection, start = ("stdlib", stdlib_base) if self_supervised else ("all", base)
             for seed in [int(s) for s in args.seeds.split(",")]:
-                c.post(f"/collections/all/versions/{base}/activate").raise_for_status()
+                c.post(f"/collections/{collection}/versions/{start}/activate").raise_for_status()
                 body = {"train": {"pairs": [{"query": p["query"], "positive_id": p["positive_id"]} for p in train]},
                         "eval": {"pairs": eval_pairs}, "batch_size": 32, "learning_rate": 2e-5, "seed": seed,
                         "gate": {"metric": "mrr@10", "min_delta": -1.0}, **CONFIGS[cfg]}
                 if max_steps:
                     body["max_steps"] = max_steps
                 t = time.perf_counter()
-                job = run_job(c, body)
+                job = run_job(c, body, collection)
                 wall = time.perf_counter() - t
                 if job["state"] != "succeeded":
                     print(cfg, job["state"], job["error"], flush=True)
                     continue
-                encoder = data_dir / "collections" / "all" / "versions" / job["version"] / "encoder"
-                tname = f"test-{cfg.replace('.', '').replace('_', '-')}-{seed}".lower()[:60]
-                c.post("/collections", json={"name": tname, "modality": "code", "encoder": str(encoder)}).raise_for_status()
-                put_all(c, tname, corpus_test)
-                m_test = evaluate(c, tname, eval_pairs)
-                m_all = evaluate(c, "all", eval_pairs)
-                c.delete(f"/collections/{tname}")
+                encoder = data_dir / "collections" / collection / "versions" / job["version"] / "encoder"
+                tag = f"{cfg.replace('.', '').replace('_', '-')}-{seed}".lower()[:50]
+                m_test = evaluate_encoder(c, f"test-{tag}", encoder, corpus_test, eval_pairs)
+                if self_supervised:  # the same docstring-free corpus as the other rows
+                    m_all = evaluate_encoder(c, f"all-{tag}", encoder, corpus_all, eval_pairs)
+                else:
+                    m_all = evaluate(c, "all", eval_pairs)
                 rows.append((cfg, seed, m_test, m_all, wall, job["details"].get("stage_seconds", {})))
                 print(cfg, seed, json.dumps({"test": m_test["mrr@10"], "all": m_all["mrr@10"], "wall": round(wall),
                                              "mining": job["details"].get("mining")}), flush=True)

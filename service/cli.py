@@ -224,7 +224,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         print("only `strop ingest code PATH` is supported", file=sys.stderr)
         sys.exit(2)
     with _client(args.url, args.api_key, timeout=600) as c:
-        ingest_code(c, Path(args.path), args.collection)
+        ingest_code(c, Path(args.path), args.collection, exclude=args.exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("kind", choices=["code"])
     g.add_argument("path")
     g.add_argument("--collection", required=True)
+    g.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="gitignore-style pattern to skip, on top of .gitignore (repeatable), e.g. 'tests/'")
     g.add_argument("--url", default=_env("URL", DEFAULT_URL))
     g.add_argument("--api-key", default=_env("API_KEY"))
     g.set_defaults(fn=cmd_ingest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,15 @@ def existing_documents(c: Any, collection: str) -> dict[str, dict]:
         after = page["next"]
 
 
-def ingest_code(c: Any, root: Path, collection: str, batch: int = 200) -> dict:
-    """Parse ``root`` and make ``collection`` (created as a code collection if missing) match it."""
+def ingest_code(c: Any, root: Path, collection: str, batch: int = 200, exclude: Sequence[str] = ()) -> dict:
+    """Parse ``root`` and make ``collection`` (created as a code collection if missing) match it.
+
+    ``exclude``: extra gitignore-style patterns on top of the tree's own .gitignore files.
+    """
     if not root.is_dir():
         print(f"{root} is not a directory", file=sys.stderr)
         sys.exit(2)
-    result = parse_tree(root, progress=lambda d, t: _bar(d, t, "parse"))
+    result = parse_tree(root, progress=lambda d, t: _bar(d, t, "parse"), extra_ignore=exclude)
     print(file=sys.stderr)
     r = c.get(f"/collections/{collection}")
     if r.status_code == 404:

@@ -33,6 +33,10 @@ class Snapshot:
     index_spec: dict[str, Any]
     teacher: str | None = None
     pos: dict[str, int] = field(default_factory=dict)  # doc id -> row
+    # What training sees for each row when it differs from the stored text (docstring jobs: every
+    # documented function as code without its docstring, so a mined negative never carries the
+    # natural-language hint that its positive was stripped of).
+    train_texts: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.pos = {d: i for i, d in enumerate(self.ids)}
@@ -101,6 +105,7 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
         pairs = docstring_pairs(snap)
         if not pairs:
             raise ValueError("no function in the collection has a usable docstring (>= 3 words) to learn from")
+        snap.train_texts = stripped_texts(snap)
     else:
         raise ValueError(f"train.source {source!r} is not supported for {snap.modality} collections yet")
     if not pairs:
@@ -110,13 +115,19 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
     if group_key is None and source == "docstrings":
         group_key = "path"  # hold out whole modules
     for p in pairs:
-        meta = snap.metadata[p.positive]
-        p.group = str(meta.get(group_key)) if group_key and group_key in meta else snap.ids[p.positive]
+        p.group = _group(snap, p.positive, group_key)
 
+    leaked = 0
     if spec.eval is not None and spec.eval.pairs is not None:
         evals = [EvalPair(e.query, [snap.pos[i] for i in e.positive_ids if i in snap.pos]) for e in spec.eval.pairs]
         evals = [e for e in evals if e.positives]
         train = pairs
+        if source == "docstrings":
+            # Self-made pairs would otherwise train on the very docstrings the eval queries are:
+            # drop every pair from a group (module) that holds an eval positive.
+            eval_groups = {_group(snap, r, group_key) for e in evals for r in e.positives}
+            train = [p for p in pairs if p.group not in eval_groups]
+            leaked = len(pairs) - len(train)
     else:
         holdout = spec.eval.holdout if spec.eval and spec.eval.holdout else 0.2
         train, held = split_by_group(pairs, holdout, spec.seed)
@@ -126,8 +137,10 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
     if not train:
         raise ValueError("every training pair was held out for evaluation: give eval.pairs or more pairs")
     info = {"train_pairs": len(train), "eval_pairs": len(evals), "dropped_pairs": dropped, "source": source}
-    if source == "docstrings" and not (spec.eval and spec.eval.pairs):
-        # Held-out functions are searched without their docstrings, or the query would match itself.
+    if leaked:
+        info["dropped_eval_group_pairs"] = leaked
+    if source == "docstrings":
+        # Evaluated functions are searched without their docstrings, or the query would match itself.
         held_rows = {r for e in evals for r in e.positives}
         by_row = {p.positive: p for p in pairs}
         info["eval_text_overrides"] = len(held_rows)
@@ -135,6 +148,11 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
             e.text_overrides = {r: by_row[r].positive_text for r in e.positives
                                 if r in by_row and by_row[r].positive_text is not None}
     return train, evals, info
+
+
+def _group(snap: Snapshot, row: int, key: str | None) -> str:
+    meta = snap.metadata[row]
+    return str(meta.get(key)) if key and key in meta else snap.ids[row]
 
 
 def docstring_pairs(snap: Snapshot) -> list[Pair]:
@@ -152,6 +170,22 @@ def docstring_pairs(snap: Snapshot) -> list[Pair]:
             continue
         if code.strip():
             out.append(Pair(summary, row, positive_text=code))
+    return out
+
+
+def stripped_texts(snap: Snapshot) -> list[str]:
+    """Every function and method with a docstring as code without it; other rows unchanged."""
+    from index.codeparse import split_docstring
+
+    out = list(snap.texts)
+    for row, meta in enumerate(snap.metadata):
+        if meta.get("kind") in ("function", "method") and meta.get("docstring"):
+            try:
+                _, code = split_docstring(out[row])
+            except SyntaxError:
+                continue
+            if code.strip():
+                out[row] = code
     return out
 
 

@@ -150,6 +150,7 @@ def run_encoder_job(
     reporter.enter("pairs")
     pairs, evals, info = assemble_pairs(spec, store, snap)
     reporter.details["pairs"] = info
+    texts = snap.train_texts or snap.texts  # what training and the teacher see
 
     reporter.enter("evaluate_before")
     model = load_model(snap.encoder_source, device, spec.max_seq_length)
@@ -162,7 +163,7 @@ def run_encoder_job(
     reporter.enter("mine")
     stats = MiningStats()
     q0 = enc0.encode([p.query for p in pairs]).vectors
-    negatives, s = mine(q0, corpus0, snap.texts, pairs, spec.mining)
+    negatives, s = mine(q0, corpus0, texts, pairs, spec.mining)
     stats.add(s)
     reporter.details["mining"] = stats.summary()
     del enc0
@@ -183,36 +184,36 @@ def run_encoder_job(
             reporter.check()
 
         if spec.positives.semantic:
-            added, info_sp = semantic_positives(cache, pairs, corpus0, snap.texts, spec, tprog)
+            added, info_sp = semantic_positives(cache, pairs, corpus0, texts, spec, tprog)
             reporter.details["semantic_positives"] = info_sp
             if added:
                 pairs = pairs + added
                 q_add = inference_encoder(model, "base", device).encode([p.query for p in added]).vectors
-                more, s3 = mine(q_add, corpus0, snap.texts, added, spec.mining)
+                more, s3 = mine(q_add, corpus0, texts, added, spec.mining)
                 negatives = negatives + more
                 stats.add(s3)
         if spec.mining.denoise:
-            negatives = denoise(cache, pairs, negatives, snap.texts, spec.mining.denoise_threshold, stats, tprog)
+            negatives = denoise(cache, pairs, negatives, texts, spec.mining.denoise_threshold, stats, tprog)
             reporter.details["mining"] = stats.summary()
         if spec.distill:
-            score_pairs(cache, pairs, negatives, snap.texts, tprog)
+            score_pairs(cache, pairs, negatives, texts, tprog)
 
     def refresh(current_model: Any) -> list[list[int]]:
         """ANCE: re-encode the corpus with the current weights and re-mine."""
         enc = inference_encoder(current_model, "refresh", device)
         corpus = encode_corpus(enc, snap.texts, reporter, "refresh")
         qv = enc.encode([p.query for p in pairs]).vectors
-        negs, s2 = mine(qv, corpus, snap.texts, pairs, spec.mining)
+        negs, s2 = mine(qv, corpus, texts, pairs, spec.mining)
         stats.add(s2)
         if cache is not None and spec.mining.denoise:
-            negs = denoise(cache, pairs, negs, snap.texts, spec.mining.denoise_threshold, stats)
+            negs = denoise(cache, pairs, negs, texts, spec.mining.denoise_threshold, stats)
         if cache is not None and spec.distill:
-            score_pairs(cache, pairs, negs, snap.texts)
+            score_pairs(cache, pairs, negs, texts)
         reporter.details["mining"] = stats.summary()
         return negs
 
     reporter.enter("train")
-    summary = fine_tune(model, pairs, snap.texts, negatives, spec,
+    summary = fine_tune(model, pairs, texts, negatives, spec,
                         refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
                         teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
                         on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device)

@@ -112,6 +112,15 @@ def test_ingest_search_reingest(minilm_client, tmp_path, capsys):
     assert r["hits"][0]["id"] == "shop.geo.bearing"
     assert ingest_code(c, root, "shop")["upserted"] == 0  # idempotent
 
+    # --exclude: extra gitignore-style patterns; what they exclude leaves the collection
+    from service.cli import build_parser
+
+    args = build_parser().parse_args(["ingest", "code", str(root), "--collection", "shop", "--exclude", "geo.py"])
+    summary = ingest_code(c, root, "shop", exclude=args.exclude)
+    assert summary["deleted"] == 1 and summary["upserted"] == 0  # bearing went with geo.py
+    assert c.get("/collections/shop/documents/shop.geo.bearing").status_code == 404
+    assert c.get("/collections/shop/documents/shop.money.fmt").status_code == 200
+
 
 def _zip(root: Path) -> bytes:
     buf = io.BytesIO()
