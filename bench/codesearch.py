@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=2e-5, help="learning rate of every job (a config may override it)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of every job (a config may override it)")
     ap.add_argument("--root", default=None, help="another Python tree instead of the stdlib (smoke runs)")
     args = ap.parse_args()
 
@@ -167,7 +169,8 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 c.post(f"/collections/{collection}/versions/{start}/activate").raise_for_status()
                 body = {"train": {"pairs": [{"query": p["query"], "positive_id": p["positive_id"]} for p in train]},
-                        "eval": {"pairs": eval_pairs}, "batch_size": 32, "learning_rate": 2e-5, "seed": seed,
+                        "eval": {"pairs": eval_pairs}, "batch_size": 32, "learning_rate": args.lr,
+                        "epochs": args.epochs, "seed": seed,
                         "gate": {"metric": "mrr@10", "min_delta": -1.0}, **CONFIGS[cfg]}
                 if max_steps:
                     body["max_steps"] = max_steps
