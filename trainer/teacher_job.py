@@ -57,7 +57,7 @@ def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], n
     torch.manual_seed(spec.seed)
     batches = [b for _ in range(spec.epochs) for b in make_batches(pairs, texts, max(2, spec.batch_size // 4), rng)]
     total = min(len(batches), spec.max_steps or len(batches))
-    opt = torch.optim.AdamW(ce.model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
+    opt = torch.optim.AdamW(ce.model.parameters(), lr=spec.lr(), weight_decay=0.01)
     warm = max(1, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     ce.model.train()

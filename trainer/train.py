@@ -115,7 +115,7 @@ def fine_tune(
     if spec.max_steps:
         total = min(total, spec.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=spec.lr(), weight_decay=0.01)
     warmup = max(1, int(0.1 * total))
 
     def lr_at(step: int) -> float:
