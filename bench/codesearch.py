@@ -44,6 +44,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "inbatch_lr5e-5": {"mining": {"negatives_per_query": 0}, "learning_rate": 5e-5},
     "mined1_lr5e-5": {"mining": {"negatives_per_query": 1}, "learning_rate": 5e-5},
     "mined3_lr5e-5": {"mining": {"negatives_per_query": 3}, "learning_rate": 5e-5},
+    # equal wall time with mined1 at lr 1e-4: its training took ~1.6x the in-batch job's 145 steps
+    "inbatch_eqwall": {"mining": {"negatives_per_query": 0}, "epochs": 2, "max_steps": 234},
     "inbatch_3ep": {"mining": {"negatives_per_query": 0}, "epochs": 3},
     # issue 5: CoCoSoDa-style options on the in-batch job
     "inbatch_augment": {"mining": {"negatives_per_query": 0}, "augment": {"rate": 0.1, "mode": "both"}},
