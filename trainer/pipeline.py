@@ -114,6 +114,23 @@ def current_embeddings(store: DocumentStore, vstore: VersionStore, snap: Snapsho
     return vecs
 
 
+def mining_corpus(corpus: np.ndarray, snap: Snapshot, texts: list[str], encoder: Encoder,
+                  reporter: Reporter) -> np.ndarray:
+    """The corpus as training sees it. Docstring jobs re-embed documented functions without their
+    docstrings: ranked with them, a candidate's own docstring decides its rank and the positive's
+    score (the margin's yardstick) is inflated by the query's own words, so the margin lets
+    false negatives through (measured: docs/benchmarks.md, docstrings row)."""
+    if snap.train_texts is None:
+        return corpus
+    rows = [i for i, (a, b) in enumerate(zip(snap.texts, texts, strict=True)) if a != b]
+    reporter.details["mining_reencoded"] = len(rows)
+    if not rows:
+        return corpus
+    out = corpus.copy()
+    out[rows] = encode_corpus(encoder, [texts[i] for i in rows], reporter, "mining")
+    return out
+
+
 def with_overrides(corpus: np.ndarray, overrides: dict[int, str], encoder: Encoder) -> np.ndarray:
     """The corpus with some rows re-embedded from other text (docstring jobs: held-out code without docstrings)."""
     if not overrides:
@@ -162,8 +179,9 @@ def run_encoder_job(
 
     reporter.enter("mine")
     stats = MiningStats()
+    mine_corpus = mining_corpus(corpus0, snap, texts, enc0, reporter)
     q0 = enc0.encode([p.query for p in pairs]).vectors
-    negatives, s = mine(q0, corpus0, texts, pairs, spec.mining)
+    negatives, s = mine(q0, mine_corpus, texts, pairs, spec.mining)
     stats.add(s)
     reporter.details["mining"] = stats.summary()
     del enc0
@@ -184,12 +202,12 @@ def run_encoder_job(
             reporter.check()
 
         if spec.positives.semantic:
-            added, info_sp = semantic_positives(cache, pairs, corpus0, texts, spec, tprog)
+            added, info_sp = semantic_positives(cache, pairs, mine_corpus, texts, spec, tprog)
             reporter.details["semantic_positives"] = info_sp
             if added:
                 pairs = pairs + added
                 q_add = inference_encoder(model, "base", device).encode([p.query for p in added]).vectors
-                more, s3 = mine(q_add, corpus0, texts, added, spec.mining)
+                more, s3 = mine(q_add, mine_corpus, texts, added, spec.mining)
                 negatives = negatives + more
                 stats.add(s3)
         if spec.mining.denoise:
@@ -201,7 +219,7 @@ def run_encoder_job(
     def refresh(current_model: Any) -> list[list[int]]:
         """ANCE: re-encode the corpus with the current weights and re-mine."""
         enc = inference_encoder(current_model, "refresh", device)
-        corpus = encode_corpus(enc, snap.texts, reporter, "refresh")
+        corpus = encode_corpus(enc, texts, reporter, "refresh")  # what training sees
         qv = enc.encode([p.query for p in pairs]).vectors
         negs, s2 = mine(qv, corpus, texts, pairs, spec.mining)
         stats.add(s2)

@@ -343,6 +343,8 @@ def test_docstrings_job_with_augmentation_and_momentum_queue(client, workers):
     pairs = job["details"]["pairs"]
     assert pairs["source"] == "docstrings" and pairs["train_pairs"] > 50
     assert pairs["eval_text_overrides"] == pairs["eval_pairs"] or pairs["eval_text_overrides"] > 0
+    # mining ranked documented functions as training sees them: without their docstrings
+    assert job["details"]["mining_reencoded"] >= pairs["train_pairs"]
     assert job["metrics"]["after"]["n"] == pairs["eval_pairs"]
     # a text collection cannot train on docstrings
     client.post("/collections", json={"name": "prose", "modality": "text"})
