@@ -39,7 +39,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
                                        "relative_margin": 0.05}},
     "mined1_margin10": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.10}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
-    "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 66}},
+    "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
     "inbatch_lr5e-5": {"mining": {"negatives_per_query": 0}, "learning_rate": 5e-5},
     "mined1_lr5e-5": {"mining": {"negatives_per_query": 1}, "learning_rate": 5e-5},
