@@ -245,6 +245,55 @@ def test_jobs_on_one_collection_never_interleave(client, corpus, workers):
 
 
 @pytest.mark.slow
+def test_jobs_on_different_collections_run_in_parallel(client, corpus, workers):
+    ids = []
+    for name in ("code", "other"):
+        evals = load(client, corpus, name)
+        ids.append(client.post(f"/collections/{name}/jobs", json=job_body(corpus, evals, max_steps=3)).json()["job_id"])
+    workers.start(STROP_FAULT_PAUSE="train=4")
+    workers.start(STROP_FAULT_PAUSE="train=4")
+    jobs = [wait(client, j) for j in ids]
+    assert all(j["state"] == "succeeded" for j in jobs), jobs
+    a, b = jobs
+    # each held its own collection's lock while the other was still running
+    assert a["details"]["lock_acquired_at"] < b["finished_at"] and b["details"]["lock_acquired_at"] < a["finished_at"]
+    end = time.time() + 10  # the API process switches on the announcement (or its next poll)
+    while (active(client, "code"), active(client, "other")) != (a["version"], b["version"]) and time.time() < end:
+        time.sleep(0.1)
+    assert (active(client, "code"), active(client, "other")) == (a["version"], b["version"])
+
+
+@pytest.mark.slow
+def test_api_restart_mid_job_loses_nothing(make_client, client, corpus, workers):
+    evals = load(client, corpus)
+    v0 = active(client)
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals, max_steps=5)).json()["job_id"]
+    workers.start(STROP_FAULT_PAUSE="train=4")
+    end = time.time() + 120
+    while client.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
+        time.sleep(0.1)
+    assert client.put("/collections/code/documents",
+                      json={"documents": [{"id": "before.restart", "text": "def before(): pass"}]}).status_code == 200
+    client.__exit__(None, None, None)  # the API process goes away while the job trains
+
+    again = make_client(redis_url=REDIS_URL, redis_prefix=workers.env["STROP_REDIS_PREFIX"])
+    assert again.get(f"/jobs/{job_id}").json()["state"] == "running"
+    assert again.get("/collections/code/documents/before.restart").status_code == 200
+    assert again.put("/collections/code/documents",
+                     json={"documents": [{"id": "after.restart", "text": "def after(): pass"}]}).status_code == 200
+    assert job_id in [j["job_id"] for j in again.get("/jobs", params={"collection": "code"}).json()["jobs"]]
+    job = wait(again, job_id)
+    assert job["state"] == "succeeded" and job["version"] != v0
+    end = time.time() + 10
+    while active(again) != job["version"] and time.time() < end:
+        time.sleep(0.1)
+    assert active(again) == job["version"]  # the restarted API switched to the job's version
+    for doc_id in ("before.restart", "after.restart"):
+        assert again.get(f"/collections/code/documents/{doc_id}").status_code == 200
+    assert again.get("/collections/code").json()["count"] == len(corpus["docs"]) + 2
+
+
+@pytest.mark.slow
 def test_swap_under_search_load_loses_nothing(client, corpus, workers):
     evals = load(client, corpus)
     v0 = active(client)
