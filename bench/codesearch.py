@@ -38,6 +38,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_window10_100": {"mining": {"negatives_per_query": 1, "range_min": 10, "range_max": 100,
                                        "relative_margin": 0.05}},
     "mined1_margin10": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.10}},
+    "mined1_margin02": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.02}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
