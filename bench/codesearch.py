@@ -38,6 +38,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_window10_100": {"mining": {"negatives_per_query": 1, "range_min": 10, "range_max": 100,
                                        "relative_margin": 0.05}},
     "mined1_margin10": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.10}},
+    # queries whose positive ranks below 50 have every top-50 candidate above the positive: a wider window
+    # gives them candidates under the positive's score
+    "mined1_window0_200": {"mining": {"negatives_per_query": 1, "range_min": 0, "range_max": 200,
+                                      "relative_margin": 0.05}},
     "mined1_margin02": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.02}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
