@@ -50,6 +50,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_lr5e-5": {"mining": {"negatives_per_query": 1}, "learning_rate": 5e-5},
     "mined3_lr5e-5": {"mining": {"negatives_per_query": 3}, "learning_rate": 5e-5},
     # equal wall time with mined1 at lr 1e-4: its training took ~1.6x the in-batch job's 145 steps
+    # lr 2e-4 for both: in-batch had saturated by 5e-5, mining was still climbing at 1e-4
+    "inbatch_lr2e-4": {"mining": {"negatives_per_query": 0}, "learning_rate": 2e-4},
+    "mined1_lr2e-4": {"mining": {"negatives_per_query": 1}, "learning_rate": 2e-4},
     "inbatch_eqwall": {"mining": {"negatives_per_query": 0}, "epochs": 2, "max_steps": 234},
     "inbatch_3ep": {"mining": {"negatives_per_query": 0}, "epochs": 3},
     # issue 5: CoCoSoDa-style options on the in-batch job
@@ -196,7 +199,9 @@ def main() -> None:
                 else:
                     m_all = evaluate(c, "all", eval_pairs)
                 rows.append((cfg, seed, m_test, m_all, wall, job["details"].get("stage_seconds", {})))
-                print(cfg, seed, json.dumps({"test": m_test["mrr@10"], "all": m_all["mrr@10"], "wall": round(wall),
+                # every number of the row, so that a run stopped early still leaves whole rows in its log
+                print(cfg, seed, json.dumps({"test": m_test, "all": m_all, "wall": round(wall),
+                                             "stages": job["details"].get("stage_seconds", {}),
                                              "mining": job["details"].get("mining")}), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
