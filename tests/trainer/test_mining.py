@@ -1,0 +1,88 @@
+"""Positive-aware mining (trainer.mining.mine) on hand-placed unit vectors and real FAISS.
+
+Each corpus row gets a chosen cosine to the single query direction, so every filter's
+effect is known exactly: positives out, the rank window, the relative margin against
+the positive's score, candidates whose text equals the positive's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.contract import MiningSpec
+from trainer.data import Pair
+from trainer.mining import mine
+
+
+def _rows(cosines: list[float], dim: int = 16) -> np.ndarray:
+    """Unit vectors whose cosine to e0 is each value (the rest of the mass on distinct axes)."""
+    out = np.zeros((len(cosines), dim), np.float32)
+    for i, c in enumerate(cosines):
+        out[i, 0] = c
+        out[i, 1 + i % (dim - 1)] = np.sqrt(max(0.0, 1.0 - c * c))
+    return out
+
+
+def _query(dim: int = 16) -> np.ndarray:
+    q = np.zeros((1, dim), np.float32)
+    q[0, 0] = 1.0
+    return q
+
+
+def test_filters_positive_window_margin_and_duplicate_text() -> None:
+    # row 0 is the positive (0.80); 1 is above it (likely a false negative), 2 sits inside the 5% margin,
+    # 3 repeats the positive's text, 4 and 5 are eligible, 6 is past the window
+    cos = [0.80, 0.90, 0.78, 0.70, 0.60, 0.50, 0.40]
+    texts = ["def f(): pass", "a", "b", "def f(): pass", "c", "d", "e"]
+    spec = MiningSpec(negatives_per_query=2, range_min=0, range_max=5, relative_margin=0.05)
+    negs, stats = mine(_query(), _rows(cos), texts, [Pair("q", 0)], spec)
+    assert negs == [[4, 5]]
+    assert stats.removed_positive == 1
+    assert stats.removed_margin == 2  # rows 1 and 2
+    assert stats.removed_duplicate_text == 1
+    # only range_max + positives candidates are fetched: row 6 (the 6th non-positive) is never seen
+    assert stats.candidates_seen == 6 and stats.removed_window == 0
+    assert stats.kept == 2 and stats.queries_without_negatives == 0
+
+
+def test_range_min_skips_the_top_ranks() -> None:
+    cos = [0.95, 0.70, 0.60, 0.50, 0.40]
+    spec = MiningSpec(negatives_per_query=1, range_min=2, range_max=10, relative_margin=0.0)
+    negs, stats = mine(_query(), _rows(cos), list("pabcd"), [Pair("q", 0)], spec)
+    assert negs == [[3]]
+    assert stats.removed_window == 2
+
+
+def test_positive_below_window_is_counted_and_explained() -> None:
+    # the positive (row 0) ranks 4th among 5 candidates; with a window of 3 every candidate outscores it
+    cos = [0.30, 0.90, 0.80, 0.70, 0.20]
+    pairs = [Pair("q", 0) for _ in range(4)]
+    spec = MiningSpec(negatives_per_query=1, range_min=0, range_max=3, relative_margin=0.05)
+    negs, stats = mine(np.repeat(_query(), 4, 0), _rows(cos), list("pabcd"), pairs, spec)
+    assert negs == [[], [], [], []]
+    assert stats.queries_without_negatives == 4
+    assert stats.without_negatives_positive_below_window == 4
+    assert "4 queries" in stats.summary()["hint"] and "range_max" in stats.summary()["hint"]
+    # a window that reaches under the positive finds the one candidate scoring below it
+    wide = MiningSpec(negatives_per_query=1, range_min=0, range_max=10, relative_margin=0.05)
+    negs, stats = mine(np.repeat(_query(), 4, 0), _rows(cos), list("pabcd"), pairs, wide)
+    assert negs == [[4]] * 4
+    assert stats.without_negatives_positive_below_window == 0 and "hint" not in stats.summary()
+
+
+def test_margin_empties_queries_whose_positive_is_in_the_window() -> None:
+    # the positive ranks first but every other row is within the margin: the hint points at the margin
+    cos = [0.80, 0.79, 0.78, 0.77]
+    spec = MiningSpec(negatives_per_query=1, range_min=0, range_max=10, relative_margin=0.05)
+    negs, stats = mine(_query(), _rows(cos), list("pabc"), [Pair("q", 0)], spec)
+    assert negs == [[]]
+    assert stats.without_negatives_positive_below_window == 0
+    assert "relative_margin" in stats.summary()["hint"]
+    loose = MiningSpec(negatives_per_query=1, range_min=0, range_max=10, relative_margin=0.0)
+    negs, _ = mine(_query(), _rows(cos), list("pabc"), [Pair("q", 0)], loose)
+    assert negs == [[1]]
+
+
+def test_zero_negatives_mines_nothing() -> None:
+    negs, stats = mine(_query(), _rows([0.9, 0.5]), ["p", "a"], [Pair("q", 0)], MiningSpec(negatives_per_query=0))
+    assert negs == [[]] and stats.candidates_seen == 0
