@@ -154,6 +154,18 @@ def evaluate(encoder: Encoder, corpus_emb: np.ndarray, snap: Snapshot, evals: li
     return evaluate_rankings(rankings, positives, k=k)
 
 
+def snapshot_and_pairs(reporter: Reporter, store: DocumentStore, data_dir: str, collection: str,
+                       spec: JobSpec) -> tuple[Snapshot, list, list[EvalPair]]:
+    """Stages 1-2 of every text job: freeze the corpus at a watermark, then build train and eval pairs."""
+    reporter.enter("snapshot")
+    snap = snapshot(store, data_dir, collection)
+    reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
+    reporter.enter("pairs")
+    pairs, evals, info = assemble_pairs(spec, store, snap)
+    reporter.details["pairs"] = info
+    return snap, pairs, evals
+
+
 def run_encoder_job(
     job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
     reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None,
@@ -161,13 +173,7 @@ def run_encoder_job(
     data_dir = str(data_dir)
     vstore = VersionStore(data_dir, collection)
 
-    reporter.enter("snapshot")
-    snap = snapshot(store, data_dir, collection)
-    reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
-
-    reporter.enter("pairs")
-    pairs, evals, info = assemble_pairs(spec, store, snap)
-    reporter.details["pairs"] = info
+    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec)
     texts = snap.train_texts or snap.texts  # what training and the teacher see
 
     reporter.enter("evaluate_before")

@@ -27,9 +27,9 @@ from index.store import DocumentStore
 from index.teacher import CrossEncoderScorer, Scorer
 from index.versions import VersionStore
 from trainer.contract import JobSpec
-from trainer.data import EvalPair, Snapshot, assemble_pairs, positive_text, snapshot
+from trainer.data import EvalPair, Snapshot, positive_text
 from trainer.mining import mine
-from trainer.pipeline import JobResult, Reporter, current_embeddings
+from trainer.pipeline import JobResult, Reporter, current_embeddings, snapshot_and_pairs
 from trainer.train import Cancelled, Progress, inference_encoder, load_model, make_batches
 
 
@@ -99,12 +99,7 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
                     reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None) -> JobResult:
     data_dir = str(data_dir)
     vstore = VersionStore(data_dir, collection)
-    reporter.enter("snapshot")
-    snap = snapshot(store, data_dir, collection)
-    reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
-    reporter.enter("pairs")
-    pairs, evals, info = assemble_pairs(spec, store, snap)
-    reporter.details["pairs"] = info
+    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec)
 
     reporter.enter("evaluate_before")
     student = load_model(snap.encoder_source, device, spec.max_seq_length)
