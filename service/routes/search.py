@@ -12,6 +12,7 @@ from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
 from index.images import ImageError, decode_image
+from index.lexical import fuse
 from index.metrics import evaluate_rankings
 from index.store import Document, DocumentStore
 from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
@@ -37,6 +38,12 @@ def check_query(query: str | None, image: str | None, st: CollectionState, setti
 def check_top_k(top_k: int, settings: Settings) -> None:
     if not 1 <= top_k <= settings.max_top_k:
         raise ApiError(422, "bad_top_k", f"top_k must be between 1 and max_top_k={settings.max_top_k}; got {top_k}")
+
+
+def check_reorder(rerank: bool, lexical: float) -> None:
+    if rerank and lexical:
+        raise ApiError(422, "conflicting_options", "rerank and lexical both reorder the candidates and rerank "
+                       "replaces the score with the teacher's: send one of them")
 
 
 Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid
@@ -71,6 +78,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     if st.record.modality == "image":
         return await image_search(body, st, manager, timer)
     query = check_query(body.query, body.image, st, settings)
+    check_reorder(body.rerank, body.lexical)
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher: train one with "
                        "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or pass a teacher path")
@@ -78,7 +86,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     allow = None
     if body.filter:
         allow = await to_thread.run_sync(manager.store.filter_rids, st.record.name, body.filter)
-    depth = max(body.top_k, settings.rerank_depth) if body.rerank else body.top_k
+    depth = max(body.top_k, settings.rerank_depth) if body.rerank or body.lexical else body.top_k
     scores, rids, docs = await search_docs(served, manager.store, query, depth, allow)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
     if body.rerank and valid:
@@ -88,6 +96,12 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
         hits = [Hit(id=docs[valid[i][1]].id, score=float(t[i]), text=docs[valid[i][1]].text,
                     metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "teacher": float(t[i])})
                 for i in order]
+    elif body.lexical and valid:
+        fused, lex = await to_thread.run_sync(fuse, query, [docs[r].text or "" for _, r in valid],
+                                              np.array([s for s, _ in valid]), body.lexical)
+        hits = [Hit(id=docs[valid[i][1]].id, score=float(fused[i]), text=docs[valid[i][1]].text,
+                    metadata=docs[valid[i][1]].metadata, scores={"dense": valid[i][0], "lexical": float(lex[i])})
+                for i in np.argsort(-fused, kind="stable")[: body.top_k]]
     else:
         hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]
     return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
@@ -105,8 +119,8 @@ async def image_search(body: SearchRequest, st: CollectionState, manager: Collec
         raise ApiError(422, "wrong_modality", f"collection {name!r} holds images: send 'image' (base64), not 'query'")
     if body.image is None:
         raise ApiError(422, "missing_image", "image collections are searched with 'image' (base64 PNG/JPEG/WebP/SVG)")
-    if body.rerank:
-        raise ApiError(422, "rerank_unsupported", "rerank is for text and code collections (a cross-encoder teacher)")
+    if body.rerank or body.lexical:
+        raise ApiError(422, "rerank_unsupported", "rerank and lexical are for text and code collections")
     try:
         raw = base64.b64decode(body.image, validate=True)
     except (binascii.Error, ValueError):
@@ -154,15 +168,28 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     for i, p in enumerate(body.pairs):
         if len(p.query) > settings.max_query_chars:
             raise ApiError(413, "query_too_long", f"pairs[{i}].query exceeds max_query_chars={settings.max_query_chars}")
+    check_reorder(body.rerank, body.lexical)
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with")
     served = st.served
-    k = max(body.k, 10, settings.rerank_depth if body.rerank else 0)
+    reorder = body.rerank or body.lexical > 0
+    k = max(body.k, 10, settings.rerank_depth if reorder else 0)
     vecs = await served.model.batcher.encode_bulk([p.query for p in body.pairs])
-    _, rids = await to_thread.run_sync(served.live.search, vecs, k)
+    scores, rids = await to_thread.run_sync(served.live.search, vecs, k)
     flat = sorted({int(r) for r in rids.ravel() if r >= 0})
-    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=body.rerank))
-    rankings = [[int(r) for r in row if int(r) in docs] for row in rids]
+    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=reorder))
+    kept = [[(int(r), float(s)) for s, r in zip(srow, row, strict=True) if int(r) in docs]
+            for srow, row in zip(scores, rids, strict=True)]
+    rankings = [[r for r, _ in row] for row in kept]
+    if body.lexical:
+        def fused_rankings() -> list[list[int]]:
+            out = []
+            for p, row in zip(body.pairs, kept, strict=True):
+                fused, _ = fuse(p.query, [docs[r].text or "" for r, _ in row], np.array([s for _, s in row]),
+                                body.lexical)
+                out.append([row[i][0] for i in np.argsort(-fused, kind="stable")])
+            return out
+        rankings = await to_thread.run_sync(fused_rankings)
     if body.rerank:
         teacher = await to_thread.run_sync(manager.teacher, st.record.name)
         items = [(p.query, docs[r].text or "") for p, row in zip(body.pairs, rankings, strict=True) for r in row]

@@ -620,3 +620,54 @@ def test_service_survives_bad_inputs(docs_client) -> None:
     assert search(docs_client, query="subject 4 in chapter 3", top_k=5) | {"took_ms": 0} == before | {"took_ms": 0}
     metrics = docs_client.get("/metrics").text
     assert 'status="500"' not in metrics
+
+
+# -- lexical fusion ("lexical": w on search and evaluate) ------------------------------------------------------
+
+LEX_WORDS = ["alpha", "bravo", "delta", "echo", "foxtrot", "golf", "hotel", "india", "kilo", "lima", "mike", "oscar"]
+
+
+def lexical_docs() -> list[dict]:
+    """Forty functions; only `cfg-target` mentions parse, config or header."""
+    docs = [{"id": f"fn-{i}", "text": f"def {LEX_WORDS[i % 12]}_{LEX_WORDS[(i * 5 + 1) % 12]}_{i}(x):\n"
+                                      f"    return {LEX_WORDS[(i * 7 + 3) % 12]}(x) + {i}"} for i in range(40)]
+    docs.append({"id": "cfg-target", "text": "def parseConfigHeader(raw):\n    return raw.split(':', 1)"})
+    return docs
+
+
+def test_search_and_evaluate_with_lexical(client) -> None:
+    create(client, name="code", docs=lexical_docs())
+    plain = {h["id"]: h["score"] for h in search(client, "code", query="parse config header", top_k=41)["hits"]}
+    body = search(client, "code", query="parse config header", top_k=5, lexical=1.0)
+    hits = body["hits"]
+    assert len(hits) == 5 and hits[0]["id"] == "cfg-target"
+    assert hits[0]["scores"]["lexical"] == pytest.approx(1.0)
+    for h in hits:
+        assert h["scores"]["dense"] == pytest.approx(plain[h["id"]], abs=1e-5)
+        assert h["score"] == pytest.approx(h["scores"]["dense"] + 1.0 * h["scores"]["lexical"], abs=1e-5)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # no query word in any candidate: the order is the dense order
+    same = search(client, "code", query="zzz qqq", top_k=5, lexical=0.5)["hits"]
+    assert [h["id"] for h in same] == [h["id"] for h in search(client, "code", query="zzz qqq", top_k=5)["hits"]]
+    assert all(h["scores"]["lexical"] == 0.0 for h in same)
+    pairs = [{"query": "parse config header", "positive_ids": ["cfg-target"]},
+             {"query": "config header parser", "positive_ids": ["cfg-target"]}]
+    r = client.post("/collections/code/evaluate", json={"pairs": pairs, "lexical": 1.0})
+    assert r.status_code == 200, r.text
+    assert r.json()["mrr@10"] == pytest.approx(1.0)
+    r0 = client.post("/collections/code/evaluate", json={"pairs": pairs})
+    r00 = client.post("/collections/code/evaluate", json={"pairs": pairs, "lexical": 0.0})
+    assert r0.json()["mrr@10"] == r00.json()["mrr@10"]
+
+
+def test_lexical_bad_values(client) -> None:
+    create(client, name="code", docs=lexical_docs()[:5])
+    for bad in (-0.1, 1.5, "much"):
+        expect_error(client.post("/collections/code/search", json={"query": "x", "lexical": bad}), 422)
+        expect_error(client.post("/collections/code/evaluate",
+                                 json={"pairs": [{"query": "x", "positive_ids": ["fn-1"]}], "lexical": bad}), 422)
+    expect_error(client.post("/collections/code/search", json={"query": "x", "lexical": 0.1, "rerank": True}),
+                 422, "conflicting_options")
+    expect_error(client.post("/collections/code/evaluate", json={
+        "pairs": [{"query": "x", "positive_ids": ["fn-1"]}], "lexical": 0.1, "rerank": True}), 422, "conflicting_options")
+    assert search(client, "code", query="x", top_k=1)["hits"]  # still serving

@@ -76,6 +76,11 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
         assert out.returncode == 0, out.stderr
         lines = out.stdout.strip().splitlines()
         assert len(lines) == 3 and all(len(line.split()) >= 3 for line in lines)
+        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "notes", "rivers and lakes",
+                              "--url", url, "--top-k", "3", "--lexical", "1.0"], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert all("rivers and lakes" in line for line in out.stdout.strip().splitlines())  # every word matches
 
         pairs = tmp_path / "pairs.jsonl"
         pairs.write_text("\n".join(json.dumps({"query": f"{d['text'].split(',')[0]}", "positive_id": d["id"]})
