@@ -93,8 +93,11 @@ def put_all(c: httpx.Client, name: str, docs: list[dict]) -> None:
         r.raise_for_status()
 
 
-def evaluate(c: httpx.Client, name: str, pairs: list[dict]) -> dict:
-    r = c.post(f"/collections/{name}/evaluate", json={"pairs": pairs, "k": 10})
+def evaluate(c: httpx.Client, name: str, pairs: list[dict], lexical: float = 0.0) -> dict:
+    body: dict[str, Any] = {"pairs": pairs, "k": 10}
+    if lexical:
+        body["lexical"] = lexical
+    r = c.post(f"/collections/{name}/evaluate", json=body)
     r.raise_for_status()
     return r.json()
 
