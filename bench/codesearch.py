@@ -94,9 +94,8 @@ def put_all(c: httpx.Client, name: str, docs: list[dict]) -> None:
 
 
 def evaluate(c: httpx.Client, name: str, pairs: list[dict], lexical: float = 0.0) -> dict:
-    body: dict[str, Any] = {"pairs": pairs, "k": 10}
-    if lexical:
-        body["lexical"] = lexical
+    # explicit, so code collections do not fall back to the server's code_lexical default
+    body: dict[str, Any] = {"pairs": pairs, "k": 10, "lexical": lexical}
     r = c.post(f"/collections/{name}/evaluate", json=body)
     r.raise_for_status()
     return r.json()

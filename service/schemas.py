@@ -76,8 +76,9 @@ class SearchRequest(Strict):
     image: str | None = Field(None, description="base64 query image (image collections)")
     top_k: int = Field(10, description="hits to return, 1..max_top_k")
     rerank: bool = Field(False, description="rerank the top rerank_depth candidates with the collection's teacher")
-    lexical: float = Field(0.0, ge=0.0, le=1.0, description="text and code: add lexical * BM25 (scaled to [0, 1], "
-                           "over the top rerank_depth candidates) to each cosine; 0.1 measured best on code")
+    lexical: float | None = Field(None, ge=0.0, le=1.0, description="text and code: add lexical x BM25 (scaled to "
+                                  "[0, 1], over the top rerank_depth candidates) to each cosine; default: "
+                                  "STROP_CODE_LEXICAL (0) for code collections without rerank, else 0")
     filter: dict[str, Scalar] | None = Field(None, description="metadata equality filter; several keys = AND")
 
 
@@ -122,7 +123,7 @@ class EvaluateRequest(Strict):
     pairs: list[EvalPair] = Field(..., min_length=1)
     k: int = Field(10, ge=1, le=1000)
     rerank: bool = False
-    lexical: float = Field(0.0, ge=0.0, le=1.0, description="as on search")
+    lexical: float | None = Field(None, ge=0.0, le=1.0, description="as on search")
 
 
 class EmbeddingsRequest(BaseModel):

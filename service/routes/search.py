@@ -40,10 +40,14 @@ def check_top_k(top_k: int, settings: Settings) -> None:
         raise ApiError(422, "bad_top_k", f"top_k must be between 1 and max_top_k={settings.max_top_k}; got {top_k}")
 
 
-def check_reorder(rerank: bool, lexical: float) -> None:
+def lexical_weight(rerank: bool, lexical: float | None, st: CollectionState, settings: Settings) -> float:
+    """The request's lexical weight; unset, code collections use STROP_CODE_LEXICAL unless reranking."""
     if rerank and lexical:
         raise ApiError(422, "conflicting_options", "rerank and lexical both reorder the candidates and rerank "
                        "replaces the score with the teacher's: send one of them")
+    if lexical is not None:
+        return lexical
+    return settings.code_lexical if st.record.modality == "code" and not rerank else 0.0
 
 
 Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid
@@ -78,7 +82,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     if st.record.modality == "image":
         return await image_search(body, st, manager, timer)
     query = check_query(body.query, body.image, st, settings)
-    check_reorder(body.rerank, body.lexical)
+    lexical = lexical_weight(body.rerank, body.lexical, st, settings)
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher: train one with "
                        "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or pass a teacher path")
@@ -86,7 +90,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     allow = None
     if body.filter:
         allow = await to_thread.run_sync(manager.store.filter_rids, st.record.name, body.filter)
-    depth = max(body.top_k, settings.rerank_depth) if body.rerank or body.lexical else body.top_k
+    depth = max(body.top_k, settings.rerank_depth) if body.rerank or lexical else body.top_k
     scores, rids, docs = await search_docs(served, manager.store, query, depth, allow)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
     if body.rerank and valid:
@@ -96,9 +100,9 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
         hits = [Hit(id=docs[valid[i][1]].id, score=float(t[i]), text=docs[valid[i][1]].text,
                     metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "teacher": float(t[i])})
                 for i in order]
-    elif body.lexical and valid:
+    elif lexical and valid:
         fused, lex = await to_thread.run_sync(fuse, query, [docs[r].text or "" for _, r in valid],
-                                              np.array([s for s, _ in valid]), body.lexical)
+                                              np.array([s for s, _ in valid]), lexical)
         hits = [Hit(id=docs[valid[i][1]].id, score=float(fused[i]), text=docs[valid[i][1]].text,
                     metadata=docs[valid[i][1]].metadata, scores={"dense": valid[i][0], "lexical": float(lex[i])})
                 for i in np.argsort(-fused, kind="stable")[: body.top_k]]
@@ -168,11 +172,11 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     for i, p in enumerate(body.pairs):
         if len(p.query) > settings.max_query_chars:
             raise ApiError(413, "query_too_long", f"pairs[{i}].query exceeds max_query_chars={settings.max_query_chars}")
-    check_reorder(body.rerank, body.lexical)
+    lexical = lexical_weight(body.rerank, body.lexical, st, settings)
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with")
     served = st.served
-    reorder = body.rerank or body.lexical > 0
+    reorder = body.rerank or lexical > 0
     k = max(body.k, 10, settings.rerank_depth if reorder else 0)
     vecs = await served.model.batcher.encode_bulk([p.query for p in body.pairs])
     scores, rids = await to_thread.run_sync(served.live.search, vecs, k)
@@ -181,12 +185,12 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     kept = [[(int(r), float(s)) for s, r in zip(srow, row, strict=True) if int(r) in docs]
             for srow, row in zip(scores, rids, strict=True)]
     rankings = [[r for r, _ in row] for row in kept]
-    if body.lexical:
+    if lexical:
         def fused_rankings() -> list[list[int]]:
             out = []
             for p, row in zip(body.pairs, kept, strict=True):
                 fused, _ = fuse(p.query, [docs[r].text or "" for r, _ in row], np.array([s for _, s in row]),
-                                body.lexical)
+                                lexical)
                 out.append([row[i][0] for i in np.argsort(-fused, kind="stable")])
             return out
         rankings = await to_thread.run_sync(fused_rankings)

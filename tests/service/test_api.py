@@ -671,3 +671,25 @@ def test_lexical_bad_values(client) -> None:
     expect_error(client.post("/collections/code/evaluate", json={
         "pairs": [{"query": "x", "positive_ids": ["fn-1"]}], "lexical": 0.1, "rerank": True}), 422, "conflicting_options")
     assert search(client, "code", query="x", top_k=1)["hits"]  # still serving
+
+
+def test_code_collections_fuse_by_default(make_client) -> None:
+    client = make_client(code_lexical=0.1)
+    create(client, name="code", docs=lexical_docs(), modality="code")
+    create(client, name="text", docs=lexical_docs())
+    hits = search(client, "code", query="parse config header", top_k=3)["hits"]
+    assert all(set(h["scores"]) == {"dense", "lexical"} for h in hits)
+    assert hits[0]["score"] == pytest.approx(hits[0]["scores"]["dense"] + 0.1 * hits[0]["scores"]["lexical"], abs=1e-5)
+    # explicit 0 is dense only, and so is a text collection by default
+    for name, body in (("code", {"lexical": 0}), ("text", {})):
+        hits = search(client, name, query="parse config header", top_k=3, **body)["hits"]
+        assert all("scores" not in h for h in hits)
+    pairs = [{"query": "parse config header", "positive_ids": ["cfg-target"]}]
+    default = client.post("/collections/code/evaluate", json={"pairs": pairs}).json()
+    explicit = client.post("/collections/code/evaluate", json={"pairs": pairs, "lexical": 0.1}).json()
+    assert default["mrr@10"] == explicit["mrr@10"]
+    # rerank without a teacher is still the 409 that says how to get one, not a conflict with the default
+    expect_error(client.post("/collections/code/search", json={"query": "x", "rerank": True}), 409, "no_teacher")
+    off = make_client(code_lexical=0.0)
+    assert all("scores" not in h for h in search(off, "code", query="parse config header", top_k=3)["hits"])
+
