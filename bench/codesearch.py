@@ -11,6 +11,7 @@ time per stage.
     python -m bench.codesearch                 # full run (hours on 2 CPU cores)
     python -m bench.codesearch --quick         # smoke: 600 train pairs, 10 steps
     python -m bench.codesearch --configs inbatch,mined1
+    python -m bench.codesearch --configs mined1 --lr 1e-4 --lexical 0.1   # also every row fused with BM25
 """
 
 from __future__ import annotations
@@ -112,12 +113,13 @@ def run_job(c: httpx.Client, body: dict, collection: str = "all") -> dict:
         time.sleep(2)
 
 
-def evaluate_encoder(c: httpx.Client, name: str, encoder: Path, docs: list[dict], eval_pairs: list[dict]) -> dict:
-    """A throwaway collection over ``docs`` served by ``encoder``, evaluated on ``eval_pairs``."""
+def evaluate_encoder(c: httpx.Client, name: str, encoder: Path, docs: list[dict], eval_pairs: list[dict],
+                     lexical: float = 0.0) -> tuple[dict, dict | None]:
+    """A throwaway collection over ``docs`` served by ``encoder``: metrics dense, and fused when ``lexical``."""
     c.post("/collections", json={"name": name, "modality": "code", "encoder": str(encoder)}).raise_for_status()
     try:
         put_all(c, name, docs)
-        return evaluate(c, name, eval_pairs)
+        return evaluate(c, name, eval_pairs), (evaluate(c, name, eval_pairs, lexical) if lexical else None)
     finally:
         c.delete(f"/collections/{name}")
 
@@ -143,6 +145,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=2e-5, help="learning rate of every job (a config may override it)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs of every job (a config may override it)")
+    ap.add_argument("--lexical", type=float, default=0.0,
+                    help="also evaluate every row with this lexical fusion weight (index/lexical.py)")
     ap.add_argument("--root", default=None, help="another Python tree instead of the stdlib (smoke runs)")
     args = ap.parse_args()
 
@@ -172,6 +176,9 @@ def main() -> None:
         base = c.get("/collections/all").json()["version"]["id"]
         zs_all, zs_test = evaluate(c, "all", eval_pairs), evaluate(c, "test", eval_pairs)
         rows.append(("zero-shot", "-", zs_test, zs_all, 0.0, {}))
+        if args.lexical:
+            rows.append((f"zero-shot + lexical {args.lexical:g}", "-", evaluate(c, "test", eval_pairs, args.lexical),
+                         evaluate(c, "all", eval_pairs, args.lexical), 0.0, {}))
         print(rows[-1], flush=True)
         stdlib_base = None
         for cfg in args.configs.split(","):
@@ -195,14 +202,18 @@ def main() -> None:
                     continue
                 encoder = data_dir / "collections" / collection / "versions" / job["version"] / "encoder"
                 tag = f"{cfg.replace('.', '').replace('_', '-')}-{seed}".lower()[:50]
-                m_test = evaluate_encoder(c, f"test-{tag}", encoder, corpus_test, eval_pairs)
+                m_test, f_test = evaluate_encoder(c, f"test-{tag}", encoder, corpus_test, eval_pairs, args.lexical)
                 if self_supervised:  # the same docstring-free corpus as the other rows
-                    m_all = evaluate_encoder(c, f"all-{tag}", encoder, corpus_all, eval_pairs)
+                    m_all, f_all = evaluate_encoder(c, f"all-{tag}", encoder, corpus_all, eval_pairs, args.lexical)
                 else:
                     m_all = evaluate(c, "all", eval_pairs)
+                    f_all = evaluate(c, "all", eval_pairs, args.lexical) if args.lexical else None
                 rows.append((cfg, seed, m_test, m_all, wall, job["details"].get("stage_seconds", {})))
+                if f_test and f_all:
+                    rows.append((f"{cfg} + lexical {args.lexical:g}", seed, f_test, f_all, wall, {}))
                 # every number of the row, so that a run stopped early still leaves whole rows in its log
                 print(cfg, seed, json.dumps({"test": m_test, "all": m_all, "wall": round(wall),
+                                             "lexical": {"test": f_test, "all": f_all},
                                              "stages": job["details"].get("stage_seconds", {}),
                                              "mining": job["details"].get("mining")}), flush=True)
     finally:
