@@ -89,7 +89,7 @@ class Hit(BaseModel):
     text: str | None = None
     metadata: dict[str, Any] = {}
     scores: dict[str, float] | None = Field(None, description="parts of the score: {bi_encoder, teacher} when "
-                                            "reranked; {dense, lexical} with `lexical`; {visual, text} cosines in "
+                                            "reranked; {bi_encoder, lexical} with `lexical`; {visual, text} cosines in "
                                             "image collections")
 
 

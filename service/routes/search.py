@@ -104,7 +104,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
         fused, lex = await to_thread.run_sync(fuse, query, [docs[r].text or "" for _, r in valid],
                                               np.array([s for s, _ in valid]), lexical)
         hits = [Hit(id=docs[valid[i][1]].id, score=float(fused[i]), text=docs[valid[i][1]].text,
-                    metadata=docs[valid[i][1]].metadata, scores={"dense": valid[i][0], "lexical": float(lex[i])})
+                    metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "lexical": float(lex[i])})
                 for i in np.argsort(-fused, kind="stable")[: body.top_k]]
     else:
         hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]

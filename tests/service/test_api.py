@@ -643,8 +643,8 @@ def test_search_and_evaluate_with_lexical(client) -> None:
     assert len(hits) == 5 and hits[0]["id"] == "cfg-target"
     assert hits[0]["scores"]["lexical"] == pytest.approx(1.0)
     for h in hits:
-        assert h["scores"]["dense"] == pytest.approx(plain[h["id"]], abs=1e-5)
-        assert h["score"] == pytest.approx(h["scores"]["dense"] + 1.0 * h["scores"]["lexical"], abs=1e-5)
+        assert h["scores"]["bi_encoder"] == pytest.approx(plain[h["id"]], abs=1e-5)
+        assert h["score"] == pytest.approx(h["scores"]["bi_encoder"] + 1.0 * h["scores"]["lexical"], abs=1e-5)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     # no query word in any candidate: the order is the dense order
     same = search(client, "code", query="zzz qqq", top_k=5, lexical=0.5)["hits"]
@@ -678,8 +678,8 @@ def test_code_collections_fuse_by_default(make_client) -> None:
     create(client, name="code", docs=lexical_docs(), modality="code")
     create(client, name="text", docs=lexical_docs())
     hits = search(client, "code", query="parse config header", top_k=3)["hits"]
-    assert all(set(h["scores"]) == {"dense", "lexical"} for h in hits)
-    assert hits[0]["score"] == pytest.approx(hits[0]["scores"]["dense"] + 0.1 * hits[0]["scores"]["lexical"], abs=1e-5)
+    assert all(set(h["scores"]) == {"bi_encoder", "lexical"} for h in hits)
+    assert hits[0]["score"] == pytest.approx(hits[0]["scores"]["bi_encoder"] + 0.1 * hits[0]["scores"]["lexical"], abs=1e-5)
     # explicit 0 is dense only, and so is a text collection by default
     for name, body in (("code", {"lexical": 0}), ("text", {})):
         hits = search(client, name, query="parse config header", top_k=3, **body)["hits"]
