@@ -81,6 +81,9 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert all("rivers and lakes" in line for line in out.stdout.strip().splitlines())  # every word matches
+        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "notes", "rivers", "--url", url,
+                              "--rerank"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "error 409: no_teacher" in out.stderr  # says how to get a teacher
 
         pairs = tmp_path / "pairs.jsonl"
         pairs.write_text("\n".join(json.dumps({"query": f"{d['text'].split(',')[0]}", "positive_id": d["id"]})

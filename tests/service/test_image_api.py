@@ -100,6 +100,10 @@ def test_oversized_and_wrong_modality(client) -> None:
     assert client.post("/collections/logos/search", json={"image": "%%%not base64"}).json()["error"]["code"] == "bad_base64"
     assert client.post("/collections/logos/search", json={"query": "acme"}).json()["error"]["code"] == "wrong_modality"
     assert client.post("/collections/logos/search", json={}).json()["error"]["code"] == "missing_image"
+    png = b64(render_logo(0))
+    for extra in ({"rerank": True}, {"lexical": 0.1}):  # text-collection options
+        r = client.post("/collections/logos/search", json={"image": png, **extra})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "rerank_unsupported"
     r = client.put("/collections/logos/documents", json={"documents": [{"id": "t", "text": "only text"}]})
     assert r.json()["error"]["code"] == "missing_image"
     r = client.post("/collections/logos/evaluate", json={"pairs": [{"query": "x", "positive_ids": ["Acme"]}]})
