@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     version_retention: int = 5
     poll_interval_s: float = 1.0
     rerank_depth: int = 50
-    # off by default: measured on function-level corpora only, and a class document holds its methods' text,
-    # so fusion lifts classes over the method that answers (tests/service/test_codesearch.py shows one)
+    # off by default: measured on function-level corpora only; in an ingested codebase fusion can favour a
+    # class whose docstring shares the query's words over the method that answers (test_codesearch.py)
     code_lexical: float = Field(0.0, ge=0.0, le=1.0, description="`lexical` weight of code-collection searches "
                                 "that do not send one (0 = dense only); text collections always default to 0")
 

@@ -90,7 +90,7 @@ def test_ingest_search_reingest(minilm_client, tmp_path, capsys):
     assert lines[0] == f"shop/geo.py:4  {top['metadata']['signature']}"
     r = c.post("/collections/shop/search", json={"query": "empty the shopping basket", "top_k": 1}).json()
     assert r["hits"][0]["id"] == "shop.cart.Cart.clear"
-    # lexical fusion (off by default) lifts the class, whose text holds every method's words, but the
+    # lexical fusion (off by default) lifts the class, whose docstring says "shopping basket", but the
     # method that answers stays in the top two
     r = c.post("/collections/shop/search", json={"query": "empty the shopping basket", "top_k": 2,
                                                   "lexical": 0.1}).json()
