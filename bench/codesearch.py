@@ -44,6 +44,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_window0_200": {"mining": {"negatives_per_query": 1, "range_min": 0, "range_max": 200,
                                       "relative_margin": 0.05}},
     "mined1_margin02": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.02}},
+    # the ~31% of queries the margin leaves without a negative get the top-ranked candidate anyway
+    "mined1_fallback": {"mining": {"negatives_per_query": 1, "fallback": "hardest"}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},

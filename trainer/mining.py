@@ -5,7 +5,9 @@ positives, skip the top ``range_min`` ranks, consider ranks up to ``range_max``,
 drop candidates scoring above ``(1 - relative_margin) x`` the positive's score
 (likely false negatives) and candidates whose text equals the positive's, then
 keep the ``negatives_per_query`` hardest. Every filter's removals are counted so
-the job record says which setting to loosen.
+the job record says which setting to loosen. With ``fallback="hardest"`` a query
+the filters leave empty-handed gets the top-ranked candidate in the window that
+is not the positive's text, although it outscores the positive.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class MiningStats:
     # of those, the queries whose positive ranks below ``range_max``: every candidate in the window scores
     # above the positive, so the margin filter removes them all (the encoder gets these queries badly wrong)
     without_negatives_positive_below_window: int = 0
+    # queries that got the top-ranked candidate anyway (``fallback: "hardest"``); not counted as without
+    fallback_hardest: int = 0
     rounds: int = 0
 
     def add(self, other: MiningStats) -> None:
@@ -88,6 +92,7 @@ def mine(
             rank = 0
             chosen: list[int] = []
             positive_in_window = False
+            hardest: int | None = None  # the best candidate only the margin removed (for ``fallback``)
             for s, c in zip(scores[j], cands[j], strict=True):
                 if c < 0:
                     continue
@@ -103,12 +108,17 @@ def mine(
                     continue
                 if s > threshold:
                     stats.removed_margin += 1
+                    if hardest is None and texts[c] != pos_text:
+                        hardest = c
                     continue
                 if texts[c] == pos_text:
                     stats.removed_duplicate_text += 1
                     continue
                 if len(chosen) < spec.negatives_per_query:
                     chosen.append(c)
+            if not chosen and hardest is not None and spec.fallback == "hardest":
+                chosen = [hardest]
+                stats.fallback_hardest += 1
             out[i] = chosen
             stats.kept += len(chosen)
             if not chosen:
