@@ -12,6 +12,7 @@ time per stage.
     python -m bench.codesearch --quick         # smoke: 600 train pairs, 10 steps
     python -m bench.codesearch --configs inbatch,mined1
     python -m bench.codesearch --configs mined1 --lr 1e-4 --lexical 0.1   # also every row fused with BM25
+    python -m bench.codesearch --configs mined1 --lr 1e-4 --context       # code embedded after its location
 """
 
 from __future__ import annotations
@@ -149,12 +150,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1, help="epochs of every job (a config may override it)")
     ap.add_argument("--lexical", type=float, default=0.0,
                     help="also evaluate every row with this lexical fusion weight (index/lexical.py)")
+    ap.add_argument("--context", action="store_true",
+                    help="send each function's module and qualname as metadata, so strop embeds it after a "
+                         "location comment (index.codeparse.context_header), as `strop ingest code` does")
     ap.add_argument("--root", default=None, help="another Python tree instead of the stdlib (smoke runs)")
     args = ap.parse_args()
 
     data = stdlib_pairs(args.root)
     train, test = data["train"], data["test"]
     corpus_all, corpus_test = data["corpus_all"], data["corpus_test"]
+    if args.context:
+        corpus_all = [{**d, "metadata": data["contexts"][d["id"]]} for d in corpus_all]
+        corpus_test = [{**d, "metadata": data["contexts"][d["id"]]} for d in corpus_test]
     if args.quick:
         train, test = train[:600], test[:200]
         keep = {p["positive_id"] for p in train + test}

@@ -101,17 +101,20 @@ def stdlib_pairs(root: Path | None = None, seed: int = 0, test_fraction: float =
     those whose docstring summary passes :func:`index.codeparse.usable_docstring` become pairs
     ``{"query", "positive_id", "code", "module", "path"}``. Pairs are split by source file
     (:func:`group_split`, deterministic for a given ``seed``); ``corpus_test`` holds only the
-    test pairs' functions. ``sizes`` summarises the counts.
+    test pairs' functions. ``contexts`` maps each id to its ``{"module", "qualname"}`` metadata
+    (what gives a code document its embedding header). ``sizes`` summarises the counts.
     """
     root = Path(root) if root is not None else Path(sysconfig.get_paths()["stdlib"])
     parsed = parse_tree(root, extra_ignore=STDLIB_EXCLUDE)
     corpus_all: list[dict[str, str]] = []
+    contexts: dict[str, dict[str, str]] = {}
     pairs: list[dict[str, str]] = []
     for doc in parsed.docs:
         if doc.metadata["kind"] == "class":
             continue
         summary, code = split_docstring(doc.text)
         corpus_all.append({"id": doc.id, "text": code})
+        contexts[doc.id] = {"module": doc.metadata["module"], "qualname": doc.metadata["qualname"]}
         if usable_docstring(summary):
             path = doc.metadata["path"]
             pairs.append(
@@ -144,6 +147,7 @@ def stdlib_pairs(root: Path | None = None, seed: int = 0, test_fraction: float =
         "test": test,
         "corpus_all": corpus_all,
         "corpus_test": corpus_test,
+        "contexts": contexts,
         "sizes": sizes,
         "skipped": parsed.skipped,
         "root": str(root),

@@ -44,8 +44,10 @@ class CodeDoc:
     ``id`` is ``<dotted module>.<qualified name>`` (``pkg.mod.Class.method``), suffixed with
     ``#2``, ``#3``... when a name is defined more than once in a module (property setters,
     ``if``/``else`` alternatives). ``text`` is the definition's source, decorators and
-    docstring included. ``metadata`` holds ``path``, ``line``, ``end_line``, ``kind``,
-    ``signature`` and ``docstring`` (the docstring's summary sentence, or ``""``).
+    docstring included. ``metadata`` holds ``path``, ``module``, ``qualname``, ``line``,
+    ``end_line``, ``kind``, ``signature`` and ``docstring`` (the docstring's summary sentence,
+    or ``""``). ``module`` and ``qualname`` also give the document its embedding header
+    (:func:`context_header`).
     """
 
     id: str
@@ -61,6 +63,24 @@ class ParseResult:
     docs: list[CodeDoc] = field(default_factory=list)
     files: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def context_header(metadata: dict | None) -> str | None:
+    """The comment line a code document is embedded with: where it lives, as words.
+
+    ``{"module": "json.decoder", "qualname": "JSONDecoder.decode"}`` gives
+    ``# json decoder JSONDecoder decode``. A definition's own text rarely says which module or
+    class it belongs to, and queries often name that domain ("decode a JSON document"): on the
+    stdlib benchmark the header raised zero-shot MRR@10 from 0.53 to 0.59 (docs/benchmarks.md).
+    It is a Python comment, so the text stays parseable (docstring jobs split it). ``None`` when
+    the metadata has no string ``qualname``.
+    """
+    if not metadata or not isinstance(metadata.get("qualname"), str) or not metadata["qualname"]:
+        return None
+    module = metadata.get("module")
+    where = f"{module}.{metadata['qualname']}" if isinstance(module, str) and module else metadata["qualname"]
+    words = [w for w in re.split(r"[._#\s]+", where) if w]
+    return "# " + " ".join(words) if words else None
 
 
 # --------------------------------------------------------------------------------------
@@ -315,6 +335,8 @@ def parse_source(source: str, module: str, path: str) -> list[CodeDoc]:
         body, start = _block_text(lines, node)
         meta = {
             "path": path,
+            "module": module,
+            "qualname": qualname,
             "line": start,
             "end_line": node.end_lineno or node.lineno,
             "kind": kind,

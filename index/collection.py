@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from index import faiss_index as fi
+from index.codeparse import context_header
 from index.faiss_index import IndexSpec
 from index.live import LiveIndex
 from index.store import Change, Document, DocumentStore
@@ -29,11 +30,13 @@ EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
 def doc_text(doc: Document) -> Any:
-    """What a document is embedded from: the stored text verbatim (text and code collections), or
+    """What a document is embedded from: the stored text verbatim, after a location comment for code
+    documents whose metadata names their ``qualname`` (:func:`index.codeparse.context_header`), or
     ``(image bytes, text)`` for image documents (the image encoder reads both views)."""
     if doc.image is not None:
         return (doc.image, doc.text or "")
-    return doc.text or ""
+    header = context_header(doc.metadata)
+    return f"{header}\n{doc.text or ''}" if header else doc.text or ""
 
 
 @dataclass

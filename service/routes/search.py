@@ -11,6 +11,7 @@ from anyio import to_thread
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
+from index.collection import doc_text
 from index.images import ImageError, decode_image
 from index.lexical import fuse
 from index.metrics import evaluate_rankings
@@ -95,7 +96,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
     if body.rerank and valid:
         teacher = await to_thread.run_sync(manager.teacher, st.record.name)
-        t = (await teacher.batcher.encode_bulk([(query, docs[r].text or "") for _, r in valid]))[:, 0]
+        t = (await teacher.batcher.encode_bulk([(query, doc_text(docs[r])) for _, r in valid]))[:, 0]
         order = np.argsort(-t, kind="stable")[: body.top_k]
         hits = [Hit(id=docs[valid[i][1]].id, score=float(t[i]), text=docs[valid[i][1]].text,
                     metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "teacher": float(t[i])})
@@ -196,7 +197,7 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
         rankings = await to_thread.run_sync(fused_rankings)
     if body.rerank:
         teacher = await to_thread.run_sync(manager.teacher, st.record.name)
-        items = [(p.query, docs[r].text or "") for p, row in zip(body.pairs, rankings, strict=True) for r in row]
+        items = [(p.query, doc_text(docs[r])) for p, row in zip(body.pairs, rankings, strict=True) for r in row]
         t = (await teacher.batcher.encode_bulk(items))[:, 0]
         pos, reranked = 0, []
         for row in rankings:

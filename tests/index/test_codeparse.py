@@ -10,6 +10,7 @@ import pytest
 
 from index.codeparse import (
     CodeDoc,
+    context_header,
     iter_python_files,
     module_name,
     parse_source,
@@ -128,7 +129,22 @@ def test_parse_source_ids_kinds_and_dedupe() -> None:
     assert kinds["pkg.mod.Widget.Inner"] == "class"
     assert kinds["pkg.mod.Widget.decorated"] == "method"
     assert kinds["pkg.mod.Widget.Inner.method"] == "method"
-    assert all(d.metadata["path"] == "pkg/mod.py" for d in docs)
+    assert all(d.metadata["path"] == "pkg/mod.py" and d.metadata["module"] == "pkg.mod" for d in docs)
+    quals = {d.id: d.metadata["qualname"] for d in docs}
+    assert quals["pkg.mod.Widget.Inner.method"] == "Widget.Inner.method"
+    assert quals["pkg.mod.Widget.size#2"] == "Widget.size"
+
+
+def test_context_header() -> None:
+    assert context_header({"module": "json.decoder", "qualname": "JSONDecoder.decode"}) == \
+        "# json decoder JSONDecoder decode"
+    assert context_header({"module": "", "qualname": "_private__name"}) == "# private name"
+    assert context_header({"qualname": "f", "module": 3}) == "# f"
+    for meta in (None, {}, {"module": "m"}, {"qualname": ""}, {"qualname": 5}, {"qualname": "._"}):
+        assert context_header(meta) is None
+    # a header keeps code parseable, so docstring jobs can still split it
+    summary, code = split_docstring(context_header({"qualname": "f"}) + '\ndef f():\n    """Doc."""\n    return 1\n')
+    assert summary == "Doc." and code.startswith("# f\ndef f():")
 
 
 def test_lines_text_and_decorators() -> None:

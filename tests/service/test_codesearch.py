@@ -194,3 +194,21 @@ def test_docstring_pairs_and_augmentation():
     typed = augment_code(code, 1.0, "type", rng)
     assert "function" in typed and "variable" in typed
     assert augment_code(code, 0.0, "both", rng) == code
+
+
+def test_code_is_embedded_after_its_location(minilm_client):
+    """Two definitions with the same source differ by where they live: metadata ``module`` and
+    ``qualname`` become a comment line in the embedding input (not in the stored text)."""
+    c = minilm_client
+    assert c.post("/collections", json={"name": "located", "modality": "code"}).status_code == 201
+    text = "def load(fp):\n    return parse(fp.read())\n"
+    docs = [{"id": "j", "text": text, "metadata": {"module": "json.decoder", "qualname": "load"}},
+            {"id": "t", "text": text, "metadata": {"module": "tarfile", "qualname": "TarFile.load"}},
+            {"id": "bare", "text": text}]
+    assert c.put("/collections/located/documents", json={"documents": docs}).status_code == 200
+    top = lambda q: c.post("/collections/located/search", json={"query": q, "top_k": 3}).json()["hits"]  # noqa: E731
+    assert top("parse a JSON document read from a file")[0]["id"] == "j"
+    assert top("read a tar archive")[0]["id"] == "t"
+    hits = top("load")
+    assert len({round(h["score"], 5) for h in hits}) == 3  # same text, three different embeddings
+    assert all(h["text"] == text for h in hits)  # stored and returned verbatim

@@ -1,0 +1,77 @@
+"""Screen training knobs in-process: fine-tune MiniLM on the stdlib pairs, score the test corpus.
+
+A cheaper screen than bench/codesearch.py (no server, no 14k-function re-encode, in-batch
+negatives only): each spec trains with ``trainer.train.fine_tune`` exactly as a job's train
+stage does, then the test queries are scored against the 1,159 test functions, embedded in
+bf16 at several serving sequence lengths. One row per spec; a knob that looks good here still
+has to win in bench/codesearch.py, through the REST API, over seeds.
+
+    python -m bench.trainknobs '{}' '{"batch_size": 64}' '{"batch_size": 64, "learning_rate": 2e-4}'
+    python -m bench.trainknobs --zero-shot             # the base encoder only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import torch
+
+from bench.datasets import stdlib_pairs
+from trainer.contract import JobSpec
+from trainer.data import Pair
+from trainer.train import fine_tune, load_model
+
+
+def mrr_at_10(model, queries: list[str], docs: list[str], targets: list[int], seq: int) -> float:
+    m = copy.deepcopy(model).eval().to(torch.bfloat16)
+    m.max_seq_length = seq
+    with torch.inference_mode():
+        d = m.encode(docs, batch_size=16, normalize_embeddings=True)
+        q = m.encode(queries, batch_size=32, normalize_embeddings=True)
+    s = q @ d.T
+    ranks = (s > s[np.arange(len(targets)), targets][:, None]).sum(1)
+    return float(np.where(ranks < 10, 1.0 / (ranks + 1), 0.0).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("specs", nargs="*", help="JSON job-spec overrides, one row each (mining is ignored)")
+    ap.add_argument("--seqs", default="96,128,256", help="serving sequence lengths to score")
+    ap.add_argument("--zero-shot", action="store_true")
+    args = ap.parse_args()
+    seqs = [int(s) for s in args.seqs.split(",")]
+    data = stdlib_pairs()
+    corpus = data["corpus_all"]
+    row = {c["id"]: k for k, c in enumerate(corpus)}
+    texts = [c["text"] for c in corpus]
+    pairs = [Pair(query=p["query"], positive=row[p["positive_id"]]) for p in data["train"]]
+    test_docs = data["corpus_test"]
+    col = {c["id"]: k for k, c in enumerate(test_docs)}
+    queries = [p["query"] for p in data["test"]]
+    targets = [col[p["positive_id"]] for p in data["test"]]
+    docs = [c["text"] for c in test_docs]
+    print(f"train pairs {len(pairs)}, test queries {len(queries)}, test corpus {len(docs)}", flush=True)
+    results = []
+    if args.zero_shot:
+        model = load_model(None)
+        results.append(("zero-shot", "-", "-", {s: mrr_at_10(model, queries, docs, targets, s) for s in seqs}))
+    for raw in args.specs:
+        spec = JobSpec.model_validate({"train": {"pairs": [{"query": "-", "positive_id": "-"}]}, **json.loads(raw)})
+        model = load_model(None, "cpu", spec.max_seq_length)
+        t = time.perf_counter()
+        out = fine_tune(model, pairs, texts, [[] for _ in pairs], spec)
+        wall = time.perf_counter() - t
+        results.append((raw, out["steps"], round(wall), {s: mrr_at_10(model, queries, docs, targets, s) for s in seqs}))
+        print(results[-1], flush=True)
+    print("\n| spec | steps | train s | " + " | ".join(f"MRR@10 served at {s}" for s in seqs) + " |")
+    print("|---|---|---|" + "---|" * len(seqs))
+    for raw, steps, wall, m in results:
+        print(f"| `{raw}` | {steps} | {wall} | " + " | ".join(f"{m[s]:.4f}" for s in seqs) + " |")
+
+
+if __name__ == "__main__":
+    main()
