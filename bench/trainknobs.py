@@ -8,6 +8,7 @@ has to win in bench/codesearch.py, through the REST API, over seeds.
 
     python -m bench.trainknobs '{}' '{"batch_size": 64}' '{"batch_size": 64, "learning_rate": 2e-4}'
     python -m bench.trainknobs --zero-shot             # the base encoder only
+    python -m bench.trainknobs --zero-shot --context   # code embedded after its location comment
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from bench.datasets import stdlib_pairs
+from index.codeparse import context_header
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.train import fine_tune, load_model
@@ -42,18 +44,25 @@ def main() -> None:
     ap.add_argument("specs", nargs="*", help="JSON job-spec overrides, one row each (mining is ignored)")
     ap.add_argument("--seqs", default="96,128,256", help="serving sequence lengths to score")
     ap.add_argument("--zero-shot", action="store_true")
+    ap.add_argument("--context", action="store_true",
+                    help="embed (and train on) each function after its location comment, as strop does for "
+                         "documents with module/qualname metadata")
     args = ap.parse_args()
     seqs = [int(s) for s in args.seqs.split(",")]
     data = stdlib_pairs()
     corpus = data["corpus_all"]
     row = {c["id"]: k for k, c in enumerate(corpus)}
-    texts = [c["text"] for c in corpus]
+    def embedded(c: dict) -> str:
+        header = context_header(data["contexts"][c["id"]]) if args.context else None
+        return f"{header}\n{c['text']}" if header else c["text"]
+
+    texts = [embedded(c) for c in corpus]
     pairs = [Pair(query=p["query"], positive=row[p["positive_id"]]) for p in data["train"]]
     test_docs = data["corpus_test"]
     col = {c["id"]: k for k, c in enumerate(test_docs)}
     queries = [p["query"] for p in data["test"]]
     targets = [col[p["positive_id"]] for p in data["test"]]
-    docs = [c["text"] for c in test_docs]
+    docs = [embedded(c) for c in test_docs]
     print(f"train pairs {len(pairs)}, test queries {len(queries)}, test corpus {len(docs)}", flush=True)
     results = []
     if args.zero_shot:
