@@ -93,7 +93,8 @@ class MiningSpec(Strict):
     refresh_every: int = Field(0, ge=0, description="re-encode the corpus and re-mine every N steps (0 = never)")
     fallback: Literal["none", "hardest"] = Field(
         "none", description="queries the margin leaves without a negative: 'hardest' gives them the top-ranked "
-                            "candidate in the window even though it outscores the positive (risks false negatives)")
+                            "candidate in the window even though it outscores the positive (risks false negatives; it "
+                            "measured worse on the stdlib code benchmark, docs/benchmarks.md)")
     denoise: bool = Field(False, description="drop mined negatives the teacher judges relevant (needs a teacher)")
     denoise_threshold: float | None = Field(None, description="teacher score above which a negative is dropped; "
                                             "default: drop negatives the teacher scores at or above the positive")
