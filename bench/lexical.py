@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--select", action="store_true", help="also score 1,000 training queries with the base "
                     "encoder on all functions, to pick the weight without the test queries")
     ap.add_argument("--no-all", action="store_true", help="skip the 14k all-functions corpus")
+    ap.add_argument("--context", action="store_true", help="send each function's module/qualname metadata, so "
+                    "it is embedded (and BM25-scored) after its location comment, as `strop ingest code` stores it")
     args = ap.parse_args()
     weights = [float(w) for w in args.weights.split(",")]
     data = stdlib_pairs()
@@ -43,6 +45,8 @@ def main() -> None:
         c = httpx.Client(base_url=url, timeout=3600)
         for n, enc in enumerate(args.encoders.split(",")):
             corpora = [("test corpus", data["corpus_test"])] + ([] if args.no_all else [("all", data["corpus_all"])])
+            if args.context:
+                corpora = [(label, [{**d, "metadata": data["contexts"][d["id"]]} for d in docs]) for label, docs in corpora]
             for label, docs in corpora:
                 name = f"e{n}-{'test' if label == 'test corpus' else 'all'}"
                 body = {"name": name, "modality": "code"} | ({} if enc == "base" else {"encoder": enc})

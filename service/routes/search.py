@@ -102,7 +102,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
                     metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "teacher": float(t[i])})
                 for i in order]
     elif lexical and valid:
-        fused, lex = await to_thread.run_sync(fuse, query, [docs[r].text or "" for _, r in valid],
+        fused, lex = await to_thread.run_sync(fuse, query, [doc_text(docs[r]) for _, r in valid],
                                               np.array([s for s, _ in valid]), lexical)
         hits = [Hit(id=docs[valid[i][1]].id, score=float(fused[i]), text=docs[valid[i][1]].text,
                     metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "lexical": float(lex[i])})
@@ -190,7 +190,7 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
         def fused_rankings() -> list[list[int]]:
             out = []
             for p, row in zip(body.pairs, kept, strict=True):
-                fused, _ = fuse(p.query, [docs[r].text or "" for r, _ in row], np.array([s for _, s in row]),
+                fused, _ = fuse(p.query, [doc_text(docs[r]) for r, _ in row], np.array([s for _, s in row]),
                                 lexical)
                 out.append([row[i][0] for i in np.argsort(-fused, kind="stable")])
             return out

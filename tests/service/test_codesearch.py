@@ -212,3 +212,8 @@ def test_code_is_embedded_after_its_location(minilm_client):
     hits = top("load")
     assert len({round(h["score"], 5) for h in hits}) == 3  # same text, three different embeddings
     assert all(h["text"] == text for h in hits)  # stored and returned verbatim
+    # lexical fusion scores the same input the encoder sees: only the tarfile copy's header says "tar"
+    hits = c.post("/collections/located/search", json={"query": "read a tar archive", "top_k": 3,
+                                                       "lexical": 0.1}).json()["hits"]
+    lex = {h["id"]: h["scores"]["lexical"] for h in hits}
+    assert lex["t"] == 1.0 and lex["j"] < 1.0 and lex["bare"] < 1.0
