@@ -26,7 +26,7 @@ from index.metrics import evaluate_rankings
 from index.store import DocumentStore
 from index.teacher import CrossEncoderScorer, Scorer
 from index.versions import VersionStore
-from trainer.contract import JobSpec
+from trainer.contract import TEACHER_HEAD_LR, JobSpec
 from trainer.data import EvalPair, Snapshot, positive_text
 from trainer.mining import mine
 from trainer.pipeline import JobResult, Reporter, current_embeddings, snapshot_and_pairs
@@ -50,14 +50,24 @@ def rerank_metrics(teacher: Scorer | None, q_emb: np.ndarray, corpus: np.ndarray
     return evaluate_rankings(rankings, [[snap.ids[r] for r in e.positives] for e in evals], k=10)
 
 
+def head_parameters(model: torch.nn.Module) -> tuple[list, list]:
+    """(body, head) parameters: the head is what a packaged bi-encoder does not train (pooler, classifier)."""
+    body, head = [], []
+    for name, param in model.named_parameters():
+        (head if name.split(".")[0] in ("classifier", "pooler") or ".pooler." in name else body).append(param)
+    return body, head
+
+
 def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], negatives: list[list[int]],
                         spec: JobSpec, on_progress: Callable[[Progress], None],
-                        should_stop: Callable[[], bool]) -> dict:
+                        should_stop: Callable[[], bool], head_lr: float | None = None) -> dict:
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
     batches = [b for _ in range(spec.epochs) for b in make_batches(pairs, texts, max(2, spec.batch_size // 4), rng)]
     total = min(len(batches), spec.max_steps or len(batches))
-    opt = torch.optim.AdamW(ce.model.parameters(), lr=spec.lr(), weight_decay=0.01)
+    body, head = head_parameters(ce.model)
+    opt = torch.optim.AdamW([{"params": body, "lr": spec.lr()}, {"params": head, "lr": head_lr or spec.lr()}],
+                            weight_decay=0.01)
     warm = max(1, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     ce.model.train()
@@ -119,7 +129,7 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     reporter.enter("train")
     ce = CrossEncoderScorer.init_from(snap.base_encoder, device, max_length=min(256, spec.max_seq_length or 256) * 2)
     reporter.details["train"] = train_cross_encoder(ce, pairs, snap.texts, negatives, spec, reporter.on_progress,
-                                                    reporter.should_stop)
+                                                    reporter.should_stop, head_lr=TEACHER_HEAD_LR)
 
     reporter.enter("evaluate_after")
     after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.check)

@@ -190,3 +190,28 @@ def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa
     # jobs that need a teacher are refused while the collection has none
     r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, mining={"denoise": True}))
     assert r.status_code == 422 and r.json()["error"]["code"] == "no_teacher"
+
+
+def test_teacher_head_learns_at_its_own_rate():
+    """The fresh head (pooler + classifier) gets TEACHER_HEAD_LR, the pretrained body the job's lr."""
+    from trainer.contract import TEACHER_HEAD_LR, TEACHER_LR
+    from trainer.teacher_job import head_parameters, train_cross_encoder
+
+    ce = CrossEncoderScorer.init_from(None, max_length=64)
+    body, head = head_parameters(ce.model)
+    names = {id(p): n for n, p in ce.model.named_parameters()}
+    assert sorted(names[id(p)] for p in head) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight",
+                                                 "classifier.bias", "classifier.weight"]
+    assert len(body) + len(head) == len(list(ce.model.parameters()))
+    spec = JobSpec.model_validate({"kind": "teacher", "train": {"pairs": [{"query": "q", "positive_id": "a"}]},
+                                   "max_steps": 1, "batch_size": 8})
+    assert spec.lr() == TEACHER_LR
+    before = {n: p.detach().clone() for n, p in ce.model.named_parameters()}
+    texts = ["install a package with pip", "bake bread at home", "tune a guitar", "plant tomatoes"]
+    pairs = [Pair("how do I install packages", 0), Pair("making bread", 1)]
+    out = train_cross_encoder(ce, pairs, texts, [[2, 3], [2, 3]], spec, lambda p: None, lambda: False,
+                              head_lr=TEACHER_HEAD_LR)
+    assert out["steps"] == 1
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in ce.model.named_parameters()}
+    # after one AdamW step each parameter moves by about its lr: the head ~10x more than the body
+    assert moved["classifier.weight"] > 5 * moved["bert.encoder.layer.0.attention.self.query.weight"]
