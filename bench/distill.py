@@ -8,7 +8,7 @@ base version and with the same step budget, encoder jobs run: hard negatives alo
 + margin_mse; + cprd; + semantic positives; + mixing. The trained teacher also reranks the top 50 of
 the base bi-encoder and of the hard-negatives job's bi-encoder (the issue's "reranking beats the
 fine-tuned bi-encoder alone"). Encoder jobs use strop's measured defaults (lr 1e-4, bench/codesearch.py)
-unless --lr says otherwise; the teacher job uses the teacher default (1e-4, head 1e-3). Reports MRR@10, R@1,
+unless --lr says otherwise; the teacher job uses the teacher default (2e-4, head 1e-3). Reports MRR@10, R@1,
 R@10 on the held-out queries and wall time.
 
     python -m bench.distill --set stdlib --steps 150

@@ -213,5 +213,6 @@ def test_teacher_head_learns_at_its_own_rate():
                               head_lr=TEACHER_HEAD_LR)
     assert out["steps"] == 1
     moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in ce.model.named_parameters()}
-    # after one AdamW step each parameter moves by about its lr: the head ~10x more than the body
-    assert moved["classifier.weight"] > 5 * moved["bert.encoder.layer.0.attention.self.query.weight"]
+    # after one AdamW step each parameter moves by about its own lr
+    ratio = moved["classifier.weight"] / moved["bert.encoder.layer.0.attention.self.query.weight"]
+    assert ratio > 0.5 * TEACHER_HEAD_LR / TEACHER_LR > 1
