@@ -88,9 +88,17 @@ class BiEncoderScorer:
         return cls(Encoder.load(spec, precision=precision, device=device), spec)
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-        q = self.encoder.encode([p[0] for p in pairs], batch_size).vectors
-        d = self.encoder.encode([p[1] for p in pairs], batch_size).vectors
-        return (q * d).sum(axis=1).astype(np.float32)
+        """Cosine of each pair; every distinct query and document is embedded once per call
+        (a mining round scores one query against its positive and several negatives)."""
+        queries = {q: i for i, q in enumerate(dict.fromkeys(p[0] for p in pairs))}
+        docs = {d: i for i, d in enumerate(dict.fromkeys(p[1] for p in pairs))}
+        if not pairs:
+            return np.empty(0, np.float32)
+        q = self.encoder.encode(list(queries), batch_size).vectors
+        d = self.encoder.encode(list(docs), batch_size).vectors
+        qi = np.fromiter((queries[p[0]] for p in pairs), np.int64, len(pairs))
+        di = np.fromiter((docs[p[1]] for p in pairs), np.int64, len(pairs))
+        return (q[qi] * d[di]).sum(axis=1).astype(np.float32)
 
 
 Scorer = CrossEncoderScorer | BiEncoderScorer

@@ -43,6 +43,23 @@ def test_denoise_drops_planted_false_negative(minilm_teacher):
     assert stats.removed_teacher == 1 and stats.kept == 3
 
 
+def test_bi_encoder_teacher_embeds_each_text_once(minilm_teacher):
+    seen: list[str] = []
+
+    class Counting:  # the real encoder, counting what it is asked to embed
+        def encode(self, texts, batch_size=32):
+            seen.extend(texts)
+            return minilm_teacher.encoder.encode(texts, batch_size)
+
+    pairs = [(QUERY, t) for t in TEXTS] + [("a different query", TEXTS[0]), (QUERY, TEXTS[0])]
+    scores = BiEncoderScorer(Counting(), "counting").score(pairs)
+    assert sorted(seen) == sorted({QUERY, "a different query", *TEXTS})
+    v = minilm_teacher.encoder.encode([QUERY, "a different query", *TEXTS]).vectors
+    expected = [v[0] @ v[2 + i] for i in range(len(TEXTS))] + [v[1] @ v[2], v[0] @ v[2]]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert BiEncoderScorer(Counting(), "counting").score([]).shape == (0,)
+
+
 def test_semantic_positives_adds_paraphrase_not_unrelated(minilm_teacher):
     emb = minilm_teacher.encoder.encode(TEXTS).vectors
     pairs = [Pair(QUERY, 0)]
