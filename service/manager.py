@@ -266,6 +266,19 @@ class CollectionManager:
             self.models.release(old)
         return lm
 
+    def set_teacher(self, name: str, teacher: str | None) -> None:
+        """Name the collection's teacher, or remove it with None. The teacher is loaded here, so a path
+        that holds no model fails now rather than on the next rerank, and the first rerank finds it warm
+        (the registry keeps an unreferenced model for its grace period)."""
+        st = self.state(name)
+        lm = self.models.acquire_teacher(teacher) if teacher else None
+        try:
+            self.store.set_teacher(name, teacher, {"set_by": "PUT /collections/{name}/teacher"} if teacher else None)
+            st.record = self.store.get_collection(name)
+        finally:
+            if lm is not None:
+                self.models.release(lm)
+
     def versions(self, name: str) -> list[dict[str, Any]]:
         st = self.state(name)
         active = st.served.id

@@ -48,6 +48,12 @@ class CollectionInfo(BaseModel):
     version: VersionInfo = Field(..., description="the active version")
 
 
+class TeacherSet(Strict):
+    teacher: str | None = Field(..., description="a cross-encoder or sentence-transformers bi-encoder: directory or "
+                                "hub name (hub names need a network); null removes the collection's teacher",
+                                examples=["/models/all-mpnet-base-v2"])
+
+
 class DocumentIn(Strict):
     id: str = Field(..., min_length=1, max_length=512, description="caller's id, unique per collection")
     text: str | None = Field(None, description="text or source code (stored verbatim)")

