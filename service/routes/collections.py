@@ -81,6 +81,8 @@ async def set_teacher(body: TeacherSet, st: CollectionDep, manager: ManagerDep) 
     job sets its own). The model is loaded before the answer, so a bad one is a 422 and changes nothing."""
     if st.record.modality == "image":
         raise ApiError(422, "teacher_unsupported", "teachers score text pairs: they are for text and code collections")
+    if body.teacher is not None and not body.teacher.strip():
+        raise ApiError(422, "bad_teacher", "teacher is empty: name a path or model, or send null to remove it")
     teacher = body.teacher.strip() if body.teacher else None
     if teacher and Path(teacher).expanduser().exists():
         teacher = str(Path(teacher).expanduser().resolve())  # the worker and other replicas resolve it alike

@@ -141,7 +141,8 @@ def test_rerank_reorders_by_teacher(make_client):
     r = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 3, "rerank": True})
     assert r.status_code == 409 and "teacher" in r.json()["error"]["message"]
     # a teacher that cannot be loaded is refused and changes nothing
-    for bad, code in [("/no/such/model", "bad_teacher"), (str(Path(__file__).parent), "bad_teacher")]:
+    for bad, code in [("/no/such/model", "bad_teacher"), (str(Path(__file__).parent), "bad_teacher"),
+                      ("  ", "bad_teacher")]:
         r = c.put("/collections/kb/teacher", json={"teacher": bad})
         assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
     assert c.put("/collections/kb/teacher", json={"teahcer": "x"}).status_code == 422
