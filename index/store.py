@@ -126,6 +126,21 @@ class Change:
     deleted: bool
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Switch to WAL, retrying while another connection holds the lock. SQLite answers a journal-mode
+    change that meets a concurrent one with SQLITE_BUSY at once, without its busy handler, so replicas
+    opening a fresh database together (a compose start) would otherwise fail with "database is locked"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class DocumentStore:
     """Thread-safe facade over one SQLite file (a connection per thread)."""
 
@@ -142,7 +157,7 @@ class DocumentStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.row_factory = sqlite3.Row
