@@ -13,6 +13,8 @@ time per stage.
     python -m bench.codesearch --configs inbatch,mined1
     python -m bench.codesearch --configs mined1 --lr 1e-4 --lexical 0.1   # also every row fused with BM25
     python -m bench.codesearch --configs mined1 --lr 1e-4 --context       # code embedded after its location
+    python -m bench.codesearch --configs docstrings_mined1 --lr 1e-4 --context --lexical 0.1 \
+        --teacher /models/all-mpnet-base-v2 --teacher-weight 0.5        # + reranked by a stronger bi-encoder
 """
 
 from __future__ import annotations
@@ -100,9 +102,9 @@ def put_all(c: httpx.Client, name: str, docs: list[dict]) -> None:
         r.raise_for_status()
 
 
-def evaluate(c: httpx.Client, name: str, pairs: list[dict], lexical: float = 0.0) -> dict:
+def evaluate(c: httpx.Client, name: str, pairs: list[dict], lexical: float = 0.0, **extra: Any) -> dict:
     # explicit, so code collections do not fall back to the server's code_lexical default
-    body: dict[str, Any] = {"pairs": pairs, "k": 10, "lexical": lexical}
+    body: dict[str, Any] = {"pairs": pairs, "k": 10, "lexical": lexical, **extra}
     r = c.post(f"/collections/{name}/evaluate", json=body)
     r.raise_for_status()
     return r.json()
@@ -119,13 +121,33 @@ def run_job(c: httpx.Client, body: dict, collection: str = "all") -> dict:
         time.sleep(2)
 
 
+def teacher_rows(c: httpx.Client, name: str, pairs: list[dict], teacher: str | None, weight: float,
+                 lexical: float) -> dict[str, dict]:
+    """With a teacher: the teacher's order over the top 50 (``rerank``), and its fusion with the bi-encoder
+    (``teacher_weight``, plus ``lexical`` when given)."""
+    if not teacher:
+        return {}
+    c.put(f"/collections/{name}/teacher", json={"teacher": teacher}).raise_for_status()
+    out = {}
+    for label, extra in (("rerank", {"rerank": True}),
+                         (f"fused t{weight:g}", {"rerank": True, "teacher_weight": weight})):
+        t = time.perf_counter()
+        out[label] = evaluate(c, name, pairs, lexical if "teacher_weight" in extra else 0.0, **extra)
+        print(f"{name}: teacher {label} (lexical {lexical if 'teacher_weight' in extra else 0:g}) "
+              f"{out[label]['mrr@10']:.4f} in {time.perf_counter() - t:.0f}s", flush=True)
+    return out
+
+
 def evaluate_encoder(c: httpx.Client, name: str, encoder: Path, docs: list[dict], eval_pairs: list[dict],
-                     lexical: float = 0.0) -> tuple[dict, dict | None]:
-    """A throwaway collection over ``docs`` served by ``encoder``: metrics dense, and fused when ``lexical``."""
+                     lexical: float = 0.0, teacher: str | None = None,
+                     teacher_weight: float = 0.0) -> tuple[dict, dict | None, dict[str, dict]]:
+    """A throwaway collection over ``docs`` served by ``encoder``: metrics dense, fused when ``lexical``,
+    and reranked by ``teacher`` when given."""
     c.post("/collections", json={"name": name, "modality": "code", "encoder": str(encoder)}).raise_for_status()
     try:
         put_all(c, name, docs)
-        return evaluate(c, name, eval_pairs), (evaluate(c, name, eval_pairs, lexical) if lexical else None)
+        return (evaluate(c, name, eval_pairs), (evaluate(c, name, eval_pairs, lexical) if lexical else None),
+                teacher_rows(c, name, eval_pairs, teacher, teacher_weight, lexical))
     finally:
         c.delete(f"/collections/{name}")
 
@@ -157,6 +179,9 @@ def main() -> None:
                     help="send each function's module and qualname as metadata, so strop embeds it after a "
                          "location comment (index.codeparse.context_header), as `strop ingest code` does")
     ap.add_argument("--root", default=None, help="another Python tree instead of the stdlib (smoke runs)")
+    ap.add_argument("--teacher", default=None, help="also rerank every trained row with this teacher (a path, "
+                    "e.g. all-mpnet-base-v2), alone and fused with --teacher-weight")
+    ap.add_argument("--teacher-weight", type=float, default=0.5)
     args = ap.parse_args()
 
     data = stdlib_pairs(args.root)
@@ -214,18 +239,26 @@ def main() -> None:
                     continue
                 encoder = data_dir / "collections" / collection / "versions" / job["version"] / "encoder"
                 tag = f"{cfg.replace('.', '').replace('_', '-')}-{seed}".lower()[:50]
-                m_test, f_test = evaluate_encoder(c, f"test-{tag}", encoder, corpus_test, eval_pairs, args.lexical)
+                teach = {"teacher": args.teacher, "teacher_weight": args.teacher_weight}
+                m_test, f_test, t_test = evaluate_encoder(c, f"test-{tag}", encoder, corpus_test, eval_pairs,
+                                                          args.lexical, **teach)
                 if self_supervised:  # the same docstring-free corpus as the other rows
-                    m_all, f_all = evaluate_encoder(c, f"all-{tag}", encoder, corpus_all, eval_pairs, args.lexical)
+                    m_all, f_all, t_all = evaluate_encoder(c, f"all-{tag}", encoder, corpus_all, eval_pairs,
+                                                           args.lexical, **teach)
                 else:
                     m_all = evaluate(c, "all", eval_pairs)
                     f_all = evaluate(c, "all", eval_pairs, args.lexical) if args.lexical else None
+                    t_all = teacher_rows(c, "all", eval_pairs, args.teacher, args.teacher_weight, args.lexical)
                 rows.append((cfg, seed, m_test, m_all, wall, job["details"].get("stage_seconds", {})))
                 if f_test and f_all:
                     rows.append((f"{cfg} + lexical {args.lexical:g}", seed, f_test, f_all, wall, {}))
+                for label in t_test:
+                    suffix = f" + lexical {args.lexical:g}" if args.lexical and label != "rerank" else ""
+                    rows.append((f"{cfg} + teacher {label}{suffix}", seed, t_test[label], t_all[label], wall, {}))
                 # every number of the row, so that a run stopped early still leaves whole rows in its log
                 print(cfg, seed, json.dumps({"test": m_test, "all": m_all, "wall": round(wall),
                                              "lexical": {"test": f_test, "all": f_all},
+                                             "teacher": {"test": t_test, "all": t_all},
                                              "stages": job["details"].get("stage_seconds", {}),
                                              "mining": job["details"].get("mining")}), flush=True)
     finally:

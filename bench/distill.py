@@ -14,6 +14,7 @@ R@10 on the held-out queries and wall time.
     python -m bench.distill --set stdlib --steps 150
     python -m bench.distill --set debian --train 5000 --test 1000 --corpus 20000 --steps 150
     python -m bench.distill --quick              # smoke run on a few hundred pairs
+    python -m bench.distill --set debian --teacher /models/all-mpnet-base-v2   # a named teacher, no teacher job
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="encoder jobs' learning rate (default: strop's)")
     ap.add_argument("--negatives", type=int, default=BASE_MINING["negatives_per_query"],
                     help="mined negatives per query in every row (cprd needs >= 2)")
+    ap.add_argument("--teacher", default=None, help="name this teacher (a path: a cross-encoder or a "
+                    "sentence-transformers model such as all-mpnet-base-v2) instead of training one")
+    ap.add_argument("--teacher-weight", type=float, default=0.5, help="with --teacher: also report the "
+                    "teacher fused with the bi-encoder at this weight")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -108,10 +113,21 @@ def main() -> None:
         encoder_lr = {"learning_rate": args.lr} if args.lr else {}
         zs = evaluate(c, "set", evals)
         rows.append(("zero-shot", zs, 0.0))
-        tj, tw = job(c, "set", {**common, "kind": "teacher", "max_steps": args.teacher_steps})
-        print("teacher", tj["state"], json.dumps(tj["metrics"]), flush=True)
-        if tj["state"] == "succeeded":
-            rows.append(("teacher reranks the base bi-encoder's top 50", tj["metrics"]["after"], tw))
+        if args.teacher:  # a named teacher (e.g. all-mpnet-base-v2) instead of a teacher job
+            c.put("/collections/set/teacher", json={"teacher": args.teacher}).raise_for_status()
+            teacher_ok = True
+            for label, extra in (("teacher reranks the base bi-encoder's top 50", {}),
+                                 (f"teacher fused (w {args.teacher_weight:g}) with the base bi-encoder",
+                                  {"teacher_weight": args.teacher_weight})):
+                t = time.perf_counter()
+                rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
+                print(label, json.dumps(rows[-1][1]), flush=True)
+        else:
+            tj, tw = job(c, "set", {**common, "kind": "teacher", "max_steps": args.teacher_steps})
+            print("teacher", tj["state"], json.dumps(tj["metrics"]), flush=True)
+            teacher_ok = tj["state"] == "succeeded"
+            if teacher_ok:
+                rows.append(("teacher reranks the base bi-encoder's top 50", tj["metrics"]["after"], tw))
         for row in args.rows.split(","):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
             spec = {**ROWS[row]}
@@ -123,14 +139,14 @@ def main() -> None:
                 continue
             rows.append((row, j["metrics"]["after"], wall))
             print(row, json.dumps(j["metrics"]["after"]), round(wall), flush=True)
-            if row == "hard negatives" and tj["state"] == "succeeded":
+            if row == "hard negatives" and teacher_ok:
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
-                t = time.perf_counter()
-                rr = c.post("/collections/set/evaluate", json={"pairs": evals, "k": 10, "rerank": True})
-                rr.raise_for_status()
-                rows.append(("teacher reranks the hard-negatives bi-encoder's top 50", rr.json(),
-                             time.perf_counter() - t))
-                print(rows[-1][0], json.dumps(rr.json()), flush=True)
+                fused = ((f"teacher fused (w {args.teacher_weight:g}) with the hard-negatives bi-encoder",
+                          {"teacher_weight": args.teacher_weight}),) if args.teacher else ()
+                for label, extra in (("teacher reranks the hard-negatives bi-encoder's top 50", {}), *fused):
+                    t = time.perf_counter()
+                    rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
+                    print(label, json.dumps(rows[-1][1]), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)

@@ -12,8 +12,10 @@ thread as query encoding (one thread owns each model's forward pass).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 
 from index.encoder import EncodeResult, bf16_supported, resolve_spec
+
+DOC_CACHE_SIZE = 20_000  # document embeddings a bi-encoder teacher keeps (LRU)
 
 
 class CrossEncoderScorer:
@@ -75,11 +79,23 @@ class CrossEncoderScorer:
 
 
 class BiEncoderScorer:
+    """A sentence-transformers bi-encoder as a scorer: the cosine of query and document.
+
+    Document embeddings are kept in a bounded LRU cache keyed by a hash of the text (``cache_size``
+    entries; 20,000 x 768-d float32 is about 60 MB). Reranking scores the same documents for many
+    queries (every candidate list of an evaluation over one corpus, a job's mining rounds), so the
+    teacher embeds each document once instead of once per (query, document) pair. An edited
+    document has a new text and so a new key; the stale entry simply ages out.
+    """
+
     kind = "bi-encoder"
 
-    def __init__(self, encoder: Any, name: str):
+    def __init__(self, encoder: Any, name: str, cache_size: int = DOC_CACHE_SIZE):
         self.encoder = encoder
         self.name = name
+        self.cache_size = cache_size
+        self._docs: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, spec: str, device: str = "cpu", precision: str = "auto") -> BiEncoderScorer:
@@ -88,17 +104,47 @@ class BiEncoderScorer:
         return cls(Encoder.load(spec, precision=precision, device=device), spec)
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-        """Cosine of each pair; every distinct query and document is embedded once per call
-        (a mining round scores one query against its positive and several negatives)."""
-        queries = {q: i for i, q in enumerate(dict.fromkeys(p[0] for p in pairs))}
-        docs = {d: i for i, d in enumerate(dict.fromkeys(p[1] for p in pairs))}
+        """Cosine of each pair. Every distinct query is embedded once per call, every distinct
+        document once per call at most and not at all when the cache holds it."""
         if not pairs:
             return np.empty(0, np.float32)
+        queries = {q: i for i, q in enumerate(dict.fromkeys(p[0] for p in pairs))}
+        keys = {d: _text_key(d) for d in dict.fromkeys(p[1] for p in pairs)}
         q = self.encoder.encode(list(queries), batch_size).vectors
-        d = self.encoder.encode(list(docs), batch_size).vectors
+        with self._lock:
+            found = {d: self._docs[k] for d, k in keys.items() if k in self._docs}
+            for d in found:
+                self._docs.move_to_end(keys[d])
+        missing = [d for d in keys if d not in found]
+        if missing:
+            vecs = self.encoder.encode(missing, batch_size).vectors
+            found.update(zip(missing, vecs, strict=True))
+            if self.cache_size > 0:
+                with self._lock:
+                    for d, v in zip(missing, vecs, strict=True):
+                        self._docs[keys[d]] = v
+                    while len(self._docs) > self.cache_size:
+                        self._docs.popitem(last=False)
         qi = np.fromiter((queries[p[0]] for p in pairs), np.int64, len(pairs))
-        di = np.fromiter((docs[p[1]] for p in pairs), np.int64, len(pairs))
-        return (q[qi] * d[di]).sum(axis=1).astype(np.float32)
+        d = np.stack([found[p[1]] for p in pairs])
+        return (q[qi] * d).sum(axis=1).astype(np.float32)
+
+    @property
+    def cached(self) -> int:
+        return len(self._docs)
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def unit_scores(scores: np.ndarray, kind: str) -> np.ndarray:
+    """Teacher scores on [0, 1]: sigmoid of cross-encoder logits, (cos + 1) / 2 for bi-encoders.
+
+    One scale for both kinds, so a denoise threshold or a fusion weight means the same thing
+    whichever teacher a collection names."""
+    scores = np.asarray(scores, np.float32)
+    return 1.0 / (1.0 + np.exp(-scores)) if kind == "cross-encoder" else (scores + 1.0) / 2.0
 
 
 Scorer = CrossEncoderScorer | BiEncoderScorer

@@ -85,17 +85,22 @@ class SearchRequest(Strict):
     lexical: float | None = Field(None, ge=0.0, le=1.0, description="text and code: add lexical x BM25 (scaled to "
                                   "[0, 1], over the top rerank_depth candidates) to each cosine; default: "
                                   "STROP_CODE_LEXICAL (0) for code collections without rerank, else 0")
+    teacher_weight: float | None = Field(None, ge=0.0, le=10.0, description="with `rerank`: instead of the "
+                                         "teacher's order, sort by bi-encoder cosine (+ lexical) + teacher_weight x "
+                                         "the teacher's score on [0, 1] (sigmoid of a cross-encoder's logit, "
+                                         "(cos + 1) / 2 of a bi-encoder's)")
     filter: dict[str, Scalar] | None = Field(None, description="metadata equality filter; several keys = AND")
 
 
 class Hit(BaseModel):
     id: str
     score: float = Field(..., description="cosine (text, code); cosine + lexical x BM25 with `lexical`; teacher "
-                         "score with `rerank`; fused visual+text score (image)")
+                         "score with `rerank`; their fusion with `rerank` and `teacher_weight`; fused visual+text "
+                         "score (image)")
     text: str | None = None
     metadata: dict[str, Any] = {}
     scores: dict[str, float] | None = Field(None, description="parts of the score: {bi_encoder, teacher} when "
-                                            "reranked; {bi_encoder, lexical} with `lexical`; {visual, text} cosines in "
+                                            "reranked, with lexical too when fused; {bi_encoder, lexical} with `lexical`; {visual, text} cosines in "
                                             "image collections")
 
 
@@ -130,6 +135,7 @@ class EvaluateRequest(Strict):
     k: int = Field(10, ge=1, le=1000)
     rerank: bool = False
     lexical: float | None = Field(None, ge=0.0, le=1.0, description="as on search")
+    teacher_weight: float | None = Field(None, ge=0.0, le=10.0, description="as on search")
 
 
 class EmbeddingsRequest(BaseModel):

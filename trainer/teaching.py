@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from index.teacher import Scorer
+from index.teacher import Scorer, unit_scores
 from trainer.contract import JobSpec
 from trainer.data import Pair, positive_text
 from trainer.mining import MiningStats
@@ -38,11 +38,6 @@ class TeacherCache:
             self.scored += len(chunk)
             if progress:
                 progress(min(start + batch, len(todo)), len(todo))
-
-
-def _unit(scores: np.ndarray, kind: str) -> np.ndarray:
-    """Map teacher scores to [0, 1]: sigmoid for cross-encoder logits, (cos+1)/2 for bi-encoders."""
-    return 1.0 / (1.0 + np.exp(-scores)) if kind == "cross-encoder" else (scores + 1.0) / 2.0
 
 
 def denoise(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int]], texts: list[str],
@@ -83,8 +78,8 @@ def semantic_positives(cache: TeacherCache, pairs: list[Pair], corpus_emb: np.nd
     for i, r in candidates:
         if per_query.get(i, 0) >= sp.max_per_query:
             continue
-        t_pos = _unit(np.array([cache.scores[(i, pairs[i].positive)]]), kind)[0]
-        t_nb = _unit(np.array([cache.scores[(i, r)]]), kind)[0]
+        t_pos = unit_scores(np.array([cache.scores[(i, pairs[i].positive)]]), kind)[0]
+        t_nb = unit_scores(np.array([cache.scores[(i, r)]]), kind)[0]
         if t_nb >= sp.min_ratio * t_pos:
             p = pairs[i]
             p.extra_positives.append(r)

@@ -16,6 +16,7 @@ from index.images import ImageError, decode_image
 from index.lexical import fuse
 from index.metrics import evaluate_rankings
 from index.store import Document, DocumentStore
+from index.teacher import unit_scores
 from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from service.errors import ApiError, image_error
 from service.manager import CollectionManager, CollectionState, Served
@@ -41,14 +42,35 @@ def check_top_k(top_k: int, settings: Settings) -> None:
         raise ApiError(422, "bad_top_k", f"top_k must be between 1 and max_top_k={settings.max_top_k}; got {top_k}")
 
 
-def lexical_weight(rerank: bool, lexical: float | None, st: CollectionState, settings: Settings) -> float:
-    """The request's lexical weight; unset, code collections use STROP_CODE_LEXICAL unless reranking."""
-    if rerank and lexical:
-        raise ApiError(422, "conflicting_options", "rerank and lexical both reorder the candidates and rerank "
-                       "replaces the score with the teacher's: send one of them")
+def lexical_weight(rerank: bool, lexical: float | None, teacher_weight: float | None, st: CollectionState,
+                   settings: Settings) -> float:
+    """The request's lexical weight; unset, code collections use STROP_CODE_LEXICAL unless the teacher's
+    order replaces the bi-encoder's (``rerank`` without ``teacher_weight``)."""
+    if teacher_weight is not None and not rerank:
+        raise ApiError(422, "teacher_weight_needs_rerank", "teacher_weight fuses the teacher's score into the "
+                       "bi-encoder's: send it with \"rerank\": true")
+    replaces = rerank and teacher_weight is None
+    if replaces and lexical:
+        raise ApiError(422, "conflicting_options", "rerank replaces the score with the teacher's, so lexical would "
+                       "be ignored: send one of them, or add teacher_weight to fuse all three")
     if lexical is not None:
         return lexical
-    return settings.code_lexical if st.record.modality == "code" and not rerank else 0.0
+    return settings.code_lexical if st.record.modality == "code" and not replaces else 0.0
+
+
+def check_teacher(rerank: bool, st: CollectionState) -> None:
+    if rerank and not st.record.teacher:
+        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with: train one "
+                       "with POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or name one with PUT "
+                       "/collections/{name}/teacher {\"teacher\": \"<path or hub name>\"}")
+
+
+def teacher_scores(raw: np.ndarray, teacher: Any, dense: np.ndarray, weight: float | None) -> np.ndarray:
+    """What a reranked list is sorted by: the teacher's own score, or with ``weight`` the (possibly
+    lexically fused) bi-encoder score plus ``weight`` x the teacher's score on [0, 1]."""
+    if weight is None:
+        return raw
+    return dense + np.float32(weight) * unit_scores(raw, teacher.encoder.scorer.kind)
 
 
 Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid
@@ -83,11 +105,8 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     if st.record.modality == "image":
         return await image_search(body, st, manager, timer)
     query = check_query(body.query, body.image, st, settings)
-    lexical = lexical_weight(body.rerank, body.lexical, st, settings)
-    if body.rerank and not st.record.teacher:
-        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher: train one with "
-                       "POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or name one with PUT "
-                       "/collections/{name}/teacher {\"teacher\": \"<path>\"}")
+    lexical = lexical_weight(body.rerank, body.lexical, body.teacher_weight, st, settings)
+    check_teacher(body.rerank, st)
     served = st.served  # one reference for the whole request: encoder and index match
     allow = None
     if body.filter:
@@ -95,19 +114,19 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     depth = max(body.top_k, settings.rerank_depth) if body.rerank or lexical else body.top_k
     scores, rids, docs = await search_docs(served, manager.store, query, depth, allow)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
-    if body.rerank and valid:
-        teacher = await to_thread.run_sync(manager.teacher, st.record.name)
-        t = (await teacher.batcher.encode_bulk([(query, doc_text(docs[r])) for _, r in valid]))[:, 0]
-        order = np.argsort(-t, kind="stable")[: body.top_k]
-        hits = [Hit(id=docs[valid[i][1]].id, score=float(t[i]), text=docs[valid[i][1]].text,
-                    metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "teacher": float(t[i])})
-                for i in order]
-    elif lexical and valid:
-        fused, lex = await to_thread.run_sync(fuse, query, [doc_text(docs[r]) for _, r in valid],
-                                              np.array([s for s, _ in valid]), lexical)
-        hits = [Hit(id=docs[valid[i][1]].id, score=float(fused[i]), text=docs[valid[i][1]].text,
-                    metadata=docs[valid[i][1]].metadata, scores={"bi_encoder": valid[i][0], "lexical": float(lex[i])})
-                for i in np.argsort(-fused, kind="stable")[: body.top_k]]
+    if (body.rerank or lexical) and valid:
+        texts = [doc_text(docs[r]) for _, r in valid]
+        dense = np.array([s for s, _ in valid], np.float32)
+        parts: dict[str, np.ndarray] = {"bi_encoder": dense}
+        if lexical:
+            dense, parts["lexical"] = await to_thread.run_sync(fuse, query, texts, dense, lexical)
+        if body.rerank:
+            teacher = await to_thread.run_sync(manager.teacher, st.record.name)
+            parts["teacher"] = (await teacher.batcher.encode_bulk([(query, t) for t in texts]))[:, 0]
+            dense = teacher_scores(parts["teacher"], teacher, dense, body.teacher_weight)
+        hits = [Hit(id=docs[valid[i][1]].id, score=float(dense[i]), text=docs[valid[i][1]].text,
+                    metadata=docs[valid[i][1]].metadata, scores={k: float(v[i]) for k, v in parts.items()})
+                for i in np.argsort(-dense, kind="stable")[: body.top_k]]
     else:
         hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]
     return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
@@ -125,8 +144,8 @@ async def image_search(body: SearchRequest, st: CollectionState, manager: Collec
         raise ApiError(422, "wrong_modality", f"collection {name!r} holds images: send 'image' (base64), not 'query'")
     if body.image is None:
         raise ApiError(422, "missing_image", "image collections are searched with 'image' (base64 PNG/JPEG/WebP/SVG)")
-    if body.rerank or body.lexical:
-        raise ApiError(422, "rerank_unsupported", "rerank and lexical are for text and code collections")
+    if body.rerank or body.lexical or body.teacher_weight is not None:
+        raise ApiError(422, "rerank_unsupported", "rerank, lexical and teacher_weight are for text and code collections")
     try:
         raw = base64.b64decode(body.image, validate=True)
     except (binascii.Error, ValueError):
@@ -174,10 +193,8 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     for i, p in enumerate(body.pairs):
         if len(p.query) > settings.max_query_chars:
             raise ApiError(413, "query_too_long", f"pairs[{i}].query exceeds max_query_chars={settings.max_query_chars}")
-    lexical = lexical_weight(body.rerank, body.lexical, st, settings)
-    if body.rerank and not st.record.teacher:
-        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with: train one "
-                       "with a {\"kind\": \"teacher\"} job or name one with PUT /collections/{name}/teacher")
+    lexical = lexical_weight(body.rerank, body.lexical, body.teacher_weight, st, settings)
+    check_teacher(body.rerank, st)
     served = st.served
     reorder = body.rerank or lexical > 0
     k = max(body.k, 10, settings.rerank_depth if reorder else 0)
@@ -187,26 +204,22 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=reorder))
     kept = [[(int(r), float(s)) for s, r in zip(srow, row, strict=True) if int(r) in docs]
             for srow, row in zip(scores, rids, strict=True)]
-    rankings = [[r for r, _ in row] for row in kept]
+    dense = [np.array([s for _, s in row], np.float32) for row in kept]
     if lexical:
-        def fused_rankings() -> list[list[int]]:
-            out = []
-            for p, row in zip(body.pairs, kept, strict=True):
-                fused, _ = fuse(p.query, [doc_text(docs[r]) for r, _ in row], np.array([s for _, s in row]),
-                                lexical)
-                out.append([row[i][0] for i in np.argsort(-fused, kind="stable")])
-            return out
-        rankings = await to_thread.run_sync(fused_rankings)
+        def lexically_fused() -> list[np.ndarray]:
+            return [fuse(p.query, [doc_text(docs[r]) for r, _ in row], d, lexical)[0]
+                    for p, row, d in zip(body.pairs, kept, dense, strict=True)]
+        dense = await to_thread.run_sync(lexically_fused)
     if body.rerank:
         teacher = await to_thread.run_sync(manager.teacher, st.record.name)
-        items = [(p.query, doc_text(docs[r])) for p, row in zip(body.pairs, rankings, strict=True) for r in row]
+        items = [(p.query, doc_text(docs[r])) for p, row in zip(body.pairs, kept, strict=True) for r, _ in row]
         t = (await teacher.batcher.encode_bulk(items))[:, 0]
-        pos, reranked = 0, []
-        for row in rankings:
-            scores = t[pos : pos + len(row)]
-            pos += len(row)
-            reranked.append([row[i] for i in np.argsort(-scores, kind="stable")])
-        rankings = reranked
+        pos, fused = 0, []
+        for d in dense:
+            fused.append(teacher_scores(t[pos : pos + len(d)], teacher, d, body.teacher_weight))
+            pos += len(d)
+        dense = fused
+    rankings = [[row[i][0] for i in np.argsort(-d, kind="stable")] for row, d in zip(kept, dense, strict=True)]
     rankings = [[docs[r].id for r in row] for row in rankings]
     out = evaluate_rankings(rankings, [p.positive_ids for p in body.pairs], k=body.k)
     out["version"] = served.id

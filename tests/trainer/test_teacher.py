@@ -61,6 +61,29 @@ def test_bi_encoder_teacher_embeds_each_text_once(minilm_teacher):
     assert BiEncoderScorer(Counting(), "counting").score([]).shape == (0,)
 
 
+def test_bi_encoder_teacher_caches_documents_across_calls(minilm_teacher):
+    seen: list[str] = []
+
+    class Counting:
+        def encode(self, texts, batch_size=32):
+            seen.extend(texts)
+            return minilm_teacher.encoder.encode(texts, batch_size)
+
+    scorer = BiEncoderScorer(Counting(), "counting", cache_size=len(TEXTS))
+    first = scorer.score([(QUERY, t) for t in TEXTS])
+    seen.clear()
+    again = scorer.score([("a different query", t) for t in TEXTS] + [(QUERY, t) for t in TEXTS])
+    assert seen == ["a different query", QUERY]  # every document came from the cache
+    np.testing.assert_allclose(again[len(TEXTS):], first, atol=1e-6)
+    seen.clear()
+    scorer.score([(QUERY, "a document the cache has not seen")])
+    assert seen == [QUERY, "a document the cache has not seen"]
+    assert scorer.cached == len(TEXTS)  # bounded: the least recently used entry made room
+    seen.clear()
+    scorer.score([(QUERY, TEXTS[0])])
+    assert seen == [QUERY, TEXTS[0]]  # TEXTS[0] was the one evicted
+
+
 def test_semantic_positives_adds_paraphrase_not_unrelated(minilm_teacher):
     emb = minilm_teacher.encoder.encode(TEXTS).vectors
     pairs = [Pair(QUERY, 0)]
@@ -159,6 +182,31 @@ def test_rerank_reorders_by_teacher(make_client):
     ev = c.post("/collections/kb/evaluate", json={"pairs": [{"query": QUERY, "positive_ids": ["d0", "d1"]}],
                                                   "rerank": True}).json()
     assert ev["recall@10"] == 1.0 and ev["ndcg@10"] == pytest.approx(1.0)
+    # fusion: bi-encoder cosine (+ lexical) + teacher_weight x the teacher's cosine mapped to [0, 1]
+    plain = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 5}).json()["hits"]
+    for w in (0.0, 0.7):
+        hits = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 5, "rerank": True,
+                                                      "teacher_weight": w}).json()["hits"]
+        for h in hits:
+            assert h["score"] == pytest.approx(h["scores"]["bi_encoder"] + w * (h["scores"]["teacher"] + 1) / 2, abs=1e-5)
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert [h["id"] for h in c.post("/collections/kb/search", json={"query": QUERY, "top_k": 5, "rerank": True,
+                                                                    "teacher_weight": 0}).json()["hits"]] == \
+        [h["id"] for h in plain]  # weight 0: the bi-encoder's order
+    hits = c.post("/collections/kb/search", json={"query": QUERY, "top_k": 3, "rerank": True, "teacher_weight": 0.5,
+                                                  "lexical": 0.2}).json()["hits"]
+    assert all(set(h["scores"]) == {"bi_encoder", "lexical", "teacher"} for h in hits)
+    assert all(h["score"] == pytest.approx(h["scores"]["bi_encoder"] + 0.2 * h["scores"]["lexical"]
+                                           + 0.5 * (h["scores"]["teacher"] + 1) / 2, abs=1e-5) for h in hits)
+    ev = c.post("/collections/kb/evaluate", json={"pairs": [{"query": QUERY, "positive_ids": ["d0", "d1"]}],
+                                                  "rerank": True, "teacher_weight": 0.5, "lexical": 0.1})
+    assert ev.status_code == 200 and ev.json()["recall@10"] == 1.0
+    for body, code in [({"teacher_weight": 0.5}, "teacher_weight_needs_rerank"),
+                       ({"rerank": True, "lexical": 0.1}, "conflicting_options")]:
+        r = c.post("/collections/kb/search", json={"query": QUERY, **body})
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+    r = c.post("/collections/kb/search", json={"query": QUERY, "rerank": True, "teacher_weight": -1})
+    assert r.status_code == 422
     # removing the teacher brings the 409 back; image collections take none
     assert c.put("/collections/kb/teacher", json={"teacher": None}).json()["teacher"] is None
     assert c.post("/collections/kb/search", json={"query": QUERY, "rerank": True}).status_code == 409
