@@ -174,7 +174,10 @@ class EncodeBatcher:
                         bulk = None
                         continue
                     bulk_pos = 0
-                    bulk_order = np.argsort([-len(t) for t in bulk.texts], kind="stable")
+                    # texts longest first (less padding per chunk); teacher (query, doc) pairs keep their
+                    # order, so one query's candidates share a chunk and a bi-encoder embeds it once
+                    bulk_order = np.argsort([-len(t) if isinstance(t, str) else 0 for t in bulk.texts],
+                                            kind="stable")
                     bulk_out = np.empty((len(bulk.texts), self.encoder.dim), np.float32)
             if bulk is not None:
                 assert bulk_order is not None and bulk_out is not None
