@@ -15,6 +15,8 @@ time per stage.
     python -m bench.codesearch --configs mined1 --lr 1e-4 --context       # code embedded after its location
     python -m bench.codesearch --configs docstrings_mined1 --lr 1e-4 --context --lexical 0.1 \
         --teacher /models/all-mpnet-base-v2 --teacher-weight 0.5        # + reranked by a stronger bi-encoder
+    python -m bench.codesearch --configs mined1_teacherfallback --lr 1e-4 \
+        --job-teacher /models/all-mpnet-base-v2          # the teacher vets negatives from above the positive
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_margin02": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.02}},
     # the ~31% of queries the margin leaves without a negative get the top-ranked candidate anyway
     "mined1_fallback": {"mining": {"negatives_per_query": 1, "fallback": "hardest"}},
+    # needs --job-teacher: the teacher vets the candidates above the positive
+    "mined1_teacherfallback": {"mining": {"negatives_per_query": 1, "fallback": "teacher"}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
@@ -182,6 +186,8 @@ def main() -> None:
     ap.add_argument("--teacher", default=None, help="also rerank every trained row with this teacher (a path, "
                     "e.g. all-mpnet-base-v2), alone and fused with --teacher-weight")
     ap.add_argument("--teacher-weight", type=float, default=0.5)
+    ap.add_argument("--job-teacher", default=None, help="the teacher (path) of configs whose jobs need one "
+                    "(mining.fallback 'teacher', mining.denoise)")
     args = ap.parse_args()
 
     data = stdlib_pairs(args.root)
@@ -231,6 +237,10 @@ def main() -> None:
                         "gate": {"metric": "mrr@10", "min_delta": -1.0}, **CONFIGS[cfg]}
                 if max_steps:
                     body["max_steps"] = max_steps
+                if body.get("mining", {}).get("fallback") == "teacher" or body.get("mining", {}).get("denoise"):
+                    if not args.job_teacher:
+                        raise SystemExit(f"{cfg} needs --job-teacher PATH")
+                    body["teacher"] = args.job_teacher
                 t = time.perf_counter()
                 job = run_job(c, body, collection)
                 wall = time.perf_counter() - t

@@ -96,10 +96,12 @@ class MiningSpec(Strict):
     relative_margin: float = Field(0.05, ge=0.0, lt=1.0,
                                    description="drop candidates scoring above (1 - margin) x the positive's score")
     refresh_every: int = Field(0, ge=0, description="re-encode the corpus and re-mine every N steps (0 = never)")
-    fallback: Literal["none", "hardest"] = Field(
+    fallback: Literal["none", "hardest", "teacher"] = Field(
         "none", description="queries the margin leaves without a negative: 'hardest' gives them the top-ranked "
                             "candidate in the window even though it outscores the positive (risks false negatives; it "
-                            "measured worse on the stdlib code benchmark, docs/benchmarks.md)")
+                            "measured worse on the stdlib code benchmark, docs/benchmarks.md); 'teacher' gives them "
+                            "the best-ranked of those candidates that the teacher scores below the positive (needs "
+                            "a teacher)")
     denoise: bool = Field(False, description="drop mined negatives the teacher judges relevant (needs a teacher)")
     denoise_threshold: float | None = Field(None, description="teacher score above which a negative is dropped; "
                                             "default: drop negatives the teacher scores at or above the positive")
@@ -213,4 +215,5 @@ class JobSpec(Strict):
         return TEACHER_LR if self.kind == "teacher" else ENCODER_LR
 
     def needs_teacher(self) -> bool:
-        return bool(self.mining.denoise or self.positives.semantic or self.distill)
+        return bool(self.mining.denoise or self.mining.fallback == "teacher" or self.positives.semantic
+                    or self.distill)

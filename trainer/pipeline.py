@@ -28,7 +28,7 @@ from index.versions import VersionStore, new_version_id
 from trainer.contract import JobSpec
 from trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
 from trainer.mining import MiningStats, mine
-from trainer.teaching import TeacherCache, denoise, score_pairs, semantic_positives
+from trainer.teaching import TeacherCache, denoise, score_pairs, semantic_positives, teacher_fallback
 from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
 
 log = logging.getLogger("strop.pipeline")
@@ -188,7 +188,8 @@ def run_encoder_job(
     stats = MiningStats()
     mine_corpus = mining_corpus(corpus0, snap, texts, enc0, reporter)
     q0 = enc0.encode([p.query for p in pairs]).vectors
-    negatives, s = mine(q0, mine_corpus, texts, pairs, spec.mining)
+    fallback: dict[int, list[int]] = {}
+    negatives, s = mine(q0, mine_corpus, texts, pairs, spec.mining, fallback=fallback)
     stats.add(s)
     reporter.details["mining"] = stats.summary()
     del enc0
@@ -198,8 +199,9 @@ def run_encoder_job(
         reporter.enter("teacher")
         teacher_spec = spec.teacher or snap.teacher
         if not teacher_spec:
-            raise ValueError("this job needs a teacher (mining.denoise / positives.semantic / distill): give "
-                             "'teacher' or train one with a {\"kind\": \"teacher\"} job")
+            raise ValueError("this job needs a teacher (mining.denoise / mining.fallback 'teacher' / "
+                             "positives.semantic / distill): give 'teacher' or train one with a "
+                             "{\"kind\": \"teacher\"} job")
         cache = TeacherCache(load_teacher(teacher_spec, device))
         reporter.details["teacher"] = {"name": teacher_spec, "kind": cache.teacher.kind}
 
@@ -214,12 +216,17 @@ def run_encoder_job(
             if added:
                 pairs = pairs + added
                 q_add = inference_encoder(model, "base", device).encode([p.query for p in added]).vectors
-                more, s3 = mine(q_add, mine_corpus, texts, added, spec.mining)
+                more_fallback: dict[int, list[int]] = {}
+                more, s3 = mine(q_add, mine_corpus, texts, added, spec.mining, fallback=more_fallback)
+                fallback.update({len(negatives) + i: rows for i, rows in more_fallback.items()})
                 negatives = negatives + more
                 stats.add(s3)
         if spec.mining.denoise:
             negatives = denoise(cache, pairs, negatives, texts, spec.mining.denoise_threshold, stats, tprog)
-            reporter.details["mining"] = stats.summary()
+        if fallback:
+            negatives = teacher_fallback(cache, pairs, negatives, fallback, texts, spec.mining.denoise_threshold,
+                                         stats, tprog)
+        reporter.details["mining"] = stats.summary()
         if spec.distill:
             score_pairs(cache, pairs, negatives, texts, tprog)
 
@@ -228,10 +235,13 @@ def run_encoder_job(
         enc = inference_encoder(current_model, "refresh", device)
         corpus = encode_corpus(enc, texts, reporter, "refresh")  # what training sees
         qv = enc.encode([p.query for p in pairs]).vectors
-        negs, s2 = mine(qv, corpus, texts, pairs, spec.mining)
+        more_fallback: dict[int, list[int]] = {}
+        negs, s2 = mine(qv, corpus, texts, pairs, spec.mining, fallback=more_fallback)
         stats.add(s2)
         if cache is not None and spec.mining.denoise:
             negs = denoise(cache, pairs, negs, texts, spec.mining.denoise_threshold, stats)
+        if cache is not None and more_fallback:
+            negs = teacher_fallback(cache, pairs, negs, more_fallback, texts, spec.mining.denoise_threshold, stats)
         if cache is not None and spec.distill:
             score_pairs(cache, pairs, negs, texts)
         reporter.details["mining"] = stats.summary()

@@ -1,7 +1,9 @@
 """Stages 4b-6: the teacher's part in an encoder job.
 
 Teacher scores are computed once per mining round, batched, and cached by (pair, corpus row);
-``denoise`` drops mined negatives the teacher judges relevant (RocketQA), ``semantic_positives``
+``denoise`` drops mined negatives the teacher judges relevant (RocketQA), ``teacher_fallback``
+gives queries the margin left without a negative one from above the positive that the teacher
+scores below it, ``semantic_positives``
 adds index neighbours of a positive that the teacher confirms (SRA-CL), and ``score_pairs``
 fills the cache that distillation reads.
 """
@@ -55,6 +57,30 @@ def denoise(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int]], 
         if negs and not keep:
             stats.queries_without_negatives += 1
         out.append(keep)
+    return out
+
+
+def teacher_fallback(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int]],
+                     candidates: dict[int, list[int]], texts: list[str], threshold: float | None,
+                     stats: MiningStats, progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """``mining.fallback: "teacher"``: for each query in ``candidates`` (left without a negative because
+    every candidate in the window outscores its positive), keep the best-ranked candidate the teacher
+    scores below the positive (and below ``threshold`` when given): the student ranks it above the
+    positive, the teacher says it is the worse answer, so it is a hard negative and not a false one."""
+    keys = [(i, pairs[i].positive) for i in candidates] + [(i, r) for i, rows in candidates.items() for r in rows]
+    cache.ensure(keys, pairs, texts, progress)
+    out = [list(negs) for negs in negatives]
+    for i, rows in candidates.items():
+        stats.fallback_teacher_checked += len(rows)
+        limit = cache.scores[(i, pairs[i].positive)]
+        if threshold is not None:
+            limit = min(limit, threshold)
+        keep = next((r for r in rows if cache.scores[(i, r)] < limit), None)
+        if keep is not None and not out[i]:
+            out[i] = [keep]
+            stats.fallback_teacher += 1
+            stats.kept += 1
+            stats.queries_without_negatives -= 1
     return out
 
 

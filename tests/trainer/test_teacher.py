@@ -16,8 +16,8 @@ from index.teacher import BiEncoderScorer, CrossEncoderScorer, load_teacher
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.distill import cprd, margin_mse, mix_negatives
-from trainer.mining import MiningStats
-from trainer.teaching import TeacherCache, denoise, semantic_positives
+from trainer.mining import MiningStats, mine
+from trainer.teaching import TeacherCache, denoise, semantic_positives, teacher_fallback
 from trainer.train import fine_tune, load_model
 
 TEXTS = [
@@ -42,6 +42,36 @@ def test_denoise_drops_planted_false_negative(minilm_teacher):
     out = denoise(TeacherCache(minilm_teacher), pairs, negatives, TEXTS, None, stats)
     assert 1 not in out[0] and set(out[0]) == {2, 3, 4}
     assert stats.removed_teacher == 1 and stats.kept == 3
+
+
+def test_teacher_fallback_vets_negatives_from_above_the_positive(minilm_teacher):
+    # the student ranks the paraphrase (1) and the bank (2) above the positive (0) and the rest under
+    # the margin, so mining leaves the query empty-handed; the teacher rejects the paraphrase (a false
+    # negative) and keeps the bank, the best-ranked candidate it scores below the positive
+    cos = np.array([0.50, 0.95, 0.90, 0.10, 0.05], np.float32)
+    rows = np.zeros((5, 8), np.float32)
+    rows[:, 0] = cos
+    rows[np.arange(5), 1 + np.arange(5)] = np.sqrt(1 - cos**2)
+    q = np.zeros((1, 8), np.float32)
+    q[0, 0] = 1.0
+    pairs = [Pair(QUERY, 0)]
+    spec = JobSpec.model_validate({"train": {"pairs": [{"query": QUERY, "positive_id": "x"}]},
+                                   "mining": {"range_max": 2, "fallback": "teacher"}}).mining
+    candidates: dict[int, list[int]] = {}
+    negs, stats = mine(q, rows, TEXTS, pairs, spec, fallback=candidates)
+    assert negs == [[]] and candidates == {0: [1, 2]} and stats.queries_without_negatives == 1
+    cache = TeacherCache(minilm_teacher)
+    out = teacher_fallback(cache, pairs, negs, candidates, TEXTS, None, stats)
+    assert cache.scores[(0, 1)] >= cache.scores[(0, 0)] > cache.scores[(0, 2)]
+    assert out == [[2]]
+    assert stats.fallback_teacher == 1 and stats.fallback_teacher_checked == 2
+    assert stats.queries_without_negatives == 0 and stats.kept == 1
+    # only the paraphrase above the positive: nothing passes, the query stays without a negative
+    stats = MiningStats(queries=1, queries_without_negatives=1)
+    assert teacher_fallback(cache, pairs, [[]], {0: [1]}, TEXTS, None, stats) == [[]]
+    assert stats.fallback_teacher == 0 and stats.queries_without_negatives == 1
+    # without a fallback dict (or with another fallback) mine() hands nothing to the teacher
+    assert mine(q, rows, TEXTS, pairs, spec.model_copy(update={"fallback": "none"}), fallback=candidates)[0] == [[]]
 
 
 def test_bi_encoder_teacher_embeds_each_text_once(minilm_teacher):
@@ -240,13 +270,15 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     # an encoder job that distills from, and denoises with, the collection's own teacher
     body = job_body(corpus, evals, max_steps=5, max_seq_length=64, distill={"loss": "cprd", "weight": 1.0},
-                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True})
+                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True,
+                            "fallback": "teacher"})
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
     workers.start()
     job = wait(qclient, job_id)
     assert job["state"] in ("succeeded", "rejected"), job
     assert job["details"]["teacher"]["kind"] == "cross-encoder" and job["details"]["teacher"]["scored"] > 0
-    assert "removed_teacher" in job["details"]["mining"]
+    mined = job["details"]["mining"]
+    assert "removed_teacher" in mined and 0 <= mined["fallback_teacher"] <= mined["fallback_teacher_checked"]
 
 
 @pytest.mark.slow
@@ -268,8 +300,9 @@ def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa
     assert job["state"] == "failed" and "fault injected" in job["error"]
     assert qclient.get("/collections/code").json()["teacher"] is None
     # jobs that need a teacher are refused while the collection has none
-    r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, mining={"denoise": True}))
-    assert r.status_code == 422 and r.json()["error"]["code"] == "no_teacher"
+    for mining in ({"denoise": True}, {"fallback": "teacher"}):
+        r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, mining=mining))
+        assert r.status_code == 422 and r.json()["error"]["code"] == "no_teacher"
 
 
 def test_teacher_head_learns_at_its_own_rate():
