@@ -249,6 +249,14 @@ def test_vectors_table(store: DocumentStore) -> None:
     assert store.get_vectors("v0009", [o.rid], 8) == {}
 
 
+def test_vector_deletes_by_rid_use_an_index(store: DocumentStore) -> None:
+    # a rewritten or deleted document (and every document of a deleted collection) drops its vectors by rid;
+    # a table scan there made deleting a 14k-document collection take minutes under the write lock
+    plan = " ".join(str(r[-1]) for r in store._conn().execute("EXPLAIN QUERY PLAN DELETE FROM vectors WHERE rid = ?",
+                                                              (1,)))
+    assert "USING" in plan and "INDEX" in plan and "vectors_rid" in plan, plan
+
+
 # -- feedback -------------------------------------------------------------------------------------
 
 
