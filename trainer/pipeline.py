@@ -205,9 +205,18 @@ def run_encoder_job(
         cache = TeacherCache(load_teacher(teacher_spec, device))
         reporter.details["teacher"] = {"name": teacher_spec, "kind": cache.teacher.kind}
 
+        round_start = [time.perf_counter(), 0]  # when this scoring round began, and its progress so far
+
         def tprog(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if done < round_start[1]:  # a new round (semantic positives, denoise, distillation scores)
+                round_start[0] = now
+            round_start[1] = done
+            elapsed = now - round_start[0]
+            eta = round(elapsed / done * (total - done), 1) if done and elapsed > 0 else None
             reporter.details["teacher"]["scored"] = cache.scored if cache else 0
-            reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": None}
+            reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": eta,
+                                 "unit": "teacher pairs"}
             reporter.check()
 
         if spec.positives.semantic:

@@ -29,7 +29,7 @@ class TeacherCache:
     scored: int = 0
 
     def ensure(self, keys: list[tuple[int, int]], pairs: list[Pair], texts: list[str],
-               progress: Callable[[int, int], None] | None = None, batch: int = 256) -> None:
+               progress: Callable[[int, int], None] | None = None, batch: int = 64) -> None:
         todo = [k for k in dict.fromkeys(keys) if k not in self.scores]
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
