@@ -54,17 +54,26 @@ def run_job(job_id: str) -> str:
     lock = r.lock(lock_key(prefix, collection), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
     parent = os.getppid()
 
+    def orphaned() -> None:
+        """The worker died (kill -9, or with its whole deployment): fail the job and exit. Redis may have
+        died with it (the embedded one does), so the lock is released only if it still answers."""
+        try:
+            store.finish_job_if(job_id, ("running", "queued"), state="failed", finished_at=time.time(),
+                                error="worker process died; the active version is unchanged: resubmit")
+            if lock.owned():
+                lock.release()
+        except Exception:  # noqa: BLE001 - Redis (or the data dir) went too: the lock expires, the API fails
+            log.exception("orphaned job %s: could not record the failure", job_id)  # the stale job
+        finally:
+            os._exit(1)
+
     def beat() -> None:
         while not stop_beat.wait(HEARTBEAT_S):
+            if os.getppid() != parent:  # before any Redis call: Redis may be what died
+                orphaned()
             try:
                 if r.exists(cancel_key(prefix, job_id)):
                     cancelled.set()
-                if os.getppid() != parent:
-                    store.finish_job_if(job_id, ("running", "queued"), state="failed", finished_at=time.time(),
-                                        error="worker process died; the active version is unchanged: resubmit")
-                    if lock.owned():
-                        lock.release()
-                    os._exit(1)
                 if lock.owned():
                     lock.reacquire()
                 store.update_job(job_id, stage=reporter.stage, progress=reporter.progress,

@@ -400,3 +400,72 @@ def test_docstrings_job_with_augmentation_and_momentum_queue(client, workers):
     client.put("/collections/prose/documents", json={"documents": [{"id": "a", "text": "x y"}, {"id": "b", "text": "z"}]})
     r = client.post("/collections/prose/jobs", json={"train": {"source": "docstrings"}})
     assert r.status_code == 422
+
+
+def _worker_pids(data_dir: Path) -> set[int]:
+    """`strop worker` processes (and their rq work horses) serving ``data_dir``."""
+    out = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            environ = Path(f"/proc/{d}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"service.cli\0worker" in cmd and f"STROP_DATA_DIR={data_dir}\0".encode() in environ:
+            out.add(int(d))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the work horse through /proc")
+def test_work_horse_exits_when_worker_and_redis_die_together(make_client, env, corpus, data_dir):
+    """A deployment going down at once (or `strop serve`, whose embedded Redis dies with it): the orphaned
+    work horse must notice its worker is gone although every Redis call now fails, fail the job, exit."""
+    import socket
+
+    from index.store import DocumentStore
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    workers = Workers({**env, "STROP_REDIS_URL": url})
+    try:
+        end = time.time() + 10
+        while time.time() < end:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.RedisError:
+                time.sleep(0.1)
+        client = make_client(redis_url=url, redis_prefix=env["STROP_REDIS_PREFIX"])
+        evals = load(client, corpus)
+        v0 = active(client)
+        job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
+        w = workers.start(burst=False, STROP_FAULT_PAUSE="train=60")
+        end = time.time() + 180
+        while client.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
+            time.sleep(0.1)
+        horses = _worker_pids(data_dir) - {w.pid}
+        assert horses, "no work horse found"
+        srv.kill()
+        srv.wait(10)
+        os.kill(w.pid, signal.SIGKILL)
+        end = time.time() + 15
+        while _worker_pids(data_dir) & horses and time.time() < end:
+            time.sleep(0.2)
+        assert not _worker_pids(data_dir) & horses, "the orphaned work horse kept running"
+        store = DocumentStore(data_dir / "strop.db")
+        job = store.get_job(job_id)
+        store.close()
+        assert job["state"] == "failed" and "worker" in job["error"]
+        assert active(client) == v0
+    finally:
+        srv.kill()
+        workers.stop()
+        for pid in _worker_pids(data_dir):  # a horse that outlived the assertion (rq horses run in their own session)
+            os.kill(pid, signal.SIGKILL)
