@@ -210,8 +210,9 @@ def test_cancel_running_job_in_each_stage(client, corpus, workers, stage):
         lock.release()
 
 
-@pytest.mark.slow
-def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, workers, data_dir):
+def job_paused_in_train(client, corpus, workers: Workers) -> tuple[dict, str, str, subprocess.Popen]:
+    """Load the corpus, submit a job and start a worker that holds it in its train stage for 60 s:
+    (eval pairs, the active version before, job id, the worker process)."""
     evals = load(client, corpus)
     v0 = active(client)
     job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
@@ -219,6 +220,12 @@ def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, w
     end = time.time() + 180
     while client.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
         time.sleep(0.1)
+    return evals, v0, job_id, w
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, workers, data_dir):
+    evals, v0, job_id, w = job_paused_in_train(client, corpus, workers)
     os.kill(w.pid, signal.SIGKILL)  # the worker process, not its work horse
     job = wait(client, job_id, timeout=20)
     assert job["state"] == "failed" and "worker" in job["error"]
@@ -443,13 +450,7 @@ def test_work_horse_exits_when_worker_and_redis_die_together(make_client, env, c
             except redis.RedisError:
                 time.sleep(0.1)
         client = make_client(redis_url=url, redis_prefix=env["STROP_REDIS_PREFIX"])
-        evals = load(client, corpus)
-        v0 = active(client)
-        job_id = client.post("/collections/code/jobs", json=job_body(corpus, evals)).json()["job_id"]
-        w = workers.start(burst=False, STROP_FAULT_PAUSE="train=60")
-        end = time.time() + 180
-        while client.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
-            time.sleep(0.1)
+        _, v0, job_id, w = job_paused_in_train(client, corpus, workers)
         horses = _worker_pids(data_dir) - {w.pid}
         assert horses, "no work horse found"
         srv.kill()
