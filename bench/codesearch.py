@@ -53,6 +53,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_fallback": {"mining": {"negatives_per_query": 1, "fallback": "hardest"}},
     # needs --job-teacher: the teacher vets the candidates above the positive
     "mined1_teacherfallback": {"mining": {"negatives_per_query": 1, "fallback": "teacher"}},
+    # MoCHi: 4 synthetic negatives per query mixed from its 8 hardest in-batch + mined negatives
+    "mined1_mix": {"mining": {"negatives_per_query": 1}, "mix_hard_negatives": {"count": 4, "hardest": 8}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
