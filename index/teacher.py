@@ -12,7 +12,6 @@ thread as query encoding (one thread owns each model's forward pass).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from index.embcache import EmbeddingCache, max_entries_from_env, model_fingerprint, text_key
 from index.encoder import EncodeResult, bf16_supported, resolve_spec
 
-DOC_CACHE_SIZE = 20_000  # document embeddings a bi-encoder teacher keeps (LRU)
+DOC_CACHE_SIZE = 20_000  # document embeddings a bi-encoder teacher keeps in memory (LRU)
 
 
 class CrossEncoderScorer:
@@ -85,23 +85,35 @@ class BiEncoderScorer:
     entries; 20,000 x 768-d float32 is about 60 MB). Reranking scores the same documents for many
     queries (every candidate list of an evaluation over one corpus, a job's mining rounds), so the
     teacher embeds each document once instead of once per (query, document) pair. An edited
-    document has a new text and so a new key; the stale entry simply ages out.
+    document has a new text and so a new key; the stale entry simply ages out. With ``disk`` (what
+    ``load(..., cache_dir=...)`` sets up) a miss in memory is looked up in the on-disk cache shared by
+    all processes before anything is embedded, so a new job or a restarted API does not pay the cold
+    pass again.
     """
 
     kind = "bi-encoder"
 
-    def __init__(self, encoder: Any, name: str, cache_size: int = DOC_CACHE_SIZE):
+    def __init__(self, encoder: Any, name: str, cache_size: int = DOC_CACHE_SIZE, disk: EmbeddingCache | None = None):
         self.encoder = encoder
         self.name = name
         self.cache_size = cache_size
+        self.disk = disk
         self._docs: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: str, device: str = "cpu", precision: str = "auto") -> BiEncoderScorer:
+    def load(cls, spec: str, device: str = "cpu", precision: str = "auto",
+             cache_dir: str | Path | None = None) -> BiEncoderScorer:
+        """``cache_dir``: keep document embeddings on disk there too (``index.embcache``), shared with
+        every other process that loads the same weights at the same precision."""
         from index.encoder import Encoder
 
-        return cls(Encoder.load(spec, precision=precision, device=device), spec)
+        encoder = Encoder.load(spec, precision=precision, device=device)
+        disk = None
+        if cache_dir is not None and max_entries_from_env() > 0:
+            fp = model_fingerprint(resolve_spec(spec), encoder.precision, encoder.max_seq_length, device)
+            disk = EmbeddingCache(Path(cache_dir) / f"{fp}.sqlite", encoder.dim, max_entries_from_env())
+        return cls(encoder, spec, disk=disk)
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
         """Cosine of each pair. Every distinct query is embedded once per call, every distinct
@@ -109,33 +121,43 @@ class BiEncoderScorer:
         if not pairs:
             return np.empty(0, np.float32)
         queries = {q: i for i, q in enumerate(dict.fromkeys(p[0] for p in pairs))}
-        keys = {d: _text_key(d) for d in dict.fromkeys(p[1] for p in pairs)}
+        keys = {d: text_key(d) for d in dict.fromkeys(p[1] for p in pairs)}
         q = self.encoder.encode(list(queries), batch_size).vectors
         with self._lock:
             found = {d: self._docs[k] for d, k in keys.items() if k in self._docs}
             for d in found:
                 self._docs.move_to_end(keys[d])
         missing = [d for d in keys if d not in found]
+        if missing and self.disk is not None:
+            on_disk = self.disk.get([keys[d] for d in missing])
+            if on_disk:
+                loaded = [(d, on_disk[keys[d]]) for d in missing if keys[d] in on_disk]
+                found.update(loaded)
+                self._remember(keys, loaded)
+                missing = [d for d in missing if d not in found]
         if missing:
             vecs = self.encoder.encode(missing, batch_size).vectors
-            found.update(zip(missing, vecs, strict=True))
-            if self.cache_size > 0:
-                with self._lock:
-                    for d, v in zip(missing, vecs, strict=True):
-                        self._docs[keys[d]] = v
-                    while len(self._docs) > self.cache_size:
-                        self._docs.popitem(last=False)
+            fresh = list(zip(missing, vecs, strict=True))
+            found.update(fresh)
+            self._remember(keys, fresh)
+            if self.disk is not None:
+                self.disk.put((keys[d], v) for d, v in fresh)
         qi = np.fromiter((queries[p[0]] for p in pairs), np.int64, len(pairs))
         d = np.stack([found[p[1]] for p in pairs])
         return (q[qi] * d).sum(axis=1).astype(np.float32)
 
+    def _remember(self, keys: dict[str, bytes], items: list[tuple[str, np.ndarray]]) -> None:
+        if self.cache_size <= 0:
+            return
+        with self._lock:
+            for d, v in items:
+                self._docs[keys[d]] = v
+            while len(self._docs) > self.cache_size:
+                self._docs.popitem(last=False)
+
     @property
     def cached(self) -> int:
         return len(self._docs)
-
-
-def _text_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def unit_scores(scores: np.ndarray, kind: str) -> np.ndarray:
@@ -150,12 +172,14 @@ def unit_scores(scores: np.ndarray, kind: str) -> np.ndarray:
 Scorer = CrossEncoderScorer | BiEncoderScorer
 
 
-def load_teacher(spec: str, device: str = "cpu", precision: str = "auto") -> Scorer:
-    """A cross-encoder directory (or hub name) or a sentence-transformers bi-encoder, by what it holds."""
+def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
+    """A cross-encoder directory (or hub name) or a sentence-transformers bi-encoder, by what it holds.
+    ``cache_dir``: where a bi-encoder keeps its document embeddings on disk (a cross-encoder scores
+    pairs, so there is nothing per document to keep)."""
     path = Path(resolve_spec(spec))
     if path.is_dir():
         if (path / "modules.json").exists() and not (path / "strop_teacher.json").exists():
-            return BiEncoderScorer.load(str(path), device, precision)
+            return BiEncoderScorer.load(str(path), device, precision, cache_dir)
         cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
         if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
             meta = json.loads((path / "strop_teacher.json").read_text()) if (path / "strop_teacher.json").exists() else {}

@@ -16,6 +16,7 @@ from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from index.embcache import TEACHER_CACHE_DIR
 from index.store import DocumentStore
 from service import errors
 from service.batching import Overloaded
@@ -45,7 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry: Telemetry = app.state.telemetry
         store = DocumentStore(settings.db_path)
         models = ModelRegistry(settings.precision, settings.device, settings.batch_size, settings.queue_size,
-                               observe=telemetry.observe_batch)
+                               observe=telemetry.observe_batch,
+                               teacher_cache_dir=settings.data_dir / TEACHER_CACHE_DIR)
         # Import the encoder stack before reporting ready: a replica that opens its first collection
         # later (one created through another replica) must not pay a multi-second import then.
         await to_thread.run_sync(importlib.import_module, "sentence_transformers")

