@@ -91,10 +91,11 @@ def main() -> None:
                     help="mined negatives per query in every row (cprd needs >= 2)")
     ap.add_argument("--teacher", default=None, help="name this teacher (a path: a cross-encoder or a "
                     "sentence-transformers model such as all-mpnet-base-v2) instead of training one")
-    ap.add_argument("--teacher-weight", type=float, default=0.5, help="with --teacher: also report the "
-                    "teacher fused with the bi-encoder at this weight")
+    ap.add_argument("--teacher-weight", default="0.5", help="also report the teacher fused with the bi-encoder "
+                    "at these weights (comma-separated; the service's teacher_weight)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
     if args.quick:
         args.train, args.test, args.corpus, args.steps, args.teacher_steps = 300, 100, 1000, 10, 10
     data = load_set(args.set, args.train, args.test, args.corpus)
@@ -117,8 +118,8 @@ def main() -> None:
             c.put("/collections/set/teacher", json={"teacher": args.teacher}).raise_for_status()
             teacher_ok = True
             for label, extra in (("teacher reranks the base bi-encoder's top 50", {}),
-                                 (f"teacher fused (w {args.teacher_weight:g}) with the base bi-encoder",
-                                  {"teacher_weight": args.teacher_weight})):
+                                 *((f"teacher fused (w {w:g}) with the base bi-encoder", {"teacher_weight": w})
+                                   for w in weights)):
                 t = time.perf_counter()
                 rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
                 print(label, json.dumps(rows[-1][1]), flush=True)
@@ -130,11 +131,12 @@ def main() -> None:
             if teacher_ok:
                 rows.append(("trained teacher reranks the base bi-encoder's top 50", tj["metrics"]["after"], tw))
                 # stored as the collection's teacher: the bench's gate (min_delta -1) lets every job through
-                label = f"trained teacher fused (w {args.teacher_weight:g}) with the base bi-encoder"
-                t = time.perf_counter()
-                rows.append((label, evaluate(c, "set", evals, rerank=True, teacher_weight=args.teacher_weight),
-                             time.perf_counter() - t))
-                print(label, json.dumps(rows[-1][1]), flush=True)
+                for w in weights:
+                    label = f"trained teacher fused (w {w:g}) with the base bi-encoder"
+                    t = time.perf_counter()
+                    rows.append((label, evaluate(c, "set", evals, rerank=True, teacher_weight=w),
+                                 time.perf_counter() - t))
+                    print(label, json.dumps(rows[-1][1]), flush=True)
         for row in args.rows.split(","):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
             spec = {**ROWS[row]}
@@ -149,8 +151,8 @@ def main() -> None:
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives")}), flush=True)
             if row == "hard negatives" and teacher_ok:
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
-                fused = ((f"teacher fused (w {args.teacher_weight:g}) with the hard-negatives bi-encoder",
-                          {"teacher_weight": args.teacher_weight}),)
+                fused = tuple((f"teacher fused (w {w:g}) with the hard-negatives bi-encoder", {"teacher_weight": w})
+                              for w in weights)
                 for label, extra in (("teacher reranks the hard-negatives bi-encoder's top 50", {}), *fused):
                     t = time.perf_counter()
                     rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
