@@ -128,6 +128,9 @@ def main() -> None:
             print("teacher", tj["state"], json.dumps(tj["metrics"]), json.dumps(tj["details"].get("stage_seconds")),
                   flush=True)
             teacher_ok = tj["state"] == "succeeded"
+            end = time.time() + 30  # the API learns of the new teacher on its next sync
+            while teacher_ok and not c.get("/collections/set").json().get("teacher") and time.time() < end:
+                time.sleep(0.5)
             if teacher_ok:
                 rows.append(("trained teacher reranks the base bi-encoder's top 50", tj["metrics"]["after"], tw))
                 # stored as the collection's teacher: the bench's gate (min_delta -1) lets every job through

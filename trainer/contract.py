@@ -145,7 +145,7 @@ class SemanticPositivesSpec(Strict):
 class DistillSpec(Strict):
     loss: Literal["margin_mse", "cprd"] = "cprd"
     weight: float = Field(1.0, ge=0.0, le=100.0, description="weight against InfoNCE")
-    teacher_temperature: float = Field(1.0, gt=0.0, description="cprd: softmax temperature on teacher scores")
+    teacher_temperature: float = Field(1.0, gt=0.0, description="cprd: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
 
 
 class MixSpec(Strict):

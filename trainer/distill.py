@@ -1,7 +1,10 @@
 """Teacher-assisted training pieces: distillation losses and hard-negative mixing.
 
 * MarginMSE: the student's margin between the positive and each negative matches the
-  teacher's margin (both in logit units: student cosines are divided by the temperature).
+  teacher's margin, both in logit units: student cosines are divided by the InfoNCE temperature,
+  and so are a bi-encoder teacher's (``fine_tune(teacher_kind=...)``; a cross-encoder's scores
+  already are logits). Without that, a bi-encoder teacher's cosine margins (~0.1) asked the
+  student for margins 20x smaller than its own and wrecked it (docs/benchmarks.md).
 * CPRD (contrastive partial ranking distillation): only the teacher's *order among the hard
   negatives* is distilled, as a listwise KL between the teacher's and the student's softmax
   over the negatives; the positive is left to InfoNCE, so the two scores' different

@@ -102,6 +102,7 @@ def fine_tune(
     *,
     refresh: Callable[[object], list[list[int]]] | None = None,
     teacher_scores: Callable[[], dict[tuple[int, int], float] | None] | None = None,
+    teacher_kind: str = "cross-encoder",
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     device: str = "cpu",
@@ -133,6 +134,9 @@ def fine_tune(
         distill_loss=spec.distill.loss if spec.distill else "cprd",
         distill_weight=spec.distill.weight if spec.distill else 0.0,
         teacher_temperature=spec.distill.teacher_temperature if spec.distill else 1.0,
+        # a bi-encoder teacher's cosines become logits the way the student's do (cos / temperature); a
+        # cross-encoder's scores already are logits
+        teacher_scale=1.0 / spec.loss.temperature if teacher_kind == "bi-encoder" else 1.0,
         mix_count=spec.mix_hard_negatives.count if spec.mix_hard_negatives else 0,
         mix_hardest=spec.mix_hard_negatives.hardest if spec.mix_hard_negatives else 8,
         generator=gen,
@@ -182,6 +186,7 @@ class StepExtras:
     distill_loss: str = "cprd"
     distill_weight: float = 0.0
     teacher_temperature: float = 1.0
+    teacher_scale: float = 1.0  # teacher score -> logit units
     mix_count: int = 0
     mix_hardest: int = 8
     generator: torch.Generator | None = None
@@ -257,6 +262,7 @@ def _distill(raw: torch.Tensor, batch: list[int], pairs: list[Pair], negatives: 
             t_neg[a, n] = t
             valid[a, n] = True
     s_pos = raw[torch.arange(b), torch.arange(b)]
+    t_pos, t_neg = t_pos * extras.teacher_scale, t_neg * extras.teacher_scale
     if extras.distill_loss == "margin_mse":
         return margin_mse(s_pos, s_neg, t_pos, t_neg, valid)
     return cprd(s_neg, t_neg, valid, extras.teacher_temperature)

@@ -164,6 +164,25 @@ def test_distillation_moves_student_toward_teacher_order(tiny_encoder_path, loss
     assert after > before and after >= 0.8, (before, after)
 
 
+def test_bi_encoder_teacher_scores_are_scaled_like_the_student_logits():
+    """A bi-encoder teacher's cosines are put on the student's logit scale (cos / temperature): a
+    student whose cosines equal the teacher's has nothing left to distill, for both losses."""
+    from trainer.train import StepExtras, _distill
+
+    temperature = 0.05
+    cos = torch.tensor([[0.80, 0.55, 0.30, 0.62], [0.40, 0.70, 0.15, 0.35]])  # rows: queries; col b: positive of b
+    raw = cos / temperature
+    pairs = [Pair("q0", 0), Pair("q1", 1)]
+    negatives = [[2, 3], [2, 3]]
+    col = {0: 0, 1: 1, 2: 2, 3: 3}
+    teacher = {(i, r): float(cos[i, col[r]]) for i in range(2) for r in (pairs[i].positive, *negatives[i])}
+    for loss in ("margin_mse", "cprd"):
+        scaled = StepExtras(teacher=teacher, distill_loss=loss, distill_weight=1.0, teacher_scale=1 / temperature)
+        unscaled = StepExtras(teacher=teacher, distill_loss=loss, distill_weight=1.0)
+        assert float(_distill(raw, [0, 1], pairs, negatives, col, scaled)) == pytest.approx(0.0, abs=1e-6)
+        assert float(_distill(raw, [0, 1], pairs, negatives, col, unscaled)) > 0.01
+
+
 def test_loss_functions_on_tensors():
     t_neg = torch.tensor([[3.0, 1.0, -1.0]])
     valid = torch.ones_like(t_neg, dtype=torch.bool)
