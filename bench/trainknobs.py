@@ -9,6 +9,7 @@ has to win in bench/codesearch.py, through the REST API, over seeds.
     python -m bench.trainknobs '{}' '{"batch_size": 64}' '{"batch_size": 64, "learning_rate": 2e-4}'
     python -m bench.trainknobs --zero-shot             # the base encoder only
     python -m bench.trainknobs --zero-shot --context   # code embedded after its location comment
+    python -m bench.trainknobs '{}' '{"mining": {"neighbour_group": 8}}'   # batches of neighbouring positives
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def mrr_at_10(model, queries: list[str], docs: list[str], targets: list[int], se
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("specs", nargs="*", help="JSON job-spec overrides, one row each (mining is ignored)")
+    ap.add_argument("specs", nargs="*", help="JSON job-spec overrides, one row each (no mined negatives; mining.neighbour_group applies)")
     ap.add_argument("--seqs", default="96,128,256", help="serving sequence lengths to score")
     ap.add_argument("--zero-shot", action="store_true")
     ap.add_argument("--context", action="store_true",
@@ -65,6 +66,7 @@ def main() -> None:
     docs = [embedded(c) for c in test_docs]
     print(f"train pairs {len(pairs)}, test queries {len(queries)}, test corpus {len(docs)}", flush=True)
     results = []
+    base_pos = None
     if args.zero_shot:
         model = load_model(None)
         results.append(("zero-shot", "-", "-", {s: mrr_at_10(model, queries, docs, targets, s) for s in seqs}))
@@ -72,7 +74,13 @@ def main() -> None:
         spec = JobSpec.model_validate({"train": {"pairs": [{"query": "-", "positive_id": "-"}]}, **json.loads(raw)})
         model = load_model(None, "cpu", spec.max_seq_length)
         t = time.perf_counter()
-        out = fine_tune(model, pairs, texts, [[] for _ in pairs], spec)
+        pos_vecs = None
+        if spec.mining.neighbour_group > 1:  # what a job takes from the live index: the base model's vectors
+            if base_pos is None:
+                base_pos = load_model(None).encode([texts[p.positive] for p in pairs], batch_size=32,
+                                                   normalize_embeddings=True)
+            pos_vecs = base_pos
+        out = fine_tune(model, pairs, texts, [[] for _ in pairs], spec, positive_vectors=pos_vecs)
         wall = time.perf_counter() - t
         results.append((raw, out["steps"], round(wall), {s: mrr_at_10(model, queries, docs, targets, s) for s in seqs}))
         print(results[-1], flush=True)

@@ -105,6 +105,10 @@ class MiningSpec(Strict):
     denoise: bool = Field(False, description="drop mined negatives the teacher judges relevant (needs a teacher)")
     denoise_threshold: float | None = Field(None, description="teacher score above which a negative is dropped; "
                                             "default: drop negatives the teacher scores at or above the positive")
+    neighbour_group: int = Field(0, ge=0, le=1024, description=(
+        "fill each batch with groups of this many training pairs whose positives are nearest neighbours "
+        "in the live index, so in-batch negatives are hard ones (TAS-style batch mining; 0 or 1 = random "
+        "batches). Costs no encoding: the positives' vectors come from the mining round"))
 
     @model_validator(mode="after")
     def _window(self) -> MiningSpec:
@@ -208,6 +212,13 @@ class JobSpec(Strict):
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
     gate: GateSpec = Field(default_factory=GateSpec)
     activate: bool = True
+
+    @model_validator(mode="after")
+    def _groups(self) -> JobSpec:
+        if self.mining.neighbour_group > self.batch_size:
+            raise ValueError(f"mining.neighbour_group ({self.mining.neighbour_group}) must not exceed "
+                             f"batch_size ({self.batch_size})")
+        return self
 
     def lr(self) -> float:
         if self.learning_rate is not None:

@@ -140,3 +140,30 @@ def mine(
                 stats.queries_without_negatives += 1
                 stats.without_negatives_positive_below_window += not positive_in_window
     return out, stats
+
+
+def neighbour_batches(ref_emb: np.ndarray, batch_items: int, group: int,
+                      rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of item indices made of ``group``-sized clusters of mutual nearest neighbours.
+
+    Greedy: a random unassigned item takes its ``group - 1`` nearest unassigned items (by inner
+    product of the rows of ``ref_emb``); groups are dealt into batches in random order, so each
+    batch mixes a few clusters of look-alikes and its in-batch negatives are hard ones. Used for
+    logo brands (views jobs) and for text pairs grouped by their positives (``mining.neighbour_group``).
+    """
+    n = len(ref_emb)
+    free = np.ones(n, bool)
+    groups = []
+    for seed_i in rng.permutation(n):
+        if not free[seed_i]:
+            continue
+        free[seed_i] = False
+        sims = ref_emb @ ref_emb[seed_i]
+        sims[~free] = -np.inf
+        k = min(group - 1, int(free.sum()))
+        nb = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.empty(0, int)
+        free[nb] = False
+        groups.append(np.concatenate([[seed_i], nb]).astype(int))
+    order = rng.permutation(len(groups))
+    per = max(1, batch_items // group)
+    return [np.concatenate([groups[g] for g in order[s : s + per]]) for s in range(0, len(order), per)]

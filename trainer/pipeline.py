@@ -267,7 +267,9 @@ def run_encoder_job(
                         refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
                         teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
                         teacher_kind=cache.teacher.kind if cache is not None else "cross-encoder",
-                        on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device)
+                        on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device,
+                        positive_vectors=mine_corpus[[p.positive for p in pairs]] if spec.mining.neighbour_group > 1
+                        else None)
     reporter.details["train"] = summary
 
     reporter.enter("evaluate_after")

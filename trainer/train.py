@@ -24,6 +24,7 @@ from trainer.augment import augment_code
 from trainer.contract import JobSpec
 from trainer.data import Pair, positive_text
 from trainer.distill import cprd, margin_mse, mix_negatives
+from trainer.mining import neighbour_batches
 
 log = logging.getLogger("strop.train")
 
@@ -67,10 +68,20 @@ def inference_encoder(model, name: str = "student", device: str = "cpu") -> Enco
     return Encoder(frozen, name, precision, device)
 
 
-def make_batches(pairs: Sequence[Pair], texts: Sequence[str], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle pair indices into batches with no repeated query or document text inside a batch."""
-    order = list(range(len(pairs)))
-    rng.shuffle(order)
+def make_batches(pairs: Sequence[Pair], texts: Sequence[str], batch_size: int, rng: random.Random,
+                 order: Sequence[int] | None = None) -> list[list[int]]:
+    """Shuffle pair indices into batches with no repeated query or document text inside a batch.
+
+    ``order`` (a permutation of the pair indices, e.g. neighbour groups laid end to end) replaces the
+    shuffle; a pair that would repeat a text moves on to the next batch that can take it.
+    """
+    if order is None:
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+    else:
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(len(pairs))):
+            raise ValueError("order must be a permutation of the pair indices")
     batches: list[list[int]] = []
     pending = order
     while pending:
@@ -106,12 +117,28 @@ def fine_tune(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     device: str = "cpu",
+    positive_vectors: np.ndarray | None = None,
 ) -> dict:
-    """Train ``model`` in place; returns a summary (steps, final loss, seconds, refreshes)."""
+    """Train ``model`` in place; returns a summary (steps, final loss, seconds, refreshes).
+
+    ``positive_vectors`` (one row per pair: its positive's vector in the live index) lets
+    ``mining.neighbour_group`` build each epoch's batches from groups of pairs with neighbouring
+    positives; without it, or with the option off, batches are random.
+    """
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed % (2**32))
-    epochs_batches = [make_batches(pairs, texts, spec.batch_size, rng) for _ in range(spec.epochs)]
+    group = spec.mining.neighbour_group
+    if group >= 2 and positive_vectors is not None:
+        if len(positive_vectors) != len(pairs):
+            raise ValueError(f"positive_vectors has {len(positive_vectors)} rows for {len(pairs)} pairs")
+        grng = np.random.default_rng(spec.seed)
+        epochs_batches = [
+            make_batches(pairs, texts, spec.batch_size, rng,
+                         order=np.concatenate(neighbour_batches(positive_vectors, spec.batch_size, group, grng)))
+            for _ in range(spec.epochs)]
+    else:
+        epochs_batches = [make_batches(pairs, texts, spec.batch_size, rng) for _ in range(spec.epochs)]
     total = sum(len(b) for b in epochs_batches)
     if spec.max_steps:
         total = min(total, spec.max_steps)
@@ -175,7 +202,7 @@ def fine_tune(
                 on_progress(Progress(step, total, round(ema, 5), round(elapsed / step * (total - step), 1)))
     model.eval()
     return {"steps": step, "loss": ema, "seconds": round(time.perf_counter() - t0, 2), "refreshes": refreshes,
-            "total_steps": total}
+            "total_steps": total, "neighbour_group": group if group >= 2 and positive_vectors is not None else 0}
 
 
 @dataclass

@@ -45,6 +45,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from index.logo import crop_to_content
+from trainer.mining import neighbour_batches
 
 log = logging.getLogger("strop.views")
 
@@ -353,31 +354,6 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
     pos = (labels[:, None] == labels[None, :]) & ~eye
     npos = pos.sum(1).clamp(min=1)
     return -(logp.masked_fill(~pos, 0.0).sum(1) / npos).mean()
-
-
-def neighbour_batches(ref_emb: np.ndarray, batch_brands: int, group: int,
-                      rng: np.random.Generator) -> list[np.ndarray]:
-    """Batches of brand indices made of ``group``-sized clusters of mutual nearest neighbours.
-
-    Greedy: a random unassigned brand takes its ``group - 1`` nearest unassigned brands; groups
-    are dealt into batches in random order, so each batch mixes a few clusters of look-alikes.
-    """
-    n = len(ref_emb)
-    free = np.ones(n, bool)
-    groups = []
-    for seed_i in rng.permutation(n):
-        if not free[seed_i]:
-            continue
-        free[seed_i] = False
-        sims = ref_emb @ ref_emb[seed_i]
-        sims[~free] = -np.inf
-        k = min(group - 1, int(free.sum()))
-        nb = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.empty(0, int)
-        free[nb] = False
-        groups.append(np.concatenate([[seed_i], nb]).astype(int))
-    order = rng.permutation(len(groups))
-    per = max(1, batch_brands // group)
-    return [np.concatenate([groups[g] for g in order[s : s + per]]) for s in range(0, len(order), per)]
 
 
 def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[str | None] | None = None, *,

@@ -156,6 +156,7 @@ def test_gated_out_job_keeps_active_version(client, corpus, workers):
     ({"mining": {"negatives_per_query": -1}}, "invalid_job"),
     ({"mining": {"range_min": 10, "range_max": 5}}, "invalid_job"),
     ({"epochs": 0}, "invalid_job"),
+    ({"batch_size": 8, "mining": {"neighbour_group": 16}}, "invalid_job"),
     ({"train": {"source": "docstrings", "pairs": [{"query": "q", "positive_id": "x"}]}}, "invalid_job"),
 ])
 def test_impossible_jobs_are_refused_at_submission(client, corpus, patch, code):
@@ -365,12 +366,13 @@ def test_feedback_trains(client, corpus, workers):
         r = client.post("/collections/code/feedback", json={"query": p["query"], "positive_ids": [p["positive_id"]]})
         assert r.status_code == 202
     body = {"train": {"source": "feedback"}, "epochs": 2, "batch_size": 16, "learning_rate": 1e-3,
-            "mining": {"negatives_per_query": 1, "relative_margin": 0.0}}
+            "mining": {"negatives_per_query": 1, "relative_margin": 0.0, "neighbour_group": 4}}
     job_id = client.post("/collections/code/jobs", json=body).json()["job_id"]
     workers.start()
     job = wait(client, job_id)
     assert job["state"] in ("succeeded", "rejected")
     assert job["details"]["pairs"]["source"] == "feedback"
+    assert job["details"]["train"]["neighbour_group"] == 4  # batches came from neighbouring positives
     assert job["details"]["pairs"]["train_pairs"] + job["details"]["pairs"]["eval_pairs"] >= 100
 
 

@@ -7,11 +7,15 @@ the positive's score, candidates whose text equals the positive's.
 
 from __future__ import annotations
 
-import numpy as np
+import random
 
-from trainer.contract import MiningSpec
+import numpy as np
+import pytest
+
+from trainer.contract import JobSpec, MiningSpec
 from trainer.data import Pair
-from trainer.mining import mine
+from trainer.mining import mine, neighbour_batches
+from trainer.train import make_batches
 
 
 def _rows(cosines: list[float], dim: int = 16) -> np.ndarray:
@@ -102,3 +106,34 @@ def test_fallback_hardest_gives_empty_handed_queries_the_top_candidate() -> None
     negs, stats = mine(q, _rows(cos), texts, pairs, loose)
     assert negs == [[2], [3]]
     assert stats.fallback_hardest == 1 and stats.queries_without_negatives == 0
+
+
+def test_neighbour_batches_cover_every_item_once_and_group_look_alikes() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 16))
+    emb = np.repeat(centers, 4, axis=0) + 0.01 * rng.normal(size=(16, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    batches = neighbour_batches(emb, batch_items=8, group=4, rng=rng)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(16))
+    for b in batches:  # each group of 4 is one cluster
+        for g in range(0, len(b), 4):
+            assert len({int(i) // 4 for i in b[g : g + 4]}) == 1
+
+
+def test_make_batches_keeps_a_given_order_and_still_splits_repeated_texts() -> None:
+    texts = [f"doc {i}" for i in range(9)] + ["doc 0"]  # row 9 repeats row 0's text
+    pairs = [Pair(f"q{i}", i) for i in range(10)]
+    order = [3, 2, 0, 9, 1, 7, 6, 5, 4, 8]
+    batches = make_batches(pairs, texts, 4, random.Random(0), order=order)
+    # "doc 0" twice in one batch would be a false negative: row 9 waits for the next batch
+    assert batches == [[3, 2, 0, 1], [9, 7, 6, 5], [4, 8]]
+    with pytest.raises(ValueError):
+        make_batches(pairs, texts, 4, random.Random(0), order=[0, 1, 2])
+
+
+def test_neighbour_group_is_checked_against_the_batch_size() -> None:
+    base = {"train": {"pairs": [{"query": "q", "positive_id": "x"}]}}
+    assert JobSpec.model_validate({**base, "mining": {"neighbour_group": 8}}).mining.neighbour_group == 8
+    with pytest.raises(ValueError, match="neighbour_group"):
+        JobSpec.model_validate({**base, "batch_size": 4, "mining": {"neighbour_group": 8}})

@@ -15,7 +15,6 @@ from trainer.views import (
     far_at_tar,
     foreground,
     make_view,
-    neighbour_batches,
     open_set_metrics,
     supcon_loss,
     topk_accuracy,
@@ -63,19 +62,6 @@ def test_supcon_loss_prefers_grouped_embeddings() -> None:
     good = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0.99, 0.1], [0, 1.0], [0.1, 0.99]]), dim=1)
     bad = good[[0, 2, 1, 3]]
     assert supcon_loss(good, labels, 0.1) < supcon_loss(bad, labels, 0.1)
-
-
-def test_neighbour_batches_cover_every_brand_once_and_group_look_alikes() -> None:
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(4, 16))
-    emb = np.repeat(centers, 4, axis=0) + 0.01 * rng.normal(size=(16, 16))
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    batches = neighbour_batches(emb, batch_brands=8, group=4, rng=rng)
-    flat = np.concatenate(batches)
-    assert sorted(flat.tolist()) == list(range(16))
-    for b in batches:  # each group of 4 is one cluster
-        for g in range(0, len(b), 4):
-            assert len({int(i) // 4 for i in b[g : g + 4]}) == 1
 
 
 def test_metrics_and_calibration() -> None:
