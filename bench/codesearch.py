@@ -55,6 +55,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_teacherfallback": {"mining": {"negatives_per_query": 1, "fallback": "teacher"}},
     # MoCHi: 4 synthetic negatives per query mixed from its 8 hardest in-batch + mined negatives
     "mined1_mix": {"mining": {"negatives_per_query": 1}, "mix_hard_negatives": {"count": 4, "hardest": 8}},
+    # batches of 4 groups of 8 pairs whose positives are neighbours in the live index (TAS-style batch mining)
+    "mined1_nb8": {"mining": {"negatives_per_query": 1, "neighbour_group": 8}},
+    "inbatch_nb8": {"mining": {"negatives_per_query": 0, "neighbour_group": 8}},
     "mined1_t0.02": {"mining": {"negatives_per_query": 1}, "loss": {"temperature": 0.02}},
     "mined1_refresh": {"mining": {"negatives_per_query": 1, "refresh_every": 73}},  # once, mid-epoch
     "inbatch_2ep": {"mining": {"negatives_per_query": 0}, "epochs": 2},
