@@ -32,9 +32,13 @@ import httpx
 from bench.codesearch import evaluate, put_all, start_server
 from bench.datasets import debian_pairs, stdlib_pairs
 
-BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relative_margin": 0.05}
+# random batches (neighbour_group 0), as in every ablation row measured before neighbour batches became the default
+BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relative_margin": 0.05,
+               "neighbour_group": 0}
 ROWS: dict[str, dict[str, Any]] = {
     "hard negatives": {},
+    # strop's default since the twelfth session: batches of 4 groups of 8 pairs with neighbouring positives
+    "hard negatives, neighbour batches": {"mining": {"neighbour_group": 8}},
     "+ denoise": {"mining": {**BASE_MINING, "denoise": True}},
     "+ margin_mse": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "margin_mse", "weight": 1.0}},
     "+ cprd": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0}},
@@ -93,6 +97,7 @@ def main() -> None:
                     "sentence-transformers model such as all-mpnet-base-v2) instead of training one")
     ap.add_argument("--teacher-weight", default="0.5", help="also report the teacher fused with the bi-encoder "
                     "at these weights (comma-separated; the service's teacher_weight)")
+    ap.add_argument("--no-teacher", action="store_true", help="no teacher at all: only rows that need none")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
@@ -114,7 +119,10 @@ def main() -> None:
         encoder_lr = {"learning_rate": args.lr} if args.lr else {}
         zs = evaluate(c, "set", evals)
         rows.append(("zero-shot", zs, 0.0))
-        if args.teacher:  # a named teacher (e.g. all-mpnet-base-v2) instead of a teacher job
+        teacher_ok = False
+        if args.no_teacher:
+            pass
+        elif args.teacher:  # a named teacher (e.g. all-mpnet-base-v2) instead of a teacher job
             c.put("/collections/set/teacher", json={"teacher": args.teacher}).raise_for_status()
             teacher_ok = True
             for label, extra in (("teacher reranks the base bi-encoder's top 50", {}),

@@ -75,7 +75,7 @@ def main() -> None:
         mined, _ = mine(qtr, emb, texts, pairs, job.mining)
         student = load_model(None, "cpu", job.max_seq_length)
         t = time.perf_counter()
-        out = fine_tune(student, pairs, texts, mined, job)
+        out = fine_tune(student, pairs, texts, mined, job, positive_vectors=emb[[p.positive for p in pairs]])
         enc = inference_encoder(student, "student")
         emb = enc.encode(texts).vectors
         qte = enc.encode([p["query"] for p in test]).vectors

@@ -134,6 +134,8 @@ def test_make_batches_keeps_a_given_order_and_still_splits_repeated_texts() -> N
 
 def test_neighbour_group_is_checked_against_the_batch_size() -> None:
     base = {"train": {"pairs": [{"query": "q", "positive_id": "x"}]}}
-    assert JobSpec.model_validate({**base, "mining": {"neighbour_group": 8}}).mining.neighbour_group == 8
+    assert JobSpec.model_validate({**base, "mining": {"neighbour_group": 16}}).mining.neighbour_group == 16
+    # the default (8) is capped by fine_tune at a smaller batch rather than refused
+    assert JobSpec.model_validate({**base, "batch_size": 4}).mining.neighbour_group == 8
     with pytest.raises(ValueError, match="neighbour_group"):
         JobSpec.model_validate({**base, "batch_size": 4, "mining": {"neighbour_group": 8}})
