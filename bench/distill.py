@@ -38,7 +38,7 @@ BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relat
 ROWS: dict[str, dict[str, Any]] = {
     "hard negatives": {},
     # strop's default since the twelfth session: batches of 4 groups of 8 pairs with neighbouring positives
-    "hard negatives, neighbour batches": {"mining": {"neighbour_group": 8}},
+    "hard negatives + neighbour batches": {"mining": {"neighbour_group": 8}},
     "+ denoise": {"mining": {**BASE_MINING, "denoise": True}},
     "+ margin_mse": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "margin_mse", "weight": 1.0}},
     "+ cprd": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0}},
