@@ -75,11 +75,12 @@ def main() -> None:
         model = load_model(None, "cpu", spec.max_seq_length)
         t = time.perf_counter()
         pos_vecs = None
-        if spec.mining.neighbour_group > 1:  # what a job takes from the live index: the base model's vectors
+        if spec.mining.group_for("code") > 1:  # what a job takes from the live index: the base model's vectors
             if base_pos is None:
                 base_pos = load_model(None).encode([texts[p.positive] for p in pairs], batch_size=32,
                                                    normalize_embeddings=True)
             pos_vecs = base_pos
+        spec.mining.neighbour_group = spec.mining.group_for("code")  # as a job on a code collection
         out = fine_tune(model, pairs, texts, [[] for _ in pairs], spec, positive_vectors=pos_vecs)
         wall = time.perf_counter() - t
         results.append((raw, out["steps"], round(wall), {s: mrr_at_10(model, queries, docs, targets, s) for s in seqs}))

@@ -176,6 +176,9 @@ def run_encoder_job(
 
     snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec)
     texts = snap.train_texts or snap.texts  # what training and the teacher see
+    # the batch grouping this collection's modality defaults to, unless the job chose one
+    spec = spec.model_copy(update={"mining": spec.mining.model_copy(
+        update={"neighbour_group": spec.mining.group_for(snap.modality)})})
 
     reporter.enter("evaluate_before")
     model = load_model(snap.encoder_source, device, spec.max_seq_length)
@@ -268,8 +271,8 @@ def run_encoder_job(
                         teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
                         teacher_kind=cache.teacher.kind if cache is not None else "cross-encoder",
                         on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device,
-                        positive_vectors=mine_corpus[[p.positive for p in pairs]] if spec.mining.neighbour_group > 1
-                        else None)
+                        positive_vectors=mine_corpus[[p.positive for p in pairs]] if spec.mining.neighbour_group
+                        and spec.mining.neighbour_group > 1 else None)
     reporter.details["train"] = summary
 
     reporter.enter("evaluate_after")

@@ -128,7 +128,7 @@ def fine_tune(
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed % (2**32))
-    group = min(spec.mining.neighbour_group, spec.batch_size)
+    group = min(spec.mining.neighbour_group or 0, spec.batch_size)
     if group >= 2 and positive_vectors is not None:
         if len(positive_vectors) != len(pairs):
             raise ValueError(f"positive_vectors has {len(positive_vectors)} rows for {len(pairs)} pairs")

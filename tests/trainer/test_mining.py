@@ -15,7 +15,7 @@ import pytest
 from trainer.contract import JobSpec, MiningSpec
 from trainer.data import Pair
 from trainer.mining import mine, neighbour_batches
-from trainer.train import make_batches
+from trainer.train import fine_tune, load_model, make_batches
 
 
 def _rows(cosines: list[float], dim: int = 16) -> np.ndarray:
@@ -132,10 +132,22 @@ def test_make_batches_keeps_a_given_order_and_still_splits_repeated_texts() -> N
         make_batches(pairs, texts, 4, random.Random(0), order=[0, 1, 2])
 
 
-def test_neighbour_group_is_checked_against_the_batch_size() -> None:
+def test_a_neighbour_group_larger_than_the_batch_fills_whole_batches(tiny_encoder_path: str) -> None:
+    # a group above batch_size (a code collection's default 8 with a batch of 4, say) is capped, not refused
+    spec = JobSpec.model_validate({"train": {"pairs": [{"query": "q", "positive_id": "x"}]}, "batch_size": 4,
+                                   "mining": {"negatives_per_query": 0, "neighbour_group": 16}})
+    model = load_model(tiny_encoder_path, "cpu", 32)
+    texts = [f"document number {i}" for i in range(12)]
+    pairs = [Pair(f"query {i}", i) for i in range(12)]
+    vecs = np.eye(12, dtype=np.float32)
+    out = fine_tune(model, pairs, texts, [[] for _ in pairs], spec, positive_vectors=vecs)
+    assert out["neighbour_group"] == 4 and out["steps"] == 3
+
+
+def test_neighbour_group_defaults_by_modality() -> None:
+    # no group given: code collections group by 8, text ones keep random batches (docs/benchmarks.md)
     base = {"train": {"pairs": [{"query": "q", "positive_id": "x"}]}}
-    assert JobSpec.model_validate({**base, "mining": {"neighbour_group": 16}}).mining.neighbour_group == 16
-    # the default (8) is capped by fine_tune at a smaller batch rather than refused
-    assert JobSpec.model_validate({**base, "batch_size": 4}).mining.neighbour_group == 8
-    with pytest.raises(ValueError, match="neighbour_group"):
-        JobSpec.model_validate({**base, "batch_size": 4, "mining": {"neighbour_group": 8}})
+    default = JobSpec.model_validate({**base, "batch_size": 4}).mining
+    assert default.neighbour_group is None and default.group_for("code") == 8 and default.group_for("text") == 0
+    assert JobSpec.model_validate({**base, "mining": {"neighbour_group": 0}}).mining.group_for("code") == 0
+    assert JobSpec.model_validate({**base, "mining": {"neighbour_group": 4}}).mining.group_for("text") == 4
