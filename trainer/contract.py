@@ -26,12 +26,12 @@ ENCODER_LR = 1e-4
 # (1.38) and reranked at 0.205 MRR@10; with the head at 1e-3, 1e-4 reached loss 1.02 and 0.394, and
 # 2e-4 reached 0.93 and 0.562 (higher rates not yet screened).
 TEACHER_LR = 2e-4
+TEACHER_HEAD_LR = 1e-3  # pooler + classifier, which the packaged encoder never trained
 # mining.neighbour_group when a job gives none (docs/benchmarks.md, "Batches of neighbouring positives"): on
 # the stdlib code benchmark, groups of 8 plus one mined negative reached 0.4541 MRR@10 on all functions over
 # three seeds, against random batches' 0.4502 and in-batch only's 0.4328; on Debian descriptions (prose, one
 # seed) they scored 0.7691 against random batches' 0.7776. So code collections group, text ones do not.
 NEIGHBOUR_GROUP = {"code": 8, "text": 0}
-TEACHER_HEAD_LR = 1e-3  # pooler + classifier, which the packaged encoder never trained
 
 
 def queue_name(prefix: str) -> str:
