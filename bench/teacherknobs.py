@@ -7,6 +7,9 @@ minutes-long screen instead of a 30-minute REST teacher job.
 
     python -m bench.teacherknobs '{}' '{"head_lr": 1e-3}' '{"learning_rate": 1e-4}'
     python -m bench.teacherknobs --student '{"head_lr": 1e-3}'   # against the fine-tuned bi-encoder
+
+``teacher_prior`` (a job field, default true) trains the cross-encoder as a correction on top of the
+bi-encoder whose candidates it reranks; ``{"teacher_prior": false}`` is the plain cross-encoder.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import torch
 
 from bench.datasets import debian_pairs
 from index.encoder import Encoder
-from index.teacher import CrossEncoderScorer, unit_scores
+from index.teacher import BiEncoderScorer, CrossEncoderScorer, unit_scores
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.mining import mine
-from trainer.teacher_job import train_cross_encoder
+from trainer.teacher_job import prior_vectors, train_cross_encoder
 from trainer.train import fine_tune, inference_encoder, load_model
 
 
@@ -90,8 +93,14 @@ def main() -> None:
         spec = JobSpec.model_validate({"kind": "teacher", "train": {"pairs": [{"query": "x", "positive_id": "x"}]},
                                        **spec_d})
         ce = CrossEncoderScorer.init_from(None, max_length=args.max_length)
+        prior = None
+        if spec.teacher_prior:  # over the bi-encoder whose candidates it reranks, as a teacher job does
+            ce.zero_head()
+            ce.prior, ce.prior_scale = BiEncoderScorer(enc, "prior"), 1.0 / spec.loss.temperature
+            prior = prior_vectors(enc, enc.encode([p.query for p in pairs]).vectors, emb, pairs, texts, ce.prior_scale)
         t = time.perf_counter()
-        out = train_cross_encoder(ce, pairs, texts, negatives, spec, lambda pr: None, lambda: False, head_lr=head_lr)
+        out = train_cross_encoder(ce, pairs, texts, negatives, spec, lambda pr: None, lambda: False, head_lr=head_lr,
+                                  prior=prior)
         secs = time.perf_counter() - t
         ranked, teacher_scores = [], []
         for q, cand in zip(test, cands, strict=True):

@@ -2,6 +2,9 @@
 
 * ``CrossEncoderScorer``: a Hugging Face sequence-classification model with one logit
   (what strop's teacher jobs train, RocketQA-style; also loads any such model by path or hub name).
+  A teacher job's cross-encoder may carry a *prior*: a frozen copy of the bi-encoder it was trained
+  over, whose cosine / temperature is added to the logit, so the cross-encoder learns only a
+  correction to the bi-encoder's ranking (``prior`` below).
 * ``BiEncoderScorer``: a (stronger) sentence-transformers bi-encoder used as a scorer (cosine),
   e.g. all-mpnet-base-v2 from its split wheels.
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +34,40 @@ DOC_CACHE_SIZE = 20_000  # document embeddings a bi-encoder teacher keeps in mem
 class CrossEncoderScorer:
     kind = "cross-encoder"
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, device: str = "cpu", max_length: int = 256):
+    def __init__(self, model: Any, tokenizer: Any, name: str, device: str = "cpu", max_length: int = 256,
+                 prior: BiEncoderScorer | None = None, prior_scale: float = 0.0):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
         self.max_length = max_length
+        # score = logit + prior_scale x cos(prior(q), prior(d)); the prior is the bi-encoder the teacher
+        # was trained over (a copy kept with the teacher, so a later encoder version does not change it)
+        self.prior = prior
+        self.prior_scale = prior_scale if prior is not None else 0.0
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu", precision: str = "auto", max_length: int = 256) -> CrossEncoderScorer:
+    def load(cls, path: str, device: str = "cpu", precision: str = "auto", max_length: int = 256,
+             cache_dir: str | Path | None = None) -> CrossEncoderScorer:
+        """A sequence-classification model by path or hub name; a strop teacher directory's
+        ``strop_teacher.json`` adds its sequence length and its prior (``cache_dir``: where the prior
+        keeps document embeddings on disk, as a bi-encoder teacher does)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        meta_file = Path(path) / "strop_teacher.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(device)
         if precision in ("auto", "bf16") and bf16_supported(device):
             model = model.to(torch.bfloat16)
-        return cls(model, AutoTokenizer.from_pretrained(path), str(path), device, max_length)
+        prior = None
+        if meta.get("prior"):
+            prior_dir = Path(path) / meta["prior"]
+            if not (prior_dir / "modules.json").exists():
+                raise ValueError(f"teacher {path}: its prior bi-encoder {prior_dir} is missing")
+            prior = BiEncoderScorer.load(str(prior_dir), device, precision, cache_dir)
+        return cls(model, AutoTokenizer.from_pretrained(path), str(path), device, meta.get("max_length", max_length),
+                   prior, float(meta.get("prior_scale", 0.0)))
 
     @classmethod
     def init_from(cls, encoder_spec: str | None, device: str = "cpu", max_length: int = 256) -> CrossEncoderScorer:
@@ -70,12 +91,34 @@ class CrossEncoderScorer:
             for i in range(0, len(pairs), batch_size):
                 chunk = pairs[i : i + batch_size]
                 out[i : i + len(chunk)] = self.logits([q for q, _ in chunk], [d for _, d in chunk]).cpu().numpy()
+        if self.prior is not None and len(pairs):
+            out += self.prior_scale * self.prior.score(pairs, batch_size)
         return out
 
-    def save(self, path: str | Path) -> None:
+    def zero_head(self) -> None:
+        """Make the logit 0 for every pair (the classifier's last linear layer zeroed), so a teacher
+        with a prior starts as exactly its bi-encoder and training learns only the correction."""
+        head = getattr(self.model, "classifier", None)
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)] if head is not None else []
+        if not linears:
+            raise ValueError(f"{self.name}: no linear classifier to zero")
+        last = linears[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+
+    def save(self, path: str | Path, save_prior: Callable[[Path], None] | None = None) -> None:
+        """``save_prior(directory)`` writes the prior bi-encoder (a sentence-transformers model) there."""
         self.model.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
-        (Path(path) / "strop_teacher.json").write_text(json.dumps({"kind": self.kind, "max_length": self.max_length}))
+        meta: dict[str, Any] = {"kind": self.kind, "max_length": self.max_length}
+        if self.prior is not None:
+            if save_prior is None:
+                raise ValueError("a teacher with a prior needs save_prior to be saved")
+            save_prior(Path(path) / "prior")
+            meta.update(prior="prior", prior_scale=self.prior_scale)
+        (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
 
 
 class BiEncoderScorer:
@@ -174,16 +217,15 @@ Scorer = CrossEncoderScorer | BiEncoderScorer
 
 def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
     """A cross-encoder directory (or hub name) or a sentence-transformers bi-encoder, by what it holds.
-    ``cache_dir``: where a bi-encoder keeps its document embeddings on disk (a cross-encoder scores
-    pairs, so there is nothing per document to keep)."""
+    ``cache_dir``: where a bi-encoder (or a cross-encoder's prior) keeps its document embeddings on
+    disk (a cross-encoder itself scores pairs, so there is nothing per document to keep)."""
     path = Path(resolve_spec(spec))
     if path.is_dir():
         if (path / "modules.json").exists() and not (path / "strop_teacher.json").exists():
             return BiEncoderScorer.load(str(path), device, precision, cache_dir)
         cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
         if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
-            meta = json.loads((path / "strop_teacher.json").read_text()) if (path / "strop_teacher.json").exists() else {}
-            return CrossEncoderScorer.load(str(path), device, precision, meta.get("max_length", 256))
+            return CrossEncoderScorer.load(str(path), device, precision, cache_dir=cache_dir)
         raise ValueError(f"{spec!r} holds neither a cross-encoder nor a sentence-transformers model")
     return CrossEncoderScorer.load(spec, device, precision)  # hub name (needs a network or the HF cache)
 

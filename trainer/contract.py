@@ -218,6 +218,10 @@ class JobSpec(Strict):
     distill: DistillSpec | None = None
     mix_hard_negatives: MixSpec | None = None
     rerank_depth: int = Field(50, ge=2, le=1000, description="teacher jobs: candidates reranked in evaluation")
+    teacher_prior: bool = Field(True, description=(
+        "teacher jobs: the teacher scores cos / loss.temperature of the live bi-encoder (a copy is stored with "
+        "it) plus the cross-encoder's logit, whose head starts at zero, so it starts as the bi-encoder's ranking "
+        "and learns a correction; false trains a plain cross-encoder (docs/benchmarks.md)"))
     views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
     gate: GateSpec = Field(default_factory=GateSpec)

@@ -4,6 +4,13 @@ Initialised from the collection's base encoder (a packaged transformer, classifi
 fresh), trained listwise on each labelled pair against negatives the current bi-encoder mines
 from the live index, evaluated as a reranker of the bi-encoder's top ``rerank_depth`` on
 held-out pairs, and stored as the collection's teacher when it beats the bi-encoder alone.
+
+With ``prior`` (the default) the teacher is the live bi-encoder plus a learned correction: its
+score is cos / temperature of the bi-encoder it was trained over (a copy is stored with it) plus
+the cross-encoder's logit, whose head starts at zero. It starts as exactly the bi-encoder's
+ranking, and the cross-encoder's training steps go into what the bi-encoder gets wrong instead
+of relearning what it already ranks well (docs/benchmarks.md, "A teacher with the bi-encoder as
+its prior").
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -24,12 +32,12 @@ import torch.nn.functional as F
 
 from index.metrics import evaluate_rankings
 from index.store import DocumentStore
-from index.teacher import CrossEncoderScorer, Scorer
+from index.teacher import BiEncoderScorer, CrossEncoderScorer, Scorer
 from index.versions import VersionStore
 from trainer.contract import TEACHER_HEAD_LR, JobSpec
 from trainer.data import EvalPair, Snapshot, positive_text
 from trainer.mining import mine
-from trainer.pipeline import JobResult, Reporter, current_embeddings, snapshot_and_pairs
+from trainer.pipeline import JobResult, Reporter, current_embeddings, save_model, snapshot_and_pairs
 from trainer.train import Cancelled, Progress, inference_encoder, load_model, make_batches
 
 
@@ -58,9 +66,33 @@ def head_parameters(model: torch.nn.Module) -> tuple[list, list]:
     return body, head
 
 
+@dataclass
+class PriorVectors:
+    """The bi-encoder side of a teacher with a prior, from vectors the job already holds: the
+    training queries, each pair's positive as trained (its ``positive_text`` when it has one) and
+    the corpus, all embedded by the prior bi-encoder; ``scale`` turns cosines into logits."""
+
+    queries: np.ndarray
+    positives: np.ndarray
+    corpus: np.ndarray
+    scale: float
+
+
+def prior_vectors(enc, q_vecs: np.ndarray, corpus: np.ndarray, pairs: list, texts: list[str],
+                  scale: float) -> PriorVectors:
+    positives = corpus[[p.positive for p in pairs]].copy()
+    own = [i for i, p in enumerate(pairs) if p.positive_text is not None]
+    if own:
+        positives[own] = enc.encode([pairs[i].positive_text for i in own]).vectors
+    return PriorVectors(q_vecs, positives, corpus, scale)
+
+
 def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], negatives: list[list[int]],
                         spec: JobSpec, on_progress: Callable[[Progress], None],
-                        should_stop: Callable[[], bool], head_lr: float | None = None) -> dict:
+                        should_stop: Callable[[], bool], head_lr: float | None = None,
+                        prior: PriorVectors | None = None) -> dict:
+    """Listwise: each query's positive against its mined negatives. With ``prior`` the logit is added
+    to the prior's scaled cosine, so the loss trains the cross-encoder on the prior's mistakes."""
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
     batches = [b for _ in range(spec.epochs) for b in make_batches(pairs, texts, max(2, spec.batch_size // 4), rng)]
@@ -77,19 +109,27 @@ def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], n
             raise Cancelled()
         width = 1 + max(len(negatives[i]) for i in batch)
         qs, ds, valid = [], [], []
-        for i in batch:
+        prior_logits = np.zeros((len(batch), width), np.float32)
+        for b, i in enumerate(batch):
             p = pairs[i]
             group = [positive_text(p, texts)] + [texts[r] for r in negatives[i]]
+            vecs = [prior.positives[i]] + [prior.corpus[r] for r in negatives[i]] if prior is not None else []
             # in-batch: another query's positive is a cheap extra negative when mining found none
             if len(group) == 1:
-                other = pairs[batch[(batch.index(i) + 1) % len(batch)]]
-                if other.positive != p.positive:
-                    group.append(positive_text(other, texts))
+                j = batch[(b + 1) % len(batch)]
+                if pairs[j].positive != p.positive:
+                    group.append(positive_text(pairs[j], texts))
+                    if prior is not None:
+                        vecs.append(prior.positives[j])
+            if prior is not None:
+                prior_logits[b, : len(vecs)] = prior.scale * (np.stack(vecs) @ prior.queries[i])
             group += [""] * (width - len(group))
             valid.append([bool(t) for t in group])
             qs += [p.query] * width
             ds += [t or "." for t in group]
         logits = ce.logits(qs, ds).view(len(batch), width)
+        if prior is not None:
+            logits = logits + torch.from_numpy(prior_logits).to(logits.device)
         logits = logits.masked_fill(~torch.tensor(valid, device=logits.device), float("-inf"))
         loss = F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long, device=logits.device))
         opt.zero_grad(set_to_none=True)
@@ -128,8 +168,14 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
 
     reporter.enter("train")
     ce = CrossEncoderScorer.init_from(snap.base_encoder, device, max_length=min(256, spec.max_seq_length or 256) * 2)
+    prior = None
+    if spec.teacher_prior:
+        ce.zero_head()
+        ce.prior, ce.prior_scale = BiEncoderScorer(enc, f"prior:{snap.version}"), 1.0 / spec.loss.temperature
+        prior = prior_vectors(enc, q_train, corpus, pairs, snap.texts, ce.prior_scale)
     reporter.details["train"] = train_cross_encoder(ce, pairs, snap.texts, negatives, spec, reporter.on_progress,
-                                                    reporter.should_stop, head_lr=TEACHER_HEAD_LR)
+                                                    reporter.should_stop, head_lr=TEACHER_HEAD_LR, prior=prior)
+    reporter.details["train"]["prior"] = {"scale": ce.prior_scale} if prior is not None else None
 
     reporter.enter("evaluate_after")
     after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.check)
@@ -146,11 +192,12 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     tmp = teachers / f".tmp-{job_id}-{uuid.uuid4().hex[:6]}"
     final = teachers / job_id
     try:
-        ce.save(tmp)
+        ce.save(tmp, save_prior=lambda path: save_model(student, path))
         (tmp / "metrics.json").write_text(json.dumps(reporter.metrics))
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
