@@ -15,6 +15,8 @@ R@10 on the held-out queries and wall time.
     python -m bench.distill --set debian --train 5000 --test 1000 --corpus 20000 --steps 150
     python -m bench.distill --quick              # smoke run on a few hundred pairs
     python -m bench.distill --set debian --teacher /models/all-mpnet-base-v2   # a named teacher, no teacher job
+    python -m bench.distill --set debian --teacher-over hard --rows "hard negatives,+ margin_mse"
+                                                # the teacher job runs over the hard-negatives model
 """
 
 from __future__ import annotations
@@ -98,9 +100,17 @@ def main() -> None:
     ap.add_argument("--teacher-weight", default="0.5", help="also report the teacher fused with the bi-encoder "
                     "at these weights (comma-separated; the service's teacher_weight)")
     ap.add_argument("--no-teacher", action="store_true", help="no teacher at all: only rows that need none")
+    ap.add_argument("--teacher-over", choices=["base", "hard"], default="base",
+                    help="train the teacher job over the base model (before every row) or over the hard-negatives "
+                         "row's model (right after it; that row must come first)")
+    ap.add_argument("--rerank-depth", type=int, default=50, help="candidates the teacher job reranks in its evaluation")
+    ap.add_argument("--no-teacher-prior", dest="teacher_prior", action="store_false",
+                    help="teacher jobs train a plain cross-encoder (teacher_prior false)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
+    if args.teacher_over == "hard" and args.rows.split(",")[0] != "hard negatives":
+        ap.error("--teacher-over hard: the first row must be 'hard negatives'")
     if args.quick:
         args.train, args.test, args.corpus, args.steps, args.teacher_steps = 300, 100, 1000, 10, 10
     data = load_set(args.set, args.train, args.test, args.corpus)
@@ -131,23 +141,30 @@ def main() -> None:
                 t = time.perf_counter()
                 rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
                 print(label, json.dumps(rows[-1][1]), flush=True)
-        else:
-            tj, tw = job(c, "set", {**common, "kind": "teacher", "max_steps": args.teacher_steps})
+        def teacher_job(over: str) -> bool:
+            """A teacher job over the active version (its prior, by default); True when it was stored."""
+            tj, tw = job(c, "set", {**common, "kind": "teacher", "max_steps": args.teacher_steps,
+                                    "rerank_depth": args.rerank_depth, **teacher_extra})
             print("teacher", tj["state"], json.dumps(tj["metrics"]), json.dumps(tj["details"].get("stage_seconds")),
-                  flush=True)
-            teacher_ok = tj["state"] == "succeeded"
+                  json.dumps(tj["details"].get("train")), flush=True)
+            ok = tj["state"] == "succeeded"
             end = time.time() + 30  # the API learns of the new teacher on its next sync
-            while teacher_ok and not c.get("/collections/set").json().get("teacher") and time.time() < end:
+            while ok and not c.get("/collections/set").json().get("teacher") and time.time() < end:
                 time.sleep(0.5)
-            if teacher_ok:
-                rows.append(("trained teacher reranks the base bi-encoder's top 50", tj["metrics"]["after"], tw))
+            if ok:
+                rows.append((f"trained teacher reranks the {over} bi-encoder's top {args.rerank_depth}", tj["metrics"]["after"], tw))
                 # stored as the collection's teacher: the bench's gate (min_delta -1) lets every job through
                 for w in weights:
-                    label = f"trained teacher fused (w {w:g}) with the base bi-encoder"
+                    label = f"trained teacher fused (w {w:g}) with the {over} bi-encoder"
                     t = time.perf_counter()
                     rows.append((label, evaluate(c, "set", evals, rerank=True, teacher_weight=w),
                                  time.perf_counter() - t))
                     print(label, json.dumps(rows[-1][1]), flush=True)
+            return ok
+
+        teacher_extra = {} if args.teacher_prior else {"teacher_prior": False}
+        if not args.no_teacher and not args.teacher and args.teacher_over == "base":
+            teacher_ok = teacher_job("base")
         for row in args.rows.split(","):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
             spec = {**ROWS[row]}
@@ -160,7 +177,11 @@ def main() -> None:
             rows.append((row, j["metrics"]["after"], wall))
             print(row, json.dumps(j["metrics"]["after"]), round(wall), json.dumps(j["details"].get("stage_seconds")),
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives")}), flush=True)
-            if row == "hard negatives" and teacher_ok:
+            if row == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher):
+                # ANCE-style: the teacher is trained over (and, with its prior, on top of) the fine-tuned model
+                c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
+                teacher_ok = teacher_job("hard-negatives")
+            elif row == "hard negatives" and teacher_ok:
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
                 fused = tuple((f"teacher fused (w {w:g}) with the hard-negatives bi-encoder", {"teacher_weight": w})
                               for w in weights)

@@ -1,4 +1,4 @@
-"""In-process screen of the teacher (cross-encoder) recipe on Debian descriptions.
+"""In-process screen of the teacher (cross-encoder) recipe on Debian descriptions (or ``--set stdlib``).
 
 Trains ``trainer.teacher_job.train_cross_encoder`` exactly as a teacher job does (a fresh
 cross-encoder on the packaged MiniLM, listwise over the positive and 3 negatives mined by the base
@@ -21,9 +21,9 @@ import time
 import numpy as np
 import torch
 
-from bench.datasets import debian_pairs
+from bench.distill import load_set
 from index.encoder import Encoder
-from index.teacher import BiEncoderScorer, CrossEncoderScorer, unit_scores
+from index.teacher import BiEncoderScorer, CrossEncoderScorer
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.mining import mine
@@ -42,6 +42,7 @@ def mrr10(ranked: list[list[int]], gold: list[int]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("specs", nargs="+", help="JSON: job fields (learning_rate, max_steps...) plus head_lr")
+    ap.add_argument("--set", choices=["debian", "stdlib"], default="debian")
     ap.add_argument("--train", type=int, default=640)
     ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--corpus", type=int, default=4000)
@@ -52,11 +53,8 @@ def main() -> None:
                          "rerank its candidates: the comparison issue 4 asks for")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    d = debian_pairs()
-    train, test = d["train"][: args.train], d["test"][: args.test]
-    keep = {p["positive_id"] for p in train + test}
-    corpus = [c for c in d["corpus"] if c["id"] in keep]
-    corpus += [c for c in d["corpus"] if c["id"] not in keep][: args.corpus - len(corpus)]
+    d = load_set(args.set, args.train, args.test, args.corpus)  # the same subsets bench.distill uses
+    train, test, corpus = d["train"], d["test"], d["corpus"]
     row = {c["id"]: i for i, c in enumerate(corpus)}
     texts = [c["text"] for c in corpus]
     enc = Encoder.load(None)
@@ -75,6 +73,8 @@ def main() -> None:
     base_name = "base bi-encoder"
     if args.student:  # issue 4's comparison: the teacher against the *fine-tuned* bi-encoder
         job = JobSpec.model_validate({"train": {"pairs": [{"query": "x", "positive_id": "x"}]}})
+        job = job.model_copy(update={"mining": job.mining.model_copy(  # the modality's default, as a job resolves it
+            update={"neighbour_group": job.mining.group_for(d["modality"])})})
         mined, _ = mine(qtr, emb, texts, pairs, job.mining)
         student = load_model(None, "cpu", job.max_seq_length)
         t = time.perf_counter()
@@ -105,7 +105,7 @@ def main() -> None:
         ranked, teacher_scores = [], []
         for q, cand in zip(test, cands, strict=True):
             s = ce.score([(q["query"], texts[r]) for r in cand])
-            teacher_scores.append(unit_scores(s, ce.kind))
+            teacher_scores.append(ce.unit(s))
             ranked.append([cand[i] for i in np.argsort(-s, kind="stable")])
         fused = cross_fitted_fusion(cands, teacher_scores, [emb[c] @ q for c, q in zip(cands, qte, strict=True)], gold)
         rows.append((raw, mrr10(ranked, gold), out["loss"], secs, fused))

@@ -95,6 +95,14 @@ class CrossEncoderScorer:
             out += self.prior_scale * self.prior.score(pairs, batch_size)
         return out
 
+    def unit(self, scores: np.ndarray) -> np.ndarray:
+        """Scores on [0, 1]: the sigmoid of a logit; with a prior, (cos + logit / prior_scale + 1) / 2
+        clipped, the scale of a bi-encoder teacher (a sigmoid of cos / temperature saturates)."""
+        scores = np.asarray(scores, np.float32)
+        if self.prior is not None:
+            return np.clip((scores / self.prior_scale + 1.0) / 2.0, 0.0, 1.0)
+        return unit_scores(scores, self.kind)
+
     def zero_head(self) -> None:
         """Make the logit 0 for every pair (the classifier's last linear layer zeroed), so a teacher
         with a prior starts as exactly its bi-encoder and training learns only the correction."""
@@ -189,6 +197,9 @@ class BiEncoderScorer:
         d = np.stack([found[p[1]] for p in pairs])
         return (q[qi] * d).sum(axis=1).astype(np.float32)
 
+    def unit(self, scores: np.ndarray) -> np.ndarray:
+        return unit_scores(scores, self.kind)
+
     def _remember(self, keys: dict[str, bytes], items: list[tuple[str, np.ndarray]]) -> None:
         if self.cache_size <= 0:
             return
@@ -207,7 +218,8 @@ def unit_scores(scores: np.ndarray, kind: str) -> np.ndarray:
     """Teacher scores on [0, 1]: sigmoid of cross-encoder logits, (cos + 1) / 2 for bi-encoders.
 
     One scale for both kinds, so a denoise threshold or a fusion weight means the same thing
-    whichever teacher a collection names."""
+    whichever teacher a collection names. Prefer a scorer's own ``unit`` (a cross-encoder with a
+    prior has its own scale)."""
     scores = np.asarray(scores, np.float32)
     return 1.0 / (1.0 + np.exp(-scores)) if kind == "cross-encoder" else (scores + 1.0) / 2.0
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from index.teacher import Scorer, unit_scores
+from index.teacher import Scorer
 from trainer.contract import JobSpec
 from trainer.data import Pair, positive_text
 from trainer.mining import MiningStats
@@ -98,14 +98,13 @@ def semantic_positives(cache: TeacherCache, pairs: list[Pair], corpus_emb: np.nd
         candidates += [(i, int(r)) for r in nbrs[i] if r >= 0 and int(r) not in known
                        and texts[int(r)] != texts[p.positive]]
     cache.ensure([(i, p.positive) for i, p in enumerate(pairs)] + candidates, pairs, texts, progress)
-    kind = getattr(cache.teacher, "kind", "bi-encoder")
     added: list[Pair] = []
     per_query: dict[int, int] = {}
     for i, r in candidates:
         if per_query.get(i, 0) >= sp.max_per_query:
             continue
-        t_pos = unit_scores(np.array([cache.scores[(i, pairs[i].positive)]]), kind)[0]
-        t_nb = unit_scores(np.array([cache.scores[(i, r)]]), kind)[0]
+        t_pos = cache.teacher.unit(np.array([cache.scores[(i, pairs[i].positive)]]))[0]
+        t_nb = cache.teacher.unit(np.array([cache.scores[(i, r)]]))[0]
         if t_nb >= sp.min_ratio * t_pos:
             p = pairs[i]
             p.extra_positives.append(r)

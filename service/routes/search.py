@@ -16,7 +16,6 @@ from index.images import ImageError, decode_image
 from index.lexical import fuse
 from index.metrics import evaluate_rankings
 from index.store import Document, DocumentStore
-from index.teacher import unit_scores
 from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from service.errors import ApiError, image_error
 from service.manager import CollectionManager, CollectionState, Served
@@ -70,7 +69,7 @@ def teacher_scores(raw: np.ndarray, teacher: Any, dense: np.ndarray, weight: flo
     lexically fused) bi-encoder score plus ``weight`` x the teacher's score on [0, 1]."""
     if weight is None:
         return raw
-    return dense + np.float32(weight) * unit_scores(raw, teacher.encoder.scorer.kind)
+    return dense + np.float32(weight) * teacher.encoder.scorer.unit(raw)
 
 
 Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid

@@ -284,7 +284,11 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     while not qclient.get("/collections/code").json()["teacher"] and time.time() < end:
         time.sleep(0.1)
     teacher_path = qclient.get("/collections/code").json()["teacher"]
-    assert teacher_path and isinstance(load_teacher(teacher_path), CrossEncoderScorer)
+    teacher = load_teacher(teacher_path)
+    assert teacher_path and isinstance(teacher, CrossEncoderScorer)
+    # the default teacher carries a copy of the bi-encoder it was trained over (teacher_prior)
+    assert teacher.prior is not None and job["details"]["train"]["prior"] == {"scale": 20.0}
+    assert (Path(teacher_path) / "prior" / "modules.json").exists()
     r = qclient.post("/collections/code/search", json={"query": corpus["test"][0]["query"], "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     # an encoder job that distills from, and denoises with, the collection's own teacher
@@ -379,3 +383,47 @@ def test_a_named_teacher_embeds_each_document_once_across_jobs_and_the_api(qclie
     scorer = qclient.app.state.models._models["teacher:" + teacher].encoder.scorer
     assert scorer.disk is not None and scorer.disk.hits > 0
     assert len(list((data_dir / "teacher-cache").glob("*.sqlite"))) == 1
+
+
+def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and_round_trips(tiny_encoder_path, tmp_path):
+    """``teacher_prior``: score = cos / temperature of a stored bi-encoder + the cross-encoder's logit.
+    With the head zeroed it ranks exactly as its bi-encoder; training moves a planted positive that the
+    bi-encoder ranks last to the top; saved and loaded, it scores the same."""
+    import shutil
+
+    from trainer.teacher_job import prior_vectors, train_cross_encoder
+
+    texts = ["install a package with pip", "bake bread at home", "tune a guitar", "plant tomatoes in spring",
+             "fix a flat bicycle tyre"]
+    query = "grow vegetables in the garden"
+    student = load_model(tiny_encoder_path, max_seq_length=32)
+    enc = Encoder(student, "tiny", "fp32")
+    ce = CrossEncoderScorer.init_from(tiny_encoder_path, max_length=64)
+    ce.zero_head()
+    ce.prior, ce.prior_scale = BiEncoderScorer(enc, "prior"), 20.0
+    emb = enc.encode(texts).vectors
+    q = enc.encode([query]).vectors
+    cos = emb @ q[0]
+    pairs_ = [(query, t) for t in texts]
+    assert np.allclose(ce.score(pairs_), 20.0 * cos, atol=1e-4)  # exactly the bi-encoder at the start
+    # on [0, 1] it reads like a bi-encoder teacher's (cos + 1) / 2, not a saturated sigmoid of cos / 0.05
+    assert np.allclose(ce.unit(ce.score(pairs_)), (cos + 1) / 2, atol=1e-4)
+    planted = int(np.argmin(cos))  # the bi-encoder ranks this one last: the label says it is the answer
+    others = [r for r in range(len(texts)) if r != planted]
+    spec = JobSpec.model_validate({"kind": "teacher", "train": {"pairs": [{"query": "q", "positive_id": "a"}]},
+                                   "max_steps": 40, "epochs": 40, "batch_size": 8, "learning_rate": 1e-3})
+    pairs = [Pair(query, planted)]
+    prior = prior_vectors(enc, q, emb, pairs, texts, 20.0)
+    out = train_cross_encoder(ce, pairs, texts, [others], spec, lambda p: None, lambda: False, head_lr=1e-2,
+                              prior=prior)
+    assert out["steps"] == 40 and out["loss"] < 0.5
+    scores = ce.score(pairs_)
+    assert int(np.argmax(scores)) == planted
+    # saved with a copy of its bi-encoder, loaded back by path: the same scores
+    ce.save(tmp_path / "t", save_prior=lambda p: student.save(str(p)))
+    loaded = load_teacher(str(tmp_path / "t"), precision="fp32")
+    assert isinstance(loaded, CrossEncoderScorer) and loaded.prior is not None and loaded.prior_scale == 20.0
+    assert np.allclose(loaded.score(pairs_), scores, atol=1e-3)
+    shutil.rmtree(tmp_path / "t" / "prior")
+    with pytest.raises(ValueError, match="prior bi-encoder"):
+        load_teacher(str(tmp_path / "t"))
