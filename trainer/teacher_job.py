@@ -107,7 +107,8 @@ def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], n
     for step, batch in enumerate(batches[:total], start=1):
         if should_stop():
             raise Cancelled()
-        width = 1 + max(len(negatives[i]) for i in batch)
+        # room for one in-batch negative even when no query of the batch has a mined one
+        width = 1 + max(1, *(len(negatives[i]) for i in batch))
         qs, ds, valid = [], [], []
         prior_logits = np.zeros((len(batch), width), np.float32)
         for b, i in enumerate(batch):

@@ -427,3 +427,16 @@ def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and
     shutil.rmtree(tmp_path / "t" / "prior")
     with pytest.raises(ValueError, match="prior bi-encoder"):
         load_teacher(str(tmp_path / "t"))
+
+
+def test_teacher_training_falls_back_to_in_batch_negatives_when_mining_found_none(tiny_encoder_path):
+    """A batch in which no query has a mined negative still trains: each query gets another's positive."""
+    from trainer.teacher_job import train_cross_encoder
+
+    ce = CrossEncoderScorer.init_from(tiny_encoder_path, max_length=32)
+    spec = JobSpec.model_validate({"kind": "teacher", "train": {"pairs": [{"query": "q", "positive_id": "a"}]},
+                                   "max_steps": 2, "batch_size": 8})
+    texts = ["install a package with pip", "bake bread at home", "tune a guitar"]
+    pairs = [Pair("how do I install packages", 0), Pair("making bread", 1), Pair("guitar strings", 2)]
+    out = train_cross_encoder(ce, pairs, texts, [[], [], []], spec, lambda p: None, lambda: False)
+    assert out["steps"] == 1 and np.isfinite(out["loss"]) and out["loss"] > 0
