@@ -27,7 +27,7 @@ from index.teacher import BiEncoderScorer, CrossEncoderScorer
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.mining import mine
-from trainer.teacher_job import prior_vectors, train_cross_encoder
+from trainer.teacher_job import fit_logit_weight, prior_vectors, train_cross_encoder
 from trainer.train import fine_tune, inference_encoder, load_model
 
 
@@ -102,19 +102,28 @@ def main() -> None:
         out = train_cross_encoder(ce, pairs, texts, negatives, spec, lambda pr: None, lambda: False, head_lr=head_lr,
                                   prior=prior)
         secs = time.perf_counter() - t
-        ranked, teacher_scores = [], []
+        ranked, teacher_scores, parts = [], [], []
         for q, cand in zip(test, cands, strict=True):
-            s = ce.score([(q["query"], texts[r]) for r in cand])
+            logits, prior_part = ce.score_parts([(q["query"], texts[r]) for r in cand])
+            parts.append((logits, prior_part))
+            s = logits if prior_part is None else logits + prior_part  # the correction at full weight
             teacher_scores.append(ce.unit(s))
             ranked.append([cand[i] for i in np.argsort(-s, kind="stable")])
-        fused = cross_fitted_fusion(cands, teacher_scores, [emb[c] @ q for c, q in zip(cands, qte, strict=True)], gold)
-        rows.append((raw, mrr10(ranked, gold), out["loss"], secs, fused))
+        if prior is not None:  # what the teacher job reports: the correction's weight chosen on held-out halves
+            w, held, fit = fit_logit_weight(parts, cands, [{g} for g in gold])
+            fitted = (held["mrr@10"], fit["chosen_per_half"], fit["mrr@10_by_weight"])
+        else:
+            fitted = (cross_fitted_fusion(cands, teacher_scores, [emb[c] @ q for c, q in zip(cands, qte, strict=True)],
+                                          gold) + (None,))
+        rows.append((raw, mrr10(ranked, gold), out["loss"], secs, fitted))
         print(rows[-1], f"steps {out['steps']}", flush=True)
-    print(f"\n| spec | rerank MRR@10 (top {args.depth}) | fused with the bi-encoder, cross-fitted (w per half) "
-          "| final loss (EMA) | train s |\n|---|---|---|---|---|")
-    for name, m, loss, secs, fused in rows:
-        f = "-" if fused is None else f"{fused[0]:.4f} (w {', '.join(f'{w:g}' for w in fused[1])})"
+    print(f"\n| spec | rerank MRR@10 (top {args.depth}) | cross-fitted: the prior teacher's correction weight, or "
+          "a plain teacher fused with the bi-encoder (w per half) | final loss (EMA) | train s |\n|---|---|---|---|---|")
+    for name, m, loss, secs, fitted in rows:
+        f = "-" if fitted is None else f"{fitted[0]:.4f} (w {', '.join(f'{w:g}' for w in fitted[1])})"
         print(f"| {name} | {m:.4f} | {f} | {'-' if loss is None else f'{loss:.3f}'} | {secs:.0f} |")
+        if fitted is not None and fitted[2]:
+            print(f"|  MRR@10 of all queries by correction weight: {fitted[2]} | | | | |")
 
 
 FUSION_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)

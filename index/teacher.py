@@ -35,7 +35,7 @@ class CrossEncoderScorer:
     kind = "cross-encoder"
 
     def __init__(self, model: Any, tokenizer: Any, name: str, device: str = "cpu", max_length: int = 256,
-                 prior: BiEncoderScorer | None = None, prior_scale: float = 0.0):
+                 prior: BiEncoderScorer | None = None, prior_scale: float = 0.0, logit_weight: float = 1.0):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -45,6 +45,8 @@ class CrossEncoderScorer:
         # was trained over (a copy kept with the teacher, so a later encoder version does not change it)
         self.prior = prior
         self.prior_scale = prior_scale if prior is not None else 0.0
+        # with a prior: how much of the learned correction to add (fitted on held-out pairs by the job)
+        self.logit_weight = logit_weight
         self._lock = threading.Lock()
 
     @classmethod
@@ -67,7 +69,7 @@ class CrossEncoderScorer:
                 raise ValueError(f"teacher {path}: its prior bi-encoder {prior_dir} is missing")
             prior = BiEncoderScorer.load(str(prior_dir), device, precision, cache_dir)
         return cls(model, AutoTokenizer.from_pretrained(path), str(path), device, meta.get("max_length", max_length),
-                   prior, float(meta.get("prior_scale", 0.0)))
+                   prior, float(meta.get("prior_scale", 0.0)), float(meta.get("logit_weight", 1.0)))
 
     @classmethod
     def init_from(cls, encoder_spec: str | None, device: str = "cpu", max_length: int = 256) -> CrossEncoderScorer:
@@ -84,20 +86,28 @@ class CrossEncoderScorer:
                                max_length=self.max_length, return_tensors="pt").to(self.device)
         return self.model(**feats).logits.squeeze(-1).float()
 
-    @torch.inference_mode()
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        logits, prior = self.score_parts(pairs, batch_size)
+        return logits if prior is None else self.logit_weight * logits + prior
+
+    @torch.inference_mode()
+    def score_parts(self, pairs: Sequence[tuple[str, str]],
+                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the cross-encoder's logits, prior_scale x the prior's cosines or None without a prior)."""
         out = np.empty(len(pairs), np.float32)
         with self._lock:
             for i in range(0, len(pairs), batch_size):
                 chunk = pairs[i : i + batch_size]
                 out[i : i + len(chunk)] = self.logits([q for q, _ in chunk], [d for _, d in chunk]).cpu().numpy()
-        if self.prior is not None and len(pairs):
-            out += self.prior_scale * self.prior.score(pairs, batch_size)
-        return out
+        if self.prior is None:
+            return out, None
+        prior = self.prior.score(pairs, batch_size) if len(pairs) else np.empty(0, np.float32)
+        return out, (self.prior_scale * prior).astype(np.float32)
 
     def unit(self, scores: np.ndarray) -> np.ndarray:
-        """Scores on [0, 1]: the sigmoid of a logit; with a prior, (cos + logit / prior_scale + 1) / 2
-        clipped, the scale of a bi-encoder teacher (a sigmoid of cos / temperature saturates)."""
+        """Scores on [0, 1]: the sigmoid of a logit; with a prior, (score / prior_scale + 1) / 2 clipped
+        (cos plus the weighted correction, on a bi-encoder teacher's scale; a sigmoid of cos /
+        temperature would saturate)."""
         scores = np.asarray(scores, np.float32)
         if self.prior is not None:
             return np.clip((scores / self.prior_scale + 1.0) / 2.0, 0.0, 1.0)
@@ -125,7 +135,7 @@ class CrossEncoderScorer:
             if save_prior is None:
                 raise ValueError("a teacher with a prior needs save_prior to be saved")
             save_prior(Path(path) / "prior")
-            meta.update(prior="prior", prior_scale=self.prior_scale)
+            meta.update(prior="prior", prior_scale=self.prior_scale, logit_weight=self.logit_weight)
         (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
 
 

@@ -7,10 +7,11 @@ held-out pairs, and stored as the collection's teacher when it beats the bi-enco
 
 With ``prior`` (the default) the teacher is the live bi-encoder plus a learned correction: its
 score is cos / temperature of the bi-encoder it was trained over (a copy is stored with it) plus
-the cross-encoder's logit, whose head starts at zero. It starts as exactly the bi-encoder's
+w x the cross-encoder's logit, whose head starts at zero. It starts as exactly the bi-encoder's
 ranking, and the cross-encoder's training steps go into what the bi-encoder gets wrong instead
-of relearning what it already ranks well (docs/benchmarks.md, "A teacher with the bi-encoder as
-its prior").
+of relearning what it already ranks well. The weight w is chosen on the held-out pairs, and the
+metrics the gate reads are cross-fitted (each half scored with the weight chosen on the other)
+(docs/benchmarks.md, "A teacher with the bi-encoder as its prior").
 """
 
 from __future__ import annotations
@@ -40,22 +41,69 @@ from trainer.mining import mine
 from trainer.pipeline import JobResult, Reporter, current_embeddings, save_model, snapshot_and_pairs
 from trainer.train import Cancelled, Progress, inference_encoder, load_model, make_batches
 
+# the weights a teacher with a prior may give its correction (score = prior + w x logit), chosen on held-out
+# pairs: on stdlib code the correction learned in 125 CPU steps hurt at full weight (docs/benchmarks.md)
+LOGIT_WEIGHTS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def top_candidates(q_emb: np.ndarray, corpus: np.ndarray, depth: int) -> list[list[int]]:
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(np.ascontiguousarray(corpus, np.float32))
+    _, rows = index.search(np.ascontiguousarray(q_emb, np.float32), min(depth, len(corpus)))
+    return [[int(r) for r in row if r >= 0] for row in rows]
+
 
 def rerank_metrics(teacher: Scorer | None, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
                    evals: list[EvalPair], depth: int, check: Callable[[], None] = lambda: None) -> dict:
     """Metrics of the bi-encoder's top ``depth`` (reranked by ``teacher`` when given)."""
-    index = faiss.IndexFlatIP(corpus.shape[1])
-    index.add(np.ascontiguousarray(corpus, np.float32))
-    _, rows = index.search(np.ascontiguousarray(q_emb, np.float32), min(depth, len(snap.ids)))
     rankings = []
-    for e, row in zip(evals, rows, strict=True):
-        cands = [int(r) for r in row if r >= 0]
+    for e, cands in zip(evals, top_candidates(q_emb, corpus, depth), strict=True):
         if teacher is not None and cands:
             check()
             scores = teacher.score([(e.query, snap.texts[r]) for r in cands])
             cands = [cands[i] for i in np.argsort(-scores, kind="stable")]
         rankings.append([snap.ids[r] for r in cands])
     return evaluate_rankings(rankings, [[snap.ids[r] for r in e.positives] for e in evals], k=10)
+
+
+def fit_logit_weight(parts: list[tuple[np.ndarray, np.ndarray]], cands: list[list[int]], gold: list[set[int]],
+                     metric: str = "mrr@10", weights: tuple[float, ...] = LOGIT_WEIGHTS) -> tuple[float, dict, dict]:
+    """Choose how much of a prior teacher's correction to add, honestly.
+
+    ``parts[i]`` = (logits, scaled prior scores) of query i's candidates ``cands[i]``; ``gold[i]`` its
+    positives. The weight is chosen on the odd queries and scored on the even ones and the other way
+    round, so the reported metrics are held out from the choice; the weight returned (for the stored
+    teacher) is the one chosen on all queries. Returns (weight, cross-fitted metrics, details)."""
+
+    def ranked(i: int, w: float) -> list[int]:
+        logits, prior = parts[i]
+        return [cands[i][j] for j in np.argsort(-(prior + w * logits), kind="stable")]
+
+    def metrics(w_of: Callable[[int], float], idx: list[int]) -> dict:
+        return evaluate_rankings([ranked(i, w_of(i)) for i in idx], [gold[i] for i in idx], k=10)
+
+    n = len(parts)
+    halves = ([i for i in range(n) if i % 2], [i for i in range(n) if not i % 2])
+    chosen = [max(weights, key=lambda w, h=h: metrics(lambda _: w, h)[metric]) for h in halves]
+    # each half is ranked with the weight chosen on the other half
+    held_out = metrics(lambda i: chosen[0] if i % 2 == 0 else chosen[1], list(range(n)))
+    final = max(weights, key=lambda w: metrics(lambda _: w, list(range(n)))[metric])
+    by_weight = {f"{w:g}": round(metrics(lambda _, w=w: w, list(range(n)))[metric], 5) for w in weights}
+    return final, held_out, {"chosen_per_half": chosen, metric + "_by_weight": by_weight}
+
+
+def prior_rerank(ce: CrossEncoderScorer, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
+                 evals: list[EvalPair], depth: int, metric: str,
+                 check: Callable[[], None] = lambda: None) -> tuple[float, dict, dict]:
+    """Score the bi-encoder's top ``depth`` once with both parts of ``ce`` and fit its correction weight."""
+    cands = top_candidates(q_emb, corpus, depth)
+    parts = []
+    for e, c in zip(evals, cands, strict=True):
+        check()
+        logits, prior = ce.score_parts([(e.query, snap.texts[r]) for r in c])
+        parts.append((logits, prior))
+    gold = [set(e.positives) for e in evals]
+    return fit_logit_weight(parts, cands, gold, metric)
 
 
 def head_parameters(model: torch.nn.Module) -> tuple[list, list]:
@@ -179,8 +227,12 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     reporter.details["train"]["prior"] = {"scale": ce.prior_scale} if prior is not None else None
 
     reporter.enter("evaluate_after")
-    after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.check)
     metric = spec.gate.metric
+    if prior is not None:
+        ce.logit_weight, after, fit = prior_rerank(ce, q_eval, corpus, snap, evals, depth, metric, reporter.check)
+        reporter.details["train"]["prior"].update(logit_weight=ce.logit_weight, **fit)
+    else:
+        after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.check)
     delta = after[metric] - before[metric]
     passed = delta >= spec.gate.min_delta
     reporter.metrics = {"before": before, "after": after, "rerank_depth": depth,
