@@ -287,7 +287,9 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     teacher = load_teacher(teacher_path)
     assert teacher_path and isinstance(teacher, CrossEncoderScorer)
     # the default teacher carries a copy of the bi-encoder it was trained over (teacher_prior)
-    assert teacher.prior is not None and job["details"]["train"]["prior"] == {"scale": 20.0}
+    prior = job["details"]["train"]["prior"]
+    assert teacher.prior is not None and prior["scale"] == 20.0 and teacher.logit_weight == prior["logit_weight"]
+    assert len(prior["chosen_per_half"]) == 2 and set(prior["mrr@10_by_weight"]) == {"0.1", "0.25", "0.5", "1", "2"}
     assert (Path(teacher_path) / "prior" / "modules.json").exists()
     r = qclient.post("/collections/code/search", json={"query": corpus["test"][0]["query"], "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
@@ -419,10 +421,15 @@ def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and
     assert out["steps"] == 40 and out["loss"] < 0.5
     scores = ce.score(pairs_)
     assert int(np.argmax(scores)) == planted
-    # saved with a copy of its bi-encoder, loaded back by path: the same scores
+    # saved with a copy of its bi-encoder and its correction weight, loaded back by path: the same scores
+    ce.logit_weight = 0.5
+    scores = ce.score(pairs_)
+    logits, prior_part = ce.score_parts(pairs_)
+    assert np.allclose(scores, prior_part + 0.5 * logits)
     ce.save(tmp_path / "t", save_prior=lambda p: student.save(str(p)))
     loaded = load_teacher(str(tmp_path / "t"), precision="fp32")
     assert isinstance(loaded, CrossEncoderScorer) and loaded.prior is not None and loaded.prior_scale == 20.0
+    assert loaded.logit_weight == 0.5
     assert np.allclose(loaded.score(pairs_), scores, atol=1e-3)
     shutil.rmtree(tmp_path / "t" / "prior")
     with pytest.raises(ValueError, match="prior bi-encoder"):
@@ -440,3 +447,24 @@ def test_teacher_training_falls_back_to_in_batch_negatives_when_mining_found_non
     pairs = [Pair("how do I install packages", 0), Pair("making bread", 1), Pair("guitar strings", 2)]
     out = train_cross_encoder(ce, pairs, texts, [[], [], []], spec, lambda p: None, lambda: False)
     assert out["steps"] == 1 and np.isfinite(out["loss"]) and out["loss"] > 0
+
+
+def test_the_correction_weight_is_chosen_on_held_out_queries():
+    """``fit_logit_weight``: a correction that fixes every query gets a large weight and lifts the
+    cross-fitted metrics; one that only scrambles gets the smallest; each half is scored with the
+    weight chosen on the other."""
+    from trainer.teacher_job import LOGIT_WEIGHTS, fit_logit_weight
+
+    rng = np.random.default_rng(0)
+    n, depth = 40, 5
+    cands = [list(range(depth)) for _ in range(n)]
+    gold = [{3} for _ in range(n)]  # the prior ranks the positive 4th everywhere
+    prior = np.array([4.0, 3.0, 2.0, 1.0, 0.0], np.float32)
+    helpful = [(np.array([0, 0, 0, 2.5, 0], np.float32), prior) for _ in range(n)]  # lifts it past all at w >= 1
+    w, held, fit = fit_logit_weight(helpful, cands, gold)
+    assert w >= 1.0 and held["mrr@10"] == 1.0 and fit["mrr@10_by_weight"]["0.1"] == 0.25
+    right = [{0} for _ in range(n)]  # now the prior is right everywhere and the correction is noise
+    noisy = [(rng.normal(0, 5, depth).astype(np.float32), prior) for _ in range(n)]
+    w, held, fit = fit_logit_weight(noisy, cands, right)
+    assert w == min(LOGIT_WEIGHTS) and len(fit["chosen_per_half"]) == 2
+    assert held["n"] == n
