@@ -22,6 +22,7 @@ time per stage.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -94,11 +95,23 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_with_us(p: subprocess.Popen) -> None:
+    """The server runs in its own session, so a ``timeout`` or ``kill`` of the benchmark would leave it
+    serving: stop it at exit, and turn SIGTERM into a normal exit so ``finally`` blocks and atexit run."""
+    atexit.register(lambda: p.poll() is None and p.terminate())
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    except ValueError:  # not the main thread: the caller's own handling applies
+        pass
+
+
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = _port()
     log = open(data_dir.parent / "serve.log", "a")
     p = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
                           str(data_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _stop_with_us(p)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
