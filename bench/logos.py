@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--view-size", type=int, default=160)
     ap.add_argument("--calib", type=int, default=1000, help="calibration views of gallery brands")
     ap.add_argument("--max-false-accept", type=float, default=0.05)
+    ap.add_argument("--query-crops", default="1,0.75,0.5",
+                    help="crop scales a query is embedded at (index.logo.crop_grid); '1' = whole image only")
+    ap.add_argument("--frozen-crops", action="store_true", help="also report the frozen backbone with query crops")
     ap.add_argument("--no-hard-negatives", action="store_true")
     ap.add_argument("--no-text", action="store_true")
     ap.add_argument("--no-frozen", action="store_true")
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from index.logo import Embedded, VisualConfig, VisualEncoder, crop_to_content
+    from index.logo import Embedded, VisualConfig, VisualEncoder, check_crops, crop_grid, crop_to_content
     from trainer.views import fit_fusion, make_view, train_views, view_rng
 
     t_all = time.perf_counter()
@@ -215,22 +218,36 @@ def main(argv: list[str] | None = None) -> int:
     gal_crops = [crop_to_content(r) for r in refs]
     results: dict[str, dict[str, Any]] = {}
 
-    def visual_sets(enc: VisualEncoder) -> tuple[Embedded, dict[str, Embedded]]:
-        def emb(images: list[Image.Image]) -> Embedded:
-            v = enc.encode(images)
+    crops = check_crops([float(x) for x in args.query_crops.split(",")])
+
+    def visual_sets(enc: VisualEncoder, scales: tuple[float, ...] = (1.0,)) -> tuple[Embedded, dict[str, Embedded]]:
+        def emb(images: list[Image.Image], as_query: bool) -> Embedded:
+            if as_query and scales != (1.0,):  # one row per crop, as index.logo.LogoModel.embed_queries
+                parts = [crop_grid(im, scales) for im in images]
+                v = enc.encode([c for p in parts for c in p]).reshape(len(images), len(parts[0]), enc.dim)
+            else:
+                v = enc.encode(images)
             return Embedded(v, np.zeros((len(v), 1), np.float32), np.zeros(len(v), bool), [""] * len(v))
 
-        return emb(gal_crops), {k: emb(v) for k, v in queries.items()}
+        return emb(gal_crops, False), {k: emb(v, True) for k, v in queries.items()}
+
+    def with_crops(enc: VisualEncoder, g: Embedded, whole: dict[str, Embedded]) -> dict[str, Embedded]:
+        """The query sets at ``crops``; the whole-image row of each crop set is ``whole``'s vector."""
+        return visual_sets(enc, crops)[1] if crops != (1.0,) else whole
 
     # 1. frozen backbone ------------------------------------------------------------------------
     if not args.no_frozen:
         def _frozen() -> dict[str, float]:
             enc = VisualEncoder(VisualConfig(head="identity", train_blocks=0, image_size=args.size))
             g, s = visual_sets(enc)
-            return evaluate(g, s, labels, 0.0, args.max_false_accept)
+            out = {"frozen backbone": evaluate(g, s, labels, 0.0, args.max_false_accept)}
+            if args.frozen_crops and crops != (1.0,):
+                out["frozen backbone + query crops"] = evaluate(g, with_crops(enc, g, s), labels, 0.0,
+                                                                args.max_false_accept)
+            return out
 
-        results["frozen backbone"] = stage("frozen backbone", _frozen, timing)
-        results["frozen backbone"]["_stage"] = "frozen backbone"
+        for name, m in stage("frozen backbone", _frozen, timing).items():
+            results[name] = {**m, "_stage": "frozen backbone"}
 
     # 2. fine-tuned ------------------------------------------------------------------------------
     enc = VisualEncoder(VisualConfig(head="linear", dim=256, train_blocks=args.train_blocks, image_size=args.size),
@@ -254,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     vis_g, vis_s = stage("encode (fine-tuned)", lambda: visual_sets(enc), timing)
     results["fine-tuned"] = evaluate(vis_g, vis_s, labels, 0.0, args.max_false_accept)
     results["fine-tuned"]["_stage"] = "train"
+    if crops != (1.0,):
+        vis_s = stage("encode query crops (fine-tuned)", lambda: with_crops(enc, vis_g, vis_s), timing)
+        results["fine-tuned + query crops"] = evaluate(vis_g, vis_s, labels, 0.0, args.max_false_accept)
+        results["fine-tuned + query crops"]["_stage"] = "encode query crops (fine-tuned)"
 
     # 3. fine-tuned + text view ------------------------------------------------------------------
-    best = "fine-tuned"
+    best = "fine-tuned + query crops" if crops != (1.0,) else "fine-tuned"
     if not args.no_text:
         from index.encoder import Encoder
         from index.logo import OcrReader, reference_text
@@ -278,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             g = Embedded(vis_g.visual, gt, gh, joined)
             sets = {}
             for k, ims in queries.items():
-                key = _key(k, args.seed, args.view_size, len(all_icons), args.brands, len(ims))
+                key = _key(k, hashlib.sha1(b"".join(im.tobytes() for im in ims)).hexdigest())  # the pixels read
                 texts, s = ocr_cached(reader, key, ims)
                 qt, qh = tv(texts)
                 sets[k] = Embedded(vis_s[k].visual, qt, qh, texts)
@@ -289,17 +310,19 @@ def main(argv: list[str] | None = None) -> int:
         g, sets, w, grid, spi, frac = stage("text view (OCR + MiniLM, fusion fit)", _text, timing)
         log(f"OCR {spi * 1000:.0f} ms/image (measured when first cached); queries with OCR text: {frac:.1%}; "
             f"w_text grid (calibration top-1): " + ", ".join(f"{r['w_text']:.1f}:{r['top1']:.3f}" for r in grid))
-        results["fine-tuned + text view"] = evaluate(g, sets, labels, w, args.max_false_accept)
-        results["fine-tuned + text view"].update({"_stage": "text view (OCR + MiniLM, fusion fit)",
+        best = "fine-tuned + query crops + text view" if crops != (1.0,) else "fine-tuned + text view"
+        results[best] = evaluate(g, sets, labels, w, args.max_false_accept)
+        results[best].update({"_stage": "text view (OCR + MiniLM, fusion fit)",
                                                   "ocr_ms_per_image": spi * 1000, "queries_with_text": frac,
                                                   "fusion_grid": grid})
-        best = "fine-tuned + text view"
 
     # report ------------------------------------------------------------------------------------------
     rows = []
     for name, m in results.items():
         st = timing[m["_stage"]]
-        secs = st["seconds"] + (timing["encode (fine-tuned)"]["seconds"] if name != "frozen backbone" else 0)
+        secs = st["seconds"] + (timing["encode (fine-tuned)"]["seconds"] if m["_stage"] != "frozen backbone" else 0)
+        if "crops" in name and "text" in name:
+            secs += timing["encode query crops (fine-tuned)"]["seconds"]
         rows.append([name, f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['auroc']:.3f}", f"{m['far_at_95tar']:.3f}",
                      f"{m.get('false_accept', float('nan')):.3f} / {m.get('true_accept', float('nan')):.3f}",
                      f"{m.get('w_text', 0):.1f}", f"{secs:,.0f}", f"{st['peak_rss_mb']:,.0f}"])

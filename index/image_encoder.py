@@ -105,10 +105,22 @@ class ImageEncoder:
         return cls(model, str(d))
 
     # -- the Encoder interface ----------------------------------------------------------
+    @property
+    def n_crops(self) -> int:
+        """Rows per query: 1, or the number of crops a multi-crop model embeds a query as."""
+        return int(getattr(self.model, "n_crops", 1))
+
     def encode(self, items: Sequence[Any], batch_size: int = 32) -> EncodeResult:
-        out = np.zeros((len(items), self.dim), np.float32)
+        """``(n, dim)`` rows; a multi-crop model's queries come back as ``(n, crops, dim)``.
+
+        References and queries of a multi-crop model go in separate calls (their shapes differ).
+        """
         refs = [i for i, it in enumerate(items) if isinstance(it, tuple)]
         queries = [i for i, it in enumerate(items) if not isinstance(it, tuple)]
+        c = self.n_crops
+        if c > 1 and refs and queries:
+            raise ValueError("a multi-crop logo model encodes references and queries in separate calls")
+        out = np.zeros((len(items), c, self.dim) if c > 1 and queries else (len(items), self.dim), np.float32)
         with self._lock:
             if refs:
                 imgs = [as_image(items[i][0]) for i in refs]
@@ -134,20 +146,38 @@ class ImageEncoder:
     def w_text(self) -> float:
         return float(self.model.fusion.w_text)
 
-    def split(self, query_row: np.ndarray, doc_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-hit ``(visual cosine, text cosine)`` from a packed query row and packed gallery rows.
+    def split(self, query_rows: np.ndarray, doc_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-hit ``(visual cosine, text cosine)`` from a packed query (one row, or one per crop) and gallery rows.
 
-        The query row is ``[w_v v, w_t t]`` (or ``[v, 0]`` without OCR text), so the unit views are
-        recovered by dividing the weights back out.
+        A query row is ``[w_v v, w_t t]`` (or ``[v, 0]`` without OCR text), so the unit views are
+        recovered by dividing the weights back out. With crops, the visual cosine is the best crop's
+        (every crop carries the same text part, so that crop also has the best fused score).
         """
+        q = np.asarray(query_rows, np.float32).reshape(-1, self.dim)
         dv = self.dim_visual
-        qv, qt = query_row[:dv], query_row[dv:]
+        qv, qt = q[:, :dv], q[0, dv:]
         has_text = bool(np.any(qt))
         wv = (1.0 - self.w_text) if has_text else 1.0
         wt = self.w_text if has_text else 0.0
-        vis = doc_rows[:, :dv] @ (qv / wv) if wv > 0 else doc_rows[:, :dv] @ qv
+        vis = (doc_rows[:, :dv] @ (qv / wv if wv > 0 else qv).T).max(axis=1)
         txt = doc_rows[:, dv:] @ (qt / wt) if wt > 0 else np.zeros(len(doc_rows), np.float32)
         return vis.astype(np.float32), txt.astype(np.float32)
+
+    def search_crops(self, search: Any, query_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, rids)`` of a query given as one row or several crop rows.
+
+        ``search(rows, k)`` is the live index's search. Each crop is searched for its own top ``k``
+        and a document keeps its best crop's score: exact, because a document in the best-crop top
+        ``k`` is in the top ``k`` of the crop where it scores best.
+        """
+        rows = np.asarray(query_rows, np.float32).reshape(-1, self.dim)
+        scores, rids = search(rows, k)
+        best: dict[int, float] = {}
+        for s, r in zip(scores.ravel().tolist(), rids.ravel().tolist(), strict=True):
+            if r >= 0 and s > best.get(r, -np.inf):
+                best[r] = s
+        top = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return (np.array([s for _, s in top], np.float32), np.array([r for r, _ in top], np.int64))
 
 
 def encode_image_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:

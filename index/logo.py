@@ -146,6 +146,54 @@ def crop_to_content(img: Image.Image, margin: float = 0.08, tol: int = 16) -> Im
     return out
 
 
+DEFAULT_QUERY_CROPS = (1.0, 0.75, 0.5)
+
+
+def check_crops(scales: Sequence[float]) -> tuple[float, ...]:
+    """Validated query-crop scales: 1 to 4 values in [0.25, 1], the whole image (1.0) first."""
+    out = tuple(float(s) for s in scales)
+    if not 1 <= len(out) <= 4 or any(not 0.25 <= s <= 1.0 for s in out) or out[0] != 1.0:
+        raise ValueError(f"query crops must be 1-4 scales in [0.25, 1] starting with 1.0, got {list(scales)}")
+    return out
+
+
+def crop_grid(img: Image.Image, scales: Sequence[float]) -> list[Image.Image]:
+    """The whole image and, per scale ``s < 1``, an ``n x n`` grid of overlapping ``s``-sized crops.
+
+    ``n = round(1 / s) + 1`` (2 x 2 at 0.75, 3 x 3 at 0.5), so neighbouring crops overlap and a
+    mark anywhere in the photo lies whole inside some crop, larger than in the whole image. A
+    query is scored by its best crop (:func:`visual_scores`): in a photo the mark is often small
+    and off-centre, and the encoder sees it better when it fills the input.
+    """
+    w, h = img.size
+    out = []
+    for s in scales:
+        if s >= 1.0:
+            out.append(img)
+            continue
+        cw, ch = max(1, round(w * s)), max(1, round(h * s))
+        n = round(1 / s) + 1
+        for yi in range(n):
+            for xi in range(n):
+                x0, y0 = round((w - cw) * xi / (n - 1)), round((h - ch) * yi / (n - 1))
+                out.append(img.crop((x0, y0, x0 + cw, y0 + ch)))
+    return out
+
+
+def n_crops(scales: Sequence[float]) -> int:
+    return sum(1 if s >= 1.0 else (round(1 / s) + 1) ** 2 for s in scales)
+
+
+def visual_scores(q_visual: np.ndarray, g_visual: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Visual cosines ``(n_query, n_gallery)``; a query given as crops ``(n, C, d)`` scores its best crop."""
+    if q_visual.ndim == 2:
+        return q_visual @ g_visual.T
+    out = np.empty((len(q_visual), len(g_visual)), np.float32)
+    for s in range(0, len(q_visual), chunk):
+        out[s : s + chunk] = (q_visual[s : s + chunk] @ g_visual.T).max(axis=1)
+    return out
+
+
 class VisualEncoder(nn.Module):
     """EfficientNet-Lite0 (ImageNet) -> pooled features -> projection head -> unit vector.
 
@@ -352,10 +400,18 @@ def pack_gallery(visual: np.ndarray, text: np.ndarray, has_text: np.ndarray) -> 
 
 
 def pack_query(visual: np.ndarray, text: np.ndarray, has_text: np.ndarray, w_text: float) -> np.ndarray:
-    """Query rows: ``[w_v v, w_t t]`` when OCR read text, ``[v, 0]`` otherwise (visual only)."""
+    """Query rows: ``[w_v v, w_t t]`` when OCR read text, ``[v, 0]`` otherwise (visual only).
+
+    ``visual`` of shape ``(n, C, d)`` (one row per crop) gives ``(n, C, d + d_text)``: every crop
+    carries the same text part, so the best crop of a document is the one with the best visual cosine.
+    """
     ht = np.asarray(has_text, bool)[:, None]
     wv = np.where(ht, 1.0 - w_text, 1.0)
     wt = np.where(ht, w_text, 0.0)
+    if visual.ndim == 3:
+        c = visual.shape[1]
+        tv = np.repeat((text * wt)[:, None, :], c, axis=1)
+        return np.ascontiguousarray(np.concatenate([visual * wv[:, :, None], tv], axis=2), dtype=np.float32)
     return np.ascontiguousarray(np.concatenate([visual * wv, text * wt], axis=1), dtype=np.float32)
 
 
@@ -381,7 +437,10 @@ class Fusion:
 
 @dataclass
 class Embedded:
-    """Both views of a batch of images; ``text`` rows are zero where ``has_text`` is False."""
+    """Both views of a batch of images; ``text`` rows are zero where ``has_text`` is False.
+
+    ``visual`` is ``(n, d)``, or ``(n, C, d)`` for queries embedded as ``C`` crops.
+    """
 
     visual: np.ndarray
     text: np.ndarray
@@ -394,7 +453,7 @@ class Embedded:
 
 def fused_scores(gallery: Embedded, query: Embedded, w_text: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense ``(fused, visual, text)`` score matrices ``(n_query, n_gallery)``."""
-    vis = query.visual @ gallery.visual.T
+    vis = visual_scores(query.visual, gallery.visual)
     txt = (query.text @ gallery.text.T) * gallery.has_text[None, :] * query.has_text[:, None]
     ht = query.has_text[:, None]
     fused = np.where(ht, (1.0 - w_text) * vis + w_text * txt, vis)
@@ -425,15 +484,22 @@ class LogoModel:
     """Visual encoder + text encoder + OCR + fitted fusion: everything a logo version needs.
 
     ``text_encoder`` is an ``index.encoder.Encoder`` (MiniLM by default); with ``None`` or
-    ``ocr=None`` the model is visual-only (``w_text`` ignored).
+    ``ocr=None`` the model is visual-only (``w_text`` ignored). ``query_crops`` are the scales of
+    :func:`crop_grid`: ``(1.0,)`` embeds a query whole; more scales embed it as several crops,
+    scored by the best one (OCR always reads the whole image).
     """
 
     def __init__(self, visual: VisualEncoder, text_encoder: Any | None = None, ocr: OcrReader | None = None,
-                 fusion: Fusion | None = None):
+                 fusion: Fusion | None = None, query_crops: Sequence[float] = (1.0,)):
         self.visual = visual
         self.text_encoder = text_encoder
         self.ocr = ocr
         self.fusion = fusion or Fusion()
+        self.query_crops = check_crops(query_crops)
+
+    @property
+    def n_crops(self) -> int:
+        return n_crops(self.query_crops)
 
     @property
     def dim_visual(self) -> int:
@@ -475,10 +541,14 @@ class LogoModel:
         return Embedded(self.visual.encode(images), tv, has, joined)
 
     def embed_queries(self, images: Sequence[Image.Image], ocr_texts: Sequence[str] | None = None) -> Embedded:
-        """Query side: visual vector; text vector of the OCR text (none if OCR read nothing)."""
+        """Query side: visual vector (``(n, C, d)`` with crops); text vector of the OCR text (none if OCR read nothing)."""
         ocr = self._ocr(images, ocr_texts)
         tv, has = self._embed_texts(ocr)
-        return Embedded(self.visual.encode(images), tv, has, ocr)
+        if self.query_crops == (1.0,):
+            return Embedded(self.visual.encode(images), tv, has, ocr)
+        crops = [c for im in images for c in crop_grid(im, self.query_crops)]
+        vis = self.visual.encode(crops).reshape(len(images), self.n_crops, self.dim_visual)
+        return Embedded(vis, tv, has, ocr)
 
     def pack_gallery(self, emb: Embedded) -> np.ndarray:
         return pack_gallery(emb.visual, emb.text, emb.has_text)
@@ -493,7 +563,7 @@ class LogoModel:
         """``visual.json``/``visual.pt`` and ``logo.json`` (fusion, text encoder name, OCR settings)."""
         d = Path(directory)
         self.visual.save(d)
-        meta = {"fusion": asdict(self.fusion),
+        meta = {"fusion": asdict(self.fusion), "query_crops": list(self.query_crops),
                 "text_encoder": getattr(self.text_encoder, "name", None),
                 "ocr": None if self.ocr is None else {"det_limit_side_len": self.ocr.det_limit_side_len,
                                                       "min_score": self.ocr.min_score}}
@@ -505,4 +575,5 @@ class LogoModel:
         d = Path(directory)
         meta = json.loads((d / "logo.json").read_text())
         ocr = OcrReader(**meta["ocr"]) if meta.get("ocr") else None
-        return cls(VisualEncoder.load(d), text_encoder, ocr, Fusion(**meta["fusion"]))
+        return cls(VisualEncoder.load(d), text_encoder, ocr, Fusion(**meta["fusion"]),
+                   query_crops=meta.get("query_crops", (1.0,)))  # models saved before crops: whole image

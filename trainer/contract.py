@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JOB_FUNCTION = "trainer.worker.run_job"
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
@@ -184,6 +184,17 @@ class ViewsSpec(Strict):
     holdout_brands: float = Field(0.2, gt=0.0, lt=0.9,
                                   description="brands left out of training, as the unknown side of calibration")
     eval_views: int = Field(2, ge=1, le=16, description="held-out views per brand for metrics, fusion and threshold")
+    query_crops: list[float] = Field(
+        [1.0, 0.75, 0.5], min_length=1, max_length=4,
+        description="scales at which the trained model embeds a query: the whole image (1.0) and grids of "
+                    "overlapping crops; a query scores as its best crop. [1.0] embeds it whole")
+
+    @field_validator("query_crops")
+    @classmethod
+    def _crops(cls, v: list[float]) -> list[float]:
+        from index.logo import check_crops
+
+        return list(check_crops(v))
 
 
 class OpenSetSpec(Strict):

@@ -160,13 +160,15 @@ async def image_search(body: SearchRequest, st: CollectionState, manager: Collec
     qvec = await served.model.batcher.encode_query(img)
     k = body.top_k
 
+    encoder = served.model.encoder
+
     def run() -> tuple[np.ndarray, np.ndarray, dict[int, Document], np.ndarray]:
-        scores, ids = served.live.search(qvec[None, :], k, allow)
-        rids = [int(r) for r in ids[0] if r >= 0]
-        return scores[0], ids[0], manager.store.by_rids(rids), served.live.vectors(rids)
+        # one row, or one per crop of a multi-crop model: each document keeps its best crop's score
+        scores, ids = encoder.search_crops(lambda rows, kk: served.live.search(rows, kk, allow), qvec, k)
+        rids = [int(r) for r in ids if r >= 0]
+        return scores, ids, manager.store.by_rids(rids), served.live.vectors(rids)
 
     scores, rids, docs, rows = await to_thread.run_sync(run)
-    encoder = served.model.encoder
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0]
     vis, txt = encoder.split(qvec, rows) if len(rows) else (np.zeros(0), np.zeros(0))
     hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata,

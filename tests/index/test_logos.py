@@ -19,8 +19,11 @@ from index.logo import (
     OcrReader,
     VisualConfig,
     VisualEncoder,
+    check_crops,
+    crop_grid,
     crop_to_content,
     fused_scores,
+    n_crops,
     pack_gallery,
     pack_query,
     rank,
@@ -184,6 +187,80 @@ def test_packed_vectors_give_the_fused_score_in_one_inner_product() -> None:
     np.testing.assert_allclose(dense[1], q.visual[1] @ gal.visual.T, atol=1e-6)
     vis, txt = split_scores(index.reconstruct_n(0, 20), q.visual[0], q.text[0], 8)
     np.testing.assert_allclose((1 - w) * vis + w * txt, dense[0], atol=1e-5)
+
+
+def test_crop_grid_covers_the_image_at_each_scale() -> None:
+    img = Image.new("RGB", (120, 80), "white")
+    crops = crop_grid(img, (1.0, 0.75, 0.5))
+    assert len(crops) == n_crops((1.0, 0.75, 0.5)) == 1 + 4 + 9
+    assert crops[0] is img and {c.size for c in crops[1:5]} == {(90, 60)} and {c.size for c in crops[5:]} == {(60, 40)}
+    for bad in ([0.5], [1.0, 0.1], [1.0, 0.9, 0.8, 0.7, 0.6], []):
+        with pytest.raises(ValueError, match="query crops"):
+            check_crops(bad)
+
+
+def test_a_small_off_centre_mark_scores_higher_through_its_best_crop(_visual, logos) -> None:
+    """A query whose mark fills a corner: the best crop frames it, and the crop scores agree everywhere."""
+    ref = logos["cross"]
+    photo = Image.new("RGB", (256, 256), (235, 232, 225))
+    small = crop_to_content(ref).resize((70, 70))
+    photo.paste(small, (170, 176))
+    whole = LogoModel(_visual)
+    cropped = LogoModel(_visual, query_crops=(1.0, 0.75, 0.5))
+    gallery = whole.embed_references(list(logos.values()), list(logos))
+    q1, qc = whole.embed_queries([photo]), cropped.embed_queries([photo])
+    assert q1.visual.shape == (1, _visual.dim) and qc.visual.shape == (1, 14, _visual.dim)
+    np.testing.assert_allclose(qc.visual[0, 0], q1.visual[0], atol=1e-5)  # crop 0 is the whole image
+    s1, sc = fused_scores(gallery, q1, 0.0)[0], fused_scores(gallery, qc, 0.0)[0]
+    target = list(logos).index("cross")
+    assert sc[0, target] > s1[0, target] + 0.05
+    assert sc[0].argmax() == target
+    np.testing.assert_allclose(sc, (qc.visual[0] @ gallery.visual.T).max(0)[None], atol=1e-6)
+
+
+def test_query_crops_are_saved_with_the_model(tmp_path, _visual) -> None:
+    import json
+
+    LogoModel(_visual, query_crops=(1.0, 0.5)).save(tmp_path / "m")
+    assert LogoModel.load(tmp_path / "m").query_crops == (1.0, 0.5)
+    meta = json.loads((tmp_path / "m" / "logo.json").read_text())
+    del meta["query_crops"]  # a model saved before query crops existed embeds queries whole
+    (tmp_path / "m" / "logo.json").write_text(json.dumps(meta))
+    assert LogoModel.load(tmp_path / "m").query_crops == (1.0,)
+
+
+def test_crop_rows_search_exactly_like_the_dense_best_crop_score() -> None:
+    """Packed crop rows through a real FAISS index, merged per document, equal the dense fused scores."""
+    import faiss
+
+    from index.image_encoder import ImageEncoder
+
+    rng = np.random.default_rng(3)
+    gal = Embedded(_unit(rng, 50, 8), _unit(rng, 50, 6), rng.random(50) > 0.3, [""] * 50)
+    gal.text[~gal.has_text] = 0
+    vis = _unit(rng, 3 * 5, 8).reshape(3, 5, 8)
+    q = Embedded(vis, _unit(rng, 3, 6), np.array([1, 0, 1], bool), [""] * 3)
+    q.text[~q.has_text] = 0
+    w = 0.3
+    dense, dvis, dtxt = fused_scores(gal, q, w)
+    index = faiss.IndexFlatIP(14)
+    index.add(pack_gallery(gal.visual, gal.text, gal.has_text))
+    rows = pack_query(q.visual, q.text, q.has_text, w)
+    assert rows.shape == (3, 5, 14)
+
+    class _Model:  # ImageEncoder reads dims and fusion weights from its model
+        dim, dim_visual, n_crops = 14, 8, 5
+        fusion = Fusion(w_text=w)
+
+    enc = ImageEncoder(_Model(), "t")
+    for qi in range(3):
+        scores, rids = enc.search_crops(lambda r, k: index.search(r, k), rows[qi], 7)
+        order = np.argsort(-dense[qi], kind="stable")[:7]
+        np.testing.assert_array_equal(rids, order)
+        np.testing.assert_allclose(scores, dense[qi, order], atol=1e-5)
+        v, t = enc.split(rows[qi], index.reconstruct_n(0, 50)[rids])
+        np.testing.assert_allclose(v, dvis[qi, rids], atol=1e-5)
+        np.testing.assert_allclose(t, dtxt[qi, rids] if q.has_text[qi] else 0.0, atol=1e-5)
 
 
 def test_rank_reports_per_view_scores_and_open_set_match() -> None:
