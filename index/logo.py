@@ -48,6 +48,7 @@ import json
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ def crop_to_content(img: Image.Image, margin: float = 0.08, tol: int = 16) -> Im
     return out
 
 
-DEFAULT_QUERY_CROPS = (1.0, 0.75, 0.5)
+GALLERY_VIEW_SEED = 31_337  # gallery prototypes' views: a seed stream no training or evaluation view uses
 
 
 def check_crops(scales: Sequence[float]) -> tuple[float, ...]:
@@ -486,16 +487,23 @@ class LogoModel:
     ``text_encoder`` is an ``index.encoder.Encoder`` (MiniLM by default); with ``None`` or
     ``ocr=None`` the model is visual-only (``w_text`` ignored). ``query_crops`` are the scales of
     :func:`crop_grid`: ``(1.0,)`` embeds a query whole; more scales embed it as several crops,
-    scored by the best one (OCR always reads the whole image).
+    scored by the best one (OCR always reads the whole image). ``gallery_views`` > 0 embeds a
+    reference as a prototype: the normalised sum of the reference's vector and those of
+    ``gallery_views`` synthetic photos of it (``index.views``, train family, seeded by the
+    pixels, so the same reference always gets the same vector). The one clean image then stands
+    among the photos it will be compared with, at ``gallery_views`` + 1 encodes per reference.
     """
 
     def __init__(self, visual: VisualEncoder, text_encoder: Any | None = None, ocr: OcrReader | None = None,
-                 fusion: Fusion | None = None, query_crops: Sequence[float] = (1.0,)):
+                 fusion: Fusion | None = None, query_crops: Sequence[float] = (1.0,), gallery_views: int = 0):
         self.visual = visual
         self.text_encoder = text_encoder
         self.ocr = ocr
         self.fusion = fusion or Fusion()
         self.query_crops = check_crops(query_crops)
+        if not 0 <= int(gallery_views) <= 64:
+            raise ValueError(f"gallery_views must be in [0, 64], got {gallery_views}")
+        self.gallery_views = int(gallery_views)
 
     @property
     def n_crops(self) -> int:
@@ -538,7 +546,23 @@ class LogoModel:
         if self.text_encoder is None:
             joined = [""] * len(images)
         tv, has = self._embed_texts(joined)
-        return Embedded(self.visual.encode(images), tv, has, joined)
+        vis = self.visual.encode(images)
+        if self.gallery_views:
+            vis = self._prototypes(images, vis)
+        return Embedded(vis, tv, has, joined)
+
+    def _prototypes(self, crops: Sequence[Image.Image], vis: np.ndarray) -> np.ndarray:
+        from index.views import foreground, make_view, view_rng
+
+        k, size = self.gallery_views, self.visual.config.image_size
+        views = []
+        for im in crops:
+            key = zlib.crc32(im.tobytes()) ^ (im.width << 16 | im.height)
+            fg = foreground(im)
+            views += [make_view(im, view_rng(GALLERY_VIEW_SEED, key, v, "train"), "train", size, fg=fg)
+                      for v in range(k)]
+        proto = vis + self.visual.encode(views).reshape(len(crops), k, -1).sum(axis=1)
+        return (proto / np.linalg.norm(proto, axis=1, keepdims=True)).astype(np.float32)
 
     def embed_queries(self, images: Sequence[Image.Image], ocr_texts: Sequence[str] | None = None) -> Embedded:
         """Query side: visual vector (``(n, C, d)`` with crops); text vector of the OCR text (none if OCR read nothing)."""
@@ -564,6 +588,7 @@ class LogoModel:
         d = Path(directory)
         self.visual.save(d)
         meta = {"fusion": asdict(self.fusion), "query_crops": list(self.query_crops),
+                "gallery_views": self.gallery_views,
                 "text_encoder": getattr(self.text_encoder, "name", None),
                 "ocr": None if self.ocr is None else {"det_limit_side_len": self.ocr.det_limit_side_len,
                                                       "min_score": self.ocr.min_score}}
@@ -576,4 +601,5 @@ class LogoModel:
         meta = json.loads((d / "logo.json").read_text())
         ocr = OcrReader(**meta["ocr"]) if meta.get("ocr") else None
         return cls(VisualEncoder.load(d), text_encoder, ocr, Fusion(**meta["fusion"]),
-                   query_crops=meta.get("query_crops", (1.0,)))  # models saved before crops: whole image
+                   query_crops=meta.get("query_crops", (1.0,)),  # models saved before these: whole image,
+                   gallery_views=meta.get("gallery_views", 0))  # the reference alone

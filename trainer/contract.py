@@ -189,6 +189,11 @@ class ViewsSpec(Strict):
         description="scales at which the trained model embeds a query: the whole image (1.0) and grids of "
                     "overlapping crops; a query scores as its best crop. [1.0] embeds it whole")
 
+    gallery_views: int = Field(
+        8, ge=0, le=64,
+        description="the trained model embeds each reference as the mean of it and this many synthetic "
+                    "photos of it (train family); 0 = the reference alone")
+
     @field_validator("query_crops")
     @classmethod
     def _crops(cls, v: list[float]) -> list[float]:

@@ -161,10 +161,11 @@ def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data
     reporter.details["train"] = {"steps": rep.steps, "epochs": rep.epochs, "seconds": round(rep.seconds, 2),
                                  "seconds_caching": round(rep.seconds_caching, 2),
                                  "loss": round(rep.losses[-1], 5) if rep.losses else None,
-                                 "query_crops": list(vs.query_crops)}
+                                 "query_crops": list(vs.query_crops), "gallery_views": vs.gallery_views}
 
     reporter.enter("evaluate_after")
-    model = LogoModel(visual, base.text_encoder, base.ocr, query_crops=vs.query_crops)
+    model = LogoModel(visual, base.text_encoder, base.ocr, query_crops=vs.query_crops,
+                      gallery_views=vs.gallery_views)
     refs1, gal1, known1, unknown1 = embed(model)
     w_text, grid = fit_fusion(gal1, known1, labels, unknown1) if model.text_encoder is not None else (0.0, [])
     after = measure(model, gal1, known1, labels, unknown1, w_text, spec.open_set.max_false_accept)

@@ -218,15 +218,38 @@ def test_a_small_off_centre_mark_scores_higher_through_its_best_crop(_visual, lo
     np.testing.assert_allclose(sc, (qc.visual[0] @ gallery.visual.T).max(0)[None], atol=1e-6)
 
 
-def test_query_crops_are_saved_with_the_model(tmp_path, _visual) -> None:
+def test_query_crops_and_gallery_views_are_saved_with_the_model(tmp_path, _visual) -> None:
     import json
 
-    LogoModel(_visual, query_crops=(1.0, 0.5)).save(tmp_path / "m")
-    assert LogoModel.load(tmp_path / "m").query_crops == (1.0, 0.5)
+    LogoModel(_visual, query_crops=(1.0, 0.5), gallery_views=3).save(tmp_path / "m")
+    again = LogoModel.load(tmp_path / "m")
+    assert again.query_crops == (1.0, 0.5) and again.gallery_views == 3
     meta = json.loads((tmp_path / "m" / "logo.json").read_text())
-    del meta["query_crops"]  # a model saved before query crops existed embeds queries whole
+    del meta["query_crops"], meta["gallery_views"]  # a model saved before these existed
     (tmp_path / "m" / "logo.json").write_text(json.dumps(meta))
-    assert LogoModel.load(tmp_path / "m").query_crops == (1.0,)
+    again = LogoModel.load(tmp_path / "m")
+    assert again.query_crops == (1.0,) and again.gallery_views == 0
+    with pytest.raises(ValueError, match="gallery_views"):
+        LogoModel(_visual, gallery_views=-1)
+
+
+def test_a_gallery_prototype_is_deterministic_and_stands_among_the_photos(_visual, logos) -> None:
+    """The prototype averages the reference with synthetic photos of it: the same pixels give the same
+    vector, and fresh photos of the brand score closer to the prototype than to the clean reference."""
+    from index.views import make_view, view_rng
+
+    refs, names = list(logos.values()), list(logos)
+    plain = LogoModel(_visual).embed_references(refs, names)
+    proto_model = LogoModel(_visual, gallery_views=4)
+    proto = proto_model.embed_references(refs, names)
+    np.testing.assert_allclose(proto_model.embed_references(refs[:2], names[:2]).visual, proto.visual[:2], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(proto.visual, axis=1), 1.0, rtol=1e-5)
+    assert np.all(np.sum(proto.visual * plain.visual, axis=1) < 0.999)  # the views moved it
+    photos = [make_view(r, view_rng(99, i, v, "train"), "train", 128) for i, r in enumerate(refs) for v in range(4)]
+    q = LogoModel(_visual).embed_queries(photos).visual.reshape(len(refs), 4, -1)
+    to_proto = np.einsum("nvd,nd->nv", q, proto.visual).mean()
+    to_plain = np.einsum("nvd,nd->nv", q, plain.visual).mean()
+    assert to_proto > to_plain, (to_proto, to_plain)
 
 
 def test_crop_rows_search_exactly_like_the_dense_best_crop_score() -> None:

@@ -60,6 +60,7 @@ def test_views_job_trains_calibrates_and_swaps(client, workers):  # noqa: F811
     assert hit["hits"][0]["id"] == LOGO_WORDS[3]
     # the trained model embeds a query as crops (views.query_crops): one hit per document, best crop's score
     assert job["details"]["train"]["query_crops"] == [1.0, 0.75, 0.5]
+    assert job["details"]["train"]["gallery_views"] == 8
     ids = [h["id"] for h in hit["hits"]]
     assert len(ids) == 3 == len(set(ids))
     assert [h["score"] for h in hit["hits"]] == sorted((h["score"] for h in hit["hits"]), reverse=True)
