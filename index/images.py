@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,3 +204,11 @@ def _render_svg(data: bytes, side: int) -> Image.Image:
     img = Image.open(io.BytesIO(png))
     img.load()
     return to_rgb(img)
+
+
+def check_crops(scales: Sequence[float]) -> tuple[float, ...]:
+    """Validated query-crop scales: 1 to 4 values in [0.25, 1], the whole image (1.0) first."""
+    out = tuple(float(s) for s in scales)
+    if not 1 <= len(out) <= 4 or any(not 0.25 <= s <= 1.0 for s in out) or out[0] != 1.0:
+        raise ValueError(f"query crops must be 1-4 scales in [0.25, 1] starting with 1.0, got {list(scales)}")
+    return out

@@ -60,6 +60,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from index.images import check_crops
+
 log = logging.getLogger("strop.logo")
 
 MEAN = 0.498  # efficientnet_lite_builder.py: MEAN_RGB = [0.498 * 255] * 3
@@ -75,7 +77,7 @@ class VisualConfig:
     dim: int = 256
     image_size: int = 160
     head: str = "linear"  # "linear" (learned projection) or "identity" (frozen baseline)
-    train_blocks: int = 3  # last MBConv blocks (plus the 1x1 head conv) that training may update
+    train_blocks: int = 9  # last MBConv blocks (plus the 1x1 head conv) that training may update
     pool: str = "avg"  # "avg" or "gem" (generalised mean, p=3)
     backbone: str = "efficientnet-lite0"
 
@@ -148,14 +150,6 @@ def crop_to_content(img: Image.Image, margin: float = 0.08, tol: int = 16) -> Im
 
 
 GALLERY_VIEW_SEED = 31_337  # gallery prototypes' views: a seed stream no training or evaluation view uses
-
-
-def check_crops(scales: Sequence[float]) -> tuple[float, ...]:
-    """Validated query-crop scales: 1 to 4 values in [0.25, 1], the whole image (1.0) first."""
-    out = tuple(float(s) for s in scales)
-    if not 1 <= len(out) <= 4 or any(not 0.25 <= s <= 1.0 for s in out) or out[0] != 1.0:
-        raise ValueError(f"query crops must be 1-4 scales in [0.25, 1] starting with 1.0, got {list(scales)}")
-    return out
 
 
 def crop_grid(img: Image.Image, scales: Sequence[float]) -> list[Image.Image]:

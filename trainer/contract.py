@@ -176,8 +176,8 @@ class ViewsSpec(Strict):
     ``learning_rate`` for views jobs.
     """
 
-    views_per_ref: int = Field(4, ge=1, le=64, description="augmented views rendered per reference (K)")
-    epochs: int = Field(16, ge=1, le=200)
+    views_per_ref: int = Field(12, ge=1, le=64, description="augmented views rendered per reference (K)")
+    epochs: int = Field(30, ge=1, le=200)
     batch_size: int = Field(64, ge=2, le=4096, description="brands per step")
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
     hard_negatives: bool = Field(True, description="batch each brand with its nearest other brands")
@@ -197,7 +197,7 @@ class ViewsSpec(Strict):
     @field_validator("query_crops")
     @classmethod
     def _crops(cls, v: list[float]) -> list[float]:
-        from index.logo import check_crops
+        from index.images import check_crops  # PIL only, no torch
 
         return list(check_crops(v))
 

@@ -101,3 +101,7 @@ def test_views_job_refusals(client):  # noqa: F811
     assert r.status_code == 422 and "views" in r.json()["error"]["message"]
     r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": {"views_per_ref": 0}})
     assert r.status_code == 422
+    for bad in ({"query_crops": [0.5]}, {"query_crops": [1.0, 0.1]}, {"gallery_views": 65}):
+        r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": bad})
+        assert r.status_code == 422, bad
+        assert ("query crops" if "query_crops" in bad else "gallery_views") in r.text
