@@ -170,10 +170,12 @@ class MixSpec(Strict):
 class ViewsSpec(Strict):
     """Image collections (``train.source: "views"``): multi-view training of the logo encoder.
 
-    Defaults: the best configuration bench/logos.py measured on the whole simple-icons gallery
-    (4 views, 16 epochs, lr 2e-3, 64 brands per step: top-1 0.173 visual-only vs 0.139 at 5 epochs;
-    docs/benchmarks.md). They replace the text-oriented ``epochs`` / ``batch_size`` /
-    ``learning_rate`` for views jobs.
+    Defaults: the best configuration bench/logoknobs.py screened on 400 brands (12 views,
+    30 epochs, lr 2e-3, 64 brands per step, last 9 backbone blocks, query crops at 1/0.75/0.5,
+    8 gallery views: top-1 0.585 against 0.268 for 3 blocks without crops or prototypes) and
+    bench/logos.py measured on the whole 2,774-brand gallery (top-1 0.560 with the text view;
+    docs/benchmarks.md, "Logo identification"). They replace the text-oriented ``epochs`` /
+    ``batch_size`` / ``learning_rate`` for views jobs.
     """
 
     views_per_ref: int = Field(12, ge=1, le=64, description="augmented views rendered per reference (K)")
