@@ -17,6 +17,8 @@ R@10 on the held-out queries and wall time.
     python -m bench.distill --set debian --teacher /models/all-mpnet-base-v2   # a named teacher, no teacher job
     python -m bench.distill --set debian --teacher-over hard --rows "hard negatives,+ margin_mse"
                                                 # the teacher job runs over the hard-negatives model
+    python -m bench.distill --set stdlib --teacher-over hard --teacher-fuse /models/all-mpnet-base-v2
+                                                # ... and fuses mpnet with it instead of training
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def main() -> None:
     ap.add_argument("--rerank-depth", type=int, default=50, help="candidates the teacher job reranks in its evaluation")
     ap.add_argument("--no-teacher-prior", dest="teacher_prior", action="store_false",
                     help="teacher jobs train a plain cross-encoder (teacher_prior false)")
+    ap.add_argument("--teacher-fuse", default=None, metavar="BI_ENCODER",
+                    help="the teacher job fuses this bi-encoder (e.g. all-mpnet-base-v2) with the live one instead "
+                         "of training a cross-encoder (job option 'fuse'; weight fitted on the held-out pairs)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
@@ -163,6 +168,8 @@ def main() -> None:
             return ok
 
         teacher_extra = {} if args.teacher_prior else {"teacher_prior": False}
+        if args.teacher_fuse:
+            teacher_extra["fuse"] = args.teacher_fuse
         if not args.no_teacher and not args.teacher and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
         for row in args.rows.split(","):

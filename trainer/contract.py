@@ -152,8 +152,10 @@ class SemanticPositivesSpec(Strict):
     max_per_query: int = Field(1, ge=1, le=16)
     neighbours: int = Field(10, ge=1, le=200, description="neighbours of the positive to check")
     min_ratio: float = Field(0.9, gt=0.0, le=2.0,
-                             description="confirm when teacher(q, neighbour) >= min_ratio x teacher(q, positive) "
-                                         "(on teacher scores shifted to be positive)")
+                             description="confirm when the teacher finds the neighbour at least min_ratio times as "
+                                         "likely an answer as the positive: exp(t(q, neighbour) - t(q, positive)) >= "
+                                         "min_ratio, with t in logits (a bi-encoder teacher's cosine / "
+                                         "loss.temperature); 0.9 asks for a cosine within 0.005 of the positive's")
 
 
 class DistillSpec(Strict):
@@ -240,10 +242,22 @@ class JobSpec(Strict):
         "teacher jobs: the teacher scores cos / loss.temperature of the live bi-encoder (a copy is stored with "
         "it) plus the cross-encoder's logit, whose head starts at zero, so it starts as the bi-encoder's ranking "
         "and learns a correction; false trains a plain cross-encoder (docs/benchmarks.md)"))
+    fuse: str | None = Field(None, min_length=1, max_length=1000, description=(
+        "teacher jobs: instead of training a cross-encoder, fuse this bi-encoder (a path or packaged name, e.g. "
+        "all-mpnet-base-v2) with a copy of the live one: score = (cos_live + w x cos_fuse) / loss.temperature, "
+        "w fitted on the held-out pairs like a trained correction's weight (docs/benchmarks.md)"))
     views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
     gate: GateSpec = Field(default_factory=GateSpec)
     activate: bool = True
+
+    @model_validator(mode="after")
+    def _fuse(self) -> JobSpec:
+        if self.fuse is not None and self.kind != "teacher":
+            raise ValueError("fuse is for teacher jobs (\"kind\": \"teacher\")")
+        if self.fuse is not None and not self.teacher_prior:
+            raise ValueError("fuse fuses with the live bi-encoder: it needs teacher_prior true")
+        return self
 
     def lr(self) -> float:
         if self.learning_rate is not None:

@@ -12,6 +12,9 @@ ranking, and the cross-encoder's training steps go into what the bi-encoder gets
 of relearning what it already ranks well. The weight w is chosen on the held-out pairs, and the
 metrics the gate reads are cross-fitted (each half scored with the weight chosen on the other)
 (docs/benchmarks.md, "A teacher with the bi-encoder as its prior").
+
+With ``fuse`` nothing is trained: a stronger bi-encoder's cosine takes the cross-encoder's place
+as the correction, with its weight fitted the same way (``index.teacher.FusedScorer``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from index.embcache import TEACHER_CACHE_DIR
 from index.metrics import evaluate_rankings
 from index.store import DocumentStore
-from index.teacher import BiEncoderScorer, CrossEncoderScorer, Scorer
+from index.teacher import BiEncoderScorer, CrossEncoderScorer, FusedScorer, Scorer
 from index.versions import VersionStore
 from trainer.contract import TEACHER_HEAD_LR, JobSpec
 from trainer.data import EvalPair, Snapshot, positive_text
@@ -92,7 +96,7 @@ def fit_logit_weight(parts: list[tuple[np.ndarray, np.ndarray]], cands: list[lis
     return final, held_out, {"chosen_per_half": chosen, metric + "_by_weight": by_weight}
 
 
-def prior_rerank(ce: CrossEncoderScorer, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
+def prior_rerank(ce: CrossEncoderScorer | FusedScorer, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
                  evals: list[EvalPair], depth: int, metric: str,
                  check: Callable[[], None] = lambda: None) -> tuple[float, dict, dict]:
     """Score the bi-encoder's top ``depth`` once with both parts of ``ce`` and fit its correction weight."""
@@ -209,6 +213,10 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     before = rerank_metrics(None, q_eval, corpus, snap, evals, depth)
     reporter.metrics = {"before": before}
 
+    if spec.fuse is not None:
+        return _fuse_job(job_id, collection, spec, store, data_dir, reporter, device, snap, student, enc, corpus,
+                         q_eval, evals, before)
+
     reporter.enter("mine")
     q_train = enc.encode([p.query for p in pairs]).vectors
     mining = spec.mining.model_copy(update={"negatives_per_query": max(spec.mining.negatives_per_query, 3)})
@@ -239,13 +247,47 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
                         "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
                                  "passed": passed}}
 
+    return _publish(job_id, collection, spec, store, data_dir, reporter, ce, student, passed)
+
+
+def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str, reporter: Reporter,
+              device: str, snap: Snapshot, student, enc, corpus: np.ndarray, q_eval: np.ndarray,
+              evals: list[EvalPair], before: dict) -> JobResult:
+    """A teacher job with ``fuse``: the named bi-encoder fused with a copy of the live one, the weight
+    fitted (and the metrics cross-fitted) on the held-out pairs; nothing is trained."""
+    reporter.enter("load_scorer")
+    try:
+        scorer = BiEncoderScorer.load(spec.fuse, device, os.environ.get("STROP_PRECISION", "auto"),
+                                      Path(data_dir) / TEACHER_CACHE_DIR)
+    except Exception as exc:  # a missing path or an unreachable hub name: a clear job error, not a traceback
+        raise ValueError(f"fuse: {spec.fuse!r} cannot be loaded as a sentence-transformers bi-encoder ({exc})") from exc
+    fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, 1.0 / spec.loss.temperature,
+                        scorer_spec=spec.fuse)
+    reporter.enter("evaluate_after")
+    metric = spec.gate.metric
+    fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth, metric,
+                                                  reporter.check)
+    reporter.details["train"] = {"steps": 0, "fuse": spec.fuse,
+                                 "prior": {"scale": fused.prior_scale, "logit_weight": fused.logit_weight, **fit}}
+    delta = after[metric] - before[metric]
+    passed = delta >= spec.gate.min_delta
+    reporter.metrics = {"before": before, "after": after, "rerank_depth": spec.rerank_depth,
+                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
+                                 "passed": passed}}
+    return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed)
+
+
+def _publish(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str, reporter: Reporter,
+             teacher: CrossEncoderScorer | FusedScorer, student, passed: bool) -> JobResult:
+    """Write the teacher directory atomically (tmp, fsync, rename) and name it the collection's
+    teacher when it passed the gate."""
     reporter.enter("publish")
     teachers = Path(data_dir) / "collections" / collection / "teachers"
     teachers.mkdir(parents=True, exist_ok=True)
     tmp = teachers / f".tmp-{job_id}-{uuid.uuid4().hex[:6]}"
     final = teachers / job_id
     try:
-        ce.save(tmp, save_prior=lambda path: save_model(student, path))
+        teacher.save(tmp, save_prior=lambda path: save_model(student, path))
         (tmp / "metrics.json").write_text(json.dumps(reporter.metrics))
         for p in tmp.rglob("*"):
             if p.is_file():

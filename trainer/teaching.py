@@ -100,12 +100,14 @@ def semantic_positives(cache: TeacherCache, pairs: list[Pair], corpus_emb: np.nd
     cache.ensure([(i, p.positive) for i, p in enumerate(pairs)] + candidates, pairs, texts, progress)
     added: list[Pair] = []
     per_query: dict[int, int] = {}
+    # the teacher's scores as logits (a bi-encoder's cosines / the InfoNCE temperature, as distillation
+    # reads them), so exp(t_nb - t_pos) is the ratio of the two documents' teacher probabilities
+    scale = 1.0 / spec.loss.temperature if cache.teacher.kind == "bi-encoder" else 1.0
+    floor = float(np.log(sp.min_ratio))
     for i, r in candidates:
         if per_query.get(i, 0) >= sp.max_per_query:
             continue
-        t_pos = cache.teacher.unit(np.array([cache.scores[(i, pairs[i].positive)]]))[0]
-        t_nb = cache.teacher.unit(np.array([cache.scores[(i, r)]]))[0]
-        if t_nb >= sp.min_ratio * t_pos:
+        if scale * (cache.scores[(i, r)] - cache.scores[(i, pairs[i].positive)]) >= floor:
             p = pairs[i]
             p.extra_positives.append(r)
             added.append(Pair(p.query, r, extra_positives=[p.positive], group=p.group))

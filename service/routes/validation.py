@@ -31,6 +31,8 @@ def check_job(spec: JobSpec, record: CollectionRecord, store: DocumentStore) -> 
                        "'teacher' (a cross-encoder or bi-encoder path/name) or first run a {\"kind\": \"teacher\"} job")
     if spec.teacher and spec.teacher.startswith(("/", ".")) and not Path(spec.teacher).exists():
         raise ApiError(422, "bad_teacher", f"teacher path {spec.teacher!r} does not exist")
+    if spec.fuse and spec.fuse.startswith(("/", ".", "~")) and not Path(spec.fuse).expanduser().exists():
+        raise ApiError(422, "bad_teacher", f"fuse path {spec.fuse!r} does not exist")
     ids: set[str] = set()
     if spec.train.pairs:
         ids.update(p.positive_id for p in spec.train.pairs)

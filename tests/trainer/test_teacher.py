@@ -3,6 +3,7 @@ local encoder as the student, trained cross-encoder teachers through real rq wor
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import pytest
 import torch
 from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
-from index.encoder import Encoder
-from index.teacher import BiEncoderScorer, CrossEncoderScorer, load_teacher
+from index.encoder import Encoder, resolve_spec
+from index.teacher import BiEncoderScorer, CrossEncoderScorer, FusedScorer, load_teacher
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.distill import cprd, margin_mse, mix_negatives
@@ -124,6 +125,27 @@ def test_semantic_positives_adds_paraphrase_not_unrelated(minilm_teacher):
     assert [p.positive for p in added] == [1]
     assert pairs[0].extra_positives == [1] and added[0].extra_positives == [0]
     assert info["checked"] == 4 and info["added"] == 1
+
+
+def test_semantic_positives_ratio_is_a_teacher_probability_ratio(minilm_teacher):
+    # cosines to QUERY (MiniLM): positive 0.655, paraphrase 0.684, bakery 0.476, home baking 0.467, bank -0.01.
+    # On the old (cos + 1) / 2 scale the bakery was 0.89 of the positive, nearly "confirmed"; as teacher
+    # probabilities (cos / 0.05) it is exp(-3.6) = 0.03 of the positive's
+    texts = [TEXTS[0], TEXTS[1], "Our bakery downtown sells fresh bread and pastries every morning.",
+             "Home baking became popular during the lockdowns.", TEXTS[2]]
+    emb = minilm_teacher.encoder.encode(texts).vectors
+
+    def added_for(min_ratio: float) -> list[int]:
+        pairs = [Pair(QUERY, 0)]
+        spec = JobSpec.model_validate({"train": {"source": "feedback"},
+                                       "positives": {"semantic": True, "max_per_query": 4, "neighbours": 4,
+                                                     "min_ratio": min_ratio}})
+        added, _ = semantic_positives(TeacherCache(minilm_teacher), pairs, emb, texts, spec)
+        return sorted(p.positive for p in added)
+
+    assert added_for(0.9) == [1]
+    assert added_for(0.5) == [1]  # half as likely still asks for a cosine within 0.035 of the positive's
+    assert added_for(float(np.exp(-0.2 / 0.05))) == [1, 2, 3]  # within 0.2 cosine; never the bank
 
 
 def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
@@ -308,6 +330,52 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
 
 @pytest.mark.slow
 @pytest.mark.redis
+def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclient, corpus, workers):  # noqa: F811
+    evals = load(qclient, corpus)
+    fuse = resolve_spec(None)  # the packaged MiniLM: stronger than the tiny student
+    # refused before queueing: fuse on an encoder job, without the prior, or naming a missing path
+    for extra in ({"fuse": fuse}, {"kind": "teacher", "fuse": fuse, "teacher_prior": False},
+                  {"kind": "teacher", "fuse": "/no/such/model"}):
+        r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, **extra))
+        assert r.status_code == 422 and "fuse" in r.json()["error"]["message"], r.json()
+    body = job_body(corpus, evals, kind="teacher", fuse=fuse, rerank_depth=20,
+                    gate={"metric": "mrr@10", "min_delta": -1.0})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] == "succeeded", job
+    train = job["details"]["train"]
+    assert train["steps"] == 0 and train["fuse"] == fuse and train["prior"]["scale"] == 20.0
+    assert train["prior"]["logit_weight"] in (0.1, 0.25, 0.5, 1.0, 2.0) and len(train["prior"]["chosen_per_half"]) == 2
+    # the packaged MiniLM out-ranks the tiny student on this corpus: fused, it beats the student's own order
+    assert job["metrics"]["after"]["mrr@10"] > job["metrics"]["before"]["mrr@10"], job["metrics"]
+    end = time.time() + 5
+    while not qclient.get("/collections/code").json()["teacher"] and time.time() < end:
+        time.sleep(0.1)
+    teacher_path = qclient.get("/collections/code").json()["teacher"]
+    teacher = load_teacher(teacher_path)
+    assert isinstance(teacher, FusedScorer) and teacher.logit_weight == train["prior"]["logit_weight"]
+    r = qclient.post("/collections/code/search", json={"query": corpus["test"][0]["query"], "top_k": 5, "rerank": True})
+    assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
+    # an encoder job distils from it: its scores are logits already (no bi-encoder temperature scaling)
+    body = job_body(corpus, evals, max_steps=3, max_seq_length=64, distill={"loss": "margin_mse", "weight": 1.0},
+                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] in ("succeeded", "rejected"), job
+    assert job["details"]["teacher"]["kind"] == "fused" and job["details"]["teacher"]["scored"] > 0
+    # a fuse job whose scorer cannot be loaded fails with the reason and leaves the teacher alone
+    body = job_body(corpus, evals, kind="teacher", fuse="no-such-org/no-such-model", rerank_depth=10)
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] == "failed" and "no-such-org/no-such-model" in job["error"], job
+    assert qclient.get("/collections/code").json()["teacher"] == teacher_path
+
+
+@pytest.mark.slow
+@pytest.mark.redis
 def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa: F811
     evals = load(qclient, corpus)
     body = job_body(corpus, evals, kind="teacher", max_steps=5, max_seq_length=64, rerank_depth=10)
@@ -431,6 +499,37 @@ def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and
     assert isinstance(loaded, CrossEncoderScorer) and loaded.prior is not None and loaded.prior_scale == 20.0
     assert loaded.logit_weight == 0.5
     assert np.allclose(loaded.score(pairs_), scores, atol=1e-3)
+    shutil.rmtree(tmp_path / "t" / "prior")
+    with pytest.raises(ValueError, match="prior bi-encoder"):
+        load_teacher(str(tmp_path / "t"))
+
+
+def test_a_fused_teacher_adds_a_weighted_stronger_bi_encoder_to_its_prior_and_round_trips(tiny_encoder_path,
+                                                                                        minilm_teacher, tmp_path):
+    """``fuse``: score = (cos of the stored prior + w x cos of the stronger bi-encoder) / temperature."""
+    import shutil
+
+    student = load_model(tiny_encoder_path, max_seq_length=32)
+    prior = BiEncoderScorer(Encoder(student, "tiny", "fp32"), "prior")
+    fused = FusedScorer(prior, minilm_teacher, 20.0, 0.5, scorer_spec=resolve_spec(None))
+    pairs_ = [(QUERY, t) for t in TEXTS]
+    cos_prior, cos_minilm = prior.score(pairs_), minilm_teacher.score(pairs_)
+    assert np.allclose(fused.score(pairs_), 20.0 * (cos_prior + 0.5 * cos_minilm), atol=1e-4)
+    other, prior_part = fused.score_parts(pairs_)
+    assert np.allclose(other, 20.0 * cos_minilm, atol=1e-4) and np.allclose(prior_part, 20.0 * cos_prior, atol=1e-4)
+    # on [0, 1] it reads as the weighted mean cosine, like a bi-encoder teacher's (cos + 1) / 2
+    mean_cos = (cos_prior + 0.5 * cos_minilm) / 1.5
+    assert np.allclose(fused.unit(fused.score(pairs_)), (mean_cos + 1) / 2, atol=1e-4)
+    # in logit units: no extra temperature scaling when a job distills from it
+    assert fused.kind != "bi-encoder"
+    fused.save(tmp_path / "t", save_prior=lambda p: student.save(str(p)))
+    loaded = load_teacher(str(tmp_path / "t"), precision="fp32")
+    assert isinstance(loaded, FusedScorer) and loaded.logit_weight == 0.5 and loaded.prior_scale == 20.0
+    assert np.allclose(loaded.score(pairs_), fused.score(pairs_), atol=1e-3)
+    meta = json.loads((tmp_path / "t" / "strop_teacher.json").read_text())
+    (tmp_path / "t" / "strop_teacher.json").write_text(json.dumps({**meta, "scorer": str(tmp_path / "gone")}))
+    with pytest.raises(ValueError, match="its scorer"):
+        load_teacher(str(tmp_path / "t"))
     shutil.rmtree(tmp_path / "t" / "prior")
     with pytest.raises(ValueError, match="prior bi-encoder"):
         load_teacher(str(tmp_path / "t"))
