@@ -238,8 +238,10 @@ def unit_scores(scores: np.ndarray, kind: str) -> np.ndarray:
 
 class FusedScorer:
     """A stronger bi-encoder fused with a frozen copy of the collection's own: the score is
-    ``prior_scale`` x (cos of the prior + ``logit_weight`` x cos of the scorer), in logit units like a
-    teacher with a cross-encoder correction. What a ``fuse`` teacher job stores: it needs no training,
+    ``prior_scale`` x (cos of the prior + ``logit_weight`` x cos of the scorer) / (1 + ``logit_weight``),
+    the weighted mean cosine over the InfoNCE temperature: logits on the student's own scale, so
+    MarginMSE asks for margins the student can have and CPRD's softmax is as sharp as the student's
+    (a plain sum would double both at w = 1). What a ``fuse`` teacher job stores: it needs no training,
     and the weight is fitted on held-out pairs. all-mpnet-base-v2 alone ranks below a fine-tuned
     MiniLM on both benchmark sets, but fused with it ranked 2.8 MRR@10 points above it on stdlib
     (docs/benchmarks.md), so the fusion, not mpnet, is the teacher that out-ranks the student."""
@@ -273,7 +275,7 @@ class FusedScorer:
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
         other, prior = self.score_parts(pairs, batch_size)
-        return (prior + self.logit_weight * other).astype(np.float32)
+        return ((prior + self.logit_weight * other) / (1.0 + self.logit_weight)).astype(np.float32)
 
     def score_parts(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(prior_scale x the scorer's cosines, prior_scale x the prior's): the split a weight is fitted on."""
@@ -282,7 +284,7 @@ class FusedScorer:
 
     def unit(self, scores: np.ndarray) -> np.ndarray:
         """The weighted mean cosine, as (cos + 1) / 2: a bi-encoder teacher's scale."""
-        cos = np.asarray(scores, np.float32) / (self.prior_scale * (1.0 + self.logit_weight))
+        cos = np.asarray(scores, np.float32) / self.prior_scale
         return np.clip((cos + 1.0) / 2.0, 0.0, 1.0)
 
     def save(self, path: str | Path, save_prior: Callable[[Path], None]) -> None:

@@ -506,7 +506,8 @@ def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and
 
 def test_a_fused_teacher_adds_a_weighted_stronger_bi_encoder_to_its_prior_and_round_trips(tiny_encoder_path,
                                                                                         minilm_teacher, tmp_path):
-    """``fuse``: score = (cos of the stored prior + w x cos of the stronger bi-encoder) / temperature."""
+    """``fuse``: score = the weighted mean of the stored prior's and the stronger bi-encoder's cosines,
+    over the temperature: the student's logit scale."""
     import shutil
 
     student = load_model(tiny_encoder_path, max_seq_length=32)
@@ -514,7 +515,7 @@ def test_a_fused_teacher_adds_a_weighted_stronger_bi_encoder_to_its_prior_and_ro
     fused = FusedScorer(prior, minilm_teacher, 20.0, 0.5, scorer_spec=resolve_spec(None))
     pairs_ = [(QUERY, t) for t in TEXTS]
     cos_prior, cos_minilm = prior.score(pairs_), minilm_teacher.score(pairs_)
-    assert np.allclose(fused.score(pairs_), 20.0 * (cos_prior + 0.5 * cos_minilm), atol=1e-4)
+    assert np.allclose(fused.score(pairs_), 20.0 * (cos_prior + 0.5 * cos_minilm) / 1.5, atol=1e-4)
     other, prior_part = fused.score_parts(pairs_)
     assert np.allclose(other, 20.0 * cos_minilm, atol=1e-4) and np.allclose(prior_part, 20.0 * cos_prior, atol=1e-4)
     # on [0, 1] it reads as the weighted mean cosine, like a bi-encoder teacher's (cos + 1) / 2
