@@ -5,7 +5,7 @@
 
 First a teacher job trains the collection's cross-encoder (RocketQA recipe). Then, from the same
 base version and with the same step budget, encoder jobs run: hard negatives alone; + denoise;
-+ margin_mse; + cprd; + semantic positives; + mixing. The trained teacher also reranks the top 50 of
++ margin_mse; + cprd; + listwise; + semantic positives; + mixing. The trained teacher also reranks the top 50 of
 the base bi-encoder and of the hard-negatives job's bi-encoder (the issue's "reranking beats the
 fine-tuned bi-encoder alone"). Encoder jobs use strop's measured defaults (lr 1e-4, bench/codesearch.py)
 unless --lr says otherwise; the teacher job uses the teacher default (2e-4, head 1e-3). Reports MRR@10, R@1,
@@ -46,6 +46,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "+ denoise": {"mining": {**BASE_MINING, "denoise": True}},
     "+ margin_mse": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "margin_mse", "weight": 1.0}},
     "+ cprd": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0}},
+    "+ listwise": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "listwise", "weight": 1.0}},
     "+ semantic positives": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
                              "positives": {"semantic": True, "max_per_query": 1}},
     "+ mixing": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
@@ -93,7 +94,8 @@ def main() -> None:
     ap.add_argument("--corpus", type=int)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--teacher-steps", type=int, default=300)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ROWS),
+                    help="comma-separated row names; a distillation row takes its weight after @ (\"+ cprd@0.3\")")
     ap.add_argument("--lr", type=float, default=None, help="encoder jobs' learning rate (default: strop's)")
     ap.add_argument("--negatives", type=int, default=BASE_MINING["negatives_per_query"],
                     help="mined negatives per query in every row (cprd needs >= 2)")
@@ -174,7 +176,12 @@ def main() -> None:
             teacher_ok = teacher_job("base")
         for row in args.rows.split(","):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
-            spec = {**ROWS[row]}
+            name, _, weight = row.partition("@")  # "+ cprd@0.3": that row with distill.weight 0.3
+            spec = {**ROWS[name]}
+            if weight:
+                if "distill" not in spec:
+                    raise SystemExit(f"row {row!r}: only a distillation row takes a weight")
+                spec["distill"] = {**spec["distill"], "weight": float(weight)}
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
             body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec}
             j, wall = job(c, "set", body)
@@ -184,11 +191,11 @@ def main() -> None:
             rows.append((row, j["metrics"]["after"], wall))
             print(row, json.dumps(j["metrics"]["after"]), round(wall), json.dumps(j["details"].get("stage_seconds")),
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives")}), flush=True)
-            if row == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher):
+            if name == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher):
                 # ANCE-style: the teacher is trained over (and, with its prior, on top of) the fine-tuned model
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
                 teacher_ok = teacher_job("hard-negatives")
-            elif row == "hard negatives" and teacher_ok:
+            elif name == "hard negatives" and teacher_ok:
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
                 fused = tuple((f"teacher fused (w {w:g}) with the hard-negatives bi-encoder", {"teacher_weight": w})
                               for w in weights)

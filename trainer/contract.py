@@ -159,9 +159,14 @@ class SemanticPositivesSpec(Strict):
 
 
 class DistillSpec(Strict):
-    loss: Literal["margin_mse", "cprd"] = "cprd"
+    loss: Literal["margin_mse", "cprd", "listwise"] = Field(
+        "cprd", description="margin_mse: the teacher's margin between the positive and each mined negative; cprd: "
+                            "the teacher's order among the mined negatives only; listwise: the teacher's softmax "
+                            "over every document in the batch (all in-batch positives and mined negatives), scored "
+                            "lazily per batch and cached (cheap for a bi-encoder or fused teacher, whose document "
+                            "embeddings are cached; a cross-encoder scores B x (B + negatives) pairs per step)")
     weight: float = Field(1.0, ge=0.0, le=100.0, description="weight against InfoNCE")
-    teacher_temperature: float = Field(1.0, gt=0.0, description="cprd: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
+    teacher_temperature: float = Field(1.0, gt=0.0, description="cprd and listwise: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
 
 
 class MixSpec(Strict):

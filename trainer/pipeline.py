@@ -269,11 +269,15 @@ def run_encoder_job(
     summary = fine_tune(model, pairs, texts, negatives, spec,
                         refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
                         teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
+                        teacher_ensure=(lambda keys: cache.ensure(keys, pairs, texts))
+                        if cache is not None and spec.distill and spec.distill.loss == "listwise" else None,
                         teacher_kind=cache.teacher.kind if cache is not None else "cross-encoder",
                         on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device,
                         positive_vectors=mine_corpus[[p.positive for p in pairs]] if spec.mining.neighbour_group
                         and spec.mining.neighbour_group > 1 else None)
     reporter.details["train"] = summary
+    if cache is not None:  # the listwise loss scores each batch's pairs as it goes
+        reporter.details["teacher"]["scored"] = cache.scored
 
     reporter.enter("evaluate_after")
     enc1 = inference_encoder(model, "student", device)

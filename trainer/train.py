@@ -113,6 +113,7 @@ def fine_tune(
     *,
     refresh: Callable[[object], list[list[int]]] | None = None,
     teacher_scores: Callable[[], dict[tuple[int, int], float] | None] | None = None,
+    teacher_ensure: Callable[[list[tuple[int, int]]], None] | None = None,
     teacher_kind: str = "cross-encoder",
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -123,7 +124,9 @@ def fine_tune(
 
     ``positive_vectors`` (one row per pair: its positive's vector in the live index) lets
     ``mining.neighbour_group`` build each epoch's batches from groups of pairs with neighbouring
-    positives; without it, or with the option off, batches are random.
+    positives; without it, or with the option off, batches are random. ``teacher_ensure`` scores
+    (pair index, corpus row) keys the teacher has not seen into ``teacher_scores()``: the listwise
+    loss needs every (query, document) of each batch, known only once the batch is drawn.
     """
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
@@ -167,6 +170,7 @@ def fine_tune(
         mix_count=spec.mix_hard_negatives.count if spec.mix_hard_negatives else 0,
         mix_hardest=spec.mix_hard_negatives.hardest if spec.mix_hard_negatives else 8,
         generator=gen,
+        ensure=teacher_ensure,
     )
     model.train()
     step = 0
@@ -217,6 +221,7 @@ class StepExtras:
     mix_count: int = 0
     mix_hardest: int = 8
     generator: torch.Generator | None = None
+    ensure: Callable[[list[tuple[int, int]]], None] | None = None  # listwise: score missing keys into teacher
 
 
 def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]], batch: list[int],
@@ -261,10 +266,37 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
         logits = torch.cat([logits, (q[:, None, :] * synth.to(q.device)).sum(-1) / temperature], 1)
     loss = F.cross_entropy(logits, torch.arange(len(batch), device=q.device))
     if extras is not None and extras.teacher is not None and extras.distill_weight > 0:
-        loss = loss + extras.distill_weight * _distill(raw, batch, pairs, negatives, col, extras)
+        if extras.distill_loss == "listwise":
+            loss = loss + extras.distill_weight * _distill_listwise(raw, batch, uniq, mask, extras)
+        else:
+            loss = loss + extras.distill_weight * _distill(raw, batch, pairs, negatives, col, extras)
     if queue is not None:
         queue.enqueue(doc_texts[: len(batch)], torch.tensor([pairs[i].positive for i in batch]), device)
     return loss
+
+
+def _distill_listwise(raw: torch.Tensor, batch: list[int], uniq: list[int], mask: torch.Tensor,
+                      extras: StepExtras) -> torch.Tensor:
+    """KL(teacher || student) over each query's whole batch row: its positive, the other queries'
+    positives and every mined negative, i.e. the documents InfoNCE already ranks. Unlike cprd
+    (the mined negatives only) the teacher also grades the positive against them, and every
+    in-batch document adds a comparison for free. Masked cells (another copy of a relevant
+    document) are left out of both softmaxes."""
+    assert extras.teacher is not None
+    keys = [(i, r) for i in batch for r in dict.fromkeys(uniq)]
+    if extras.ensure is not None:
+        extras.ensure(keys)
+    t = torch.tensor([[extras.teacher.get((i, r), float("nan")) for r in uniq] for i in batch],
+                     dtype=raw.dtype, device=raw.device) * extras.teacher_scale
+    keep = ~mask & ~torch.isnan(t)
+    rows = keep.sum(dim=1) >= 2
+    if not rows.any():
+        return raw.sum() * 0.0
+    s = raw[rows].masked_fill(~keep[rows], float("-inf"))
+    tt = (t[rows] / extras.teacher_temperature).masked_fill(~keep[rows], float("-inf"))
+    log_p_s, p_t = F.log_softmax(s, dim=1), F.softmax(tt, dim=1)
+    kl = p_t * (torch.log(p_t.clamp_min(1e-12)) - log_p_s)
+    return kl.masked_fill(~keep[rows], 0.0).sum(dim=1).mean()
 
 
 def _distill(raw: torch.Tensor, batch: list[int], pairs: list[Pair], negatives: list[list[int]],

@@ -157,7 +157,7 @@ def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
     return agree / total
 
 
-@pytest.mark.parametrize("loss", ["margin_mse", "cprd"])
+@pytest.mark.parametrize("loss", ["margin_mse", "cprd", "listwise"])
 def test_distillation_moves_student_toward_teacher_order(tiny_encoder_path, loss):
     texts = [f"document number {i} about topic {t}" for i, t in enumerate("abcdefghij")]
     pairs = [Pair(f"query about topic {t}", i) for i, t in enumerate("abcd")]
@@ -181,9 +181,44 @@ def test_distillation_moves_student_toward_teacher_order(tiny_encoder_path, loss
     before = agreement()
     spec = JobSpec.model_validate({"train": {"source": "feedback"}, "batch_size": 4, "epochs": 40,
                                    "learning_rate": 3e-3, "distill": {"loss": loss, "weight": 5.0}})
-    fine_tune(model, pairs, texts, negatives, spec, teacher_scores=lambda: teacher)
+    asked: list[tuple[int, int]] = []
+
+    def ensure(keys: list[tuple[int, int]]) -> None:  # listwise: the batch's other pairs, scored on demand
+        for k in keys:
+            if k not in teacher:
+                asked.append(k)
+                teacher[k] = -5.0  # another query's positive: irrelevant to this one
+    fine_tune(model, pairs, texts, negatives, spec, teacher_scores=lambda: teacher,
+              teacher_ensure=ensure if loss == "listwise" else None)
     after = agreement()
     assert after > before and after >= 0.8, (before, after)
+    if loss == "listwise":  # it asked for the batch's cross pairs: each query with the others' documents
+        assert {(i, pairs[j].positive) for i in range(4) for j in range(4) if i != j} <= set(asked)
+        assert len(asked) == len(set(asked))  # each once: cached after the first batch
+
+
+def test_listwise_distillation_grades_the_positive_and_in_batch_documents_and_skips_masked_cells():
+    """The listwise loss is zero when the student's batch row equals the teacher's (on the logit
+    scale), counts the positive and the other queries' positives, and ignores masked cells."""
+    from trainer.train import StepExtras, _distill_listwise
+
+    raw = torch.tensor([[16.0, 9.0, 11.0, 4.0], [7.0, 15.0, 3.0, 12.0]])
+    uniq, batch = [0, 1, 2, 3], [0, 1]
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    teacher = {(i, r): float(raw[i, r]) for i in batch for r in uniq}
+    extras = StepExtras(teacher=teacher, distill_loss="listwise", distill_weight=1.0)
+    assert float(_distill_listwise(raw, batch, uniq, mask, extras)) == pytest.approx(0.0, abs=1e-6)
+    # the teacher swaps query 0's positive and its in-batch neighbour: the loss sees it
+    swapped = {**teacher, (0, 0): 9.0, (0, 1): 16.0}
+    assert float(_distill_listwise(raw, batch, uniq, mask, StepExtras(teacher=swapped))) > 1.0
+    # ... unless that cell is masked (another copy of a relevant document)
+    masked = mask.clone()
+    masked[0, 1] = True
+    partial = {**teacher, (0, 1): 16.0}
+    assert float(_distill_listwise(raw, batch, uniq, masked, StepExtras(teacher=partial))) == pytest.approx(0.0, abs=1e-6)
+    # a pair the teacher never scored (no ensure) is left out, not read as zero
+    missing = {k: v for k, v in teacher.items() if k != (1, 2)}
+    assert float(_distill_listwise(raw, batch, uniq, mask, StepExtras(teacher=missing))) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bi_encoder_teacher_scores_are_scaled_like_the_student_logits():
