@@ -392,14 +392,17 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     assert isinstance(teacher, FusedScorer) and teacher.logit_weight == train["prior"]["logit_weight"]
     r = qclient.post("/collections/code/search", json={"query": corpus["test"][0]["query"], "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
-    # an encoder job distils from it: its scores are logits already (no bi-encoder temperature scaling)
-    body = job_body(corpus, evals, max_steps=3, max_seq_length=64, distill={"loss": "margin_mse", "weight": 1.0},
+    # an encoder job distils from it listwise: its scores are logits already (no bi-encoder temperature
+    # scaling), and each batch's cross pairs are scored as the batch is drawn, beyond the mining round's
+    body = job_body(corpus, evals, max_steps=3, max_seq_length=64, distill={"loss": "listwise", "weight": 1.0},
                     mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True})
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
     workers.start()
     job = wait(qclient, job_id)
     assert job["state"] in ("succeeded", "rejected"), job
-    assert job["details"]["teacher"]["kind"] == "fused" and job["details"]["teacher"]["scored"] > 0
+    mined = job["details"]["mining"]
+    assert job["details"]["teacher"]["kind"] == "fused"
+    assert job["details"]["teacher"]["scored"] > mined["queries"] + mined["kept"] + mined["removed_teacher"], job["details"]
     # a fuse job whose scorer cannot be loaded fails with the reason and leaves the teacher alone
     body = job_body(corpus, evals, kind="teacher", fuse="no-such-org/no-such-model", rerank_depth=10)
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
