@@ -47,6 +47,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "+ margin_mse": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "margin_mse", "weight": 1.0}},
     "+ cprd": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0}},
     "+ listwise": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "listwise", "weight": 1.0}},
+    "hard negatives + listwise": {"distill": {"loss": "listwise", "weight": 1.0}},  # without denoise
     "+ semantic positives": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
                              "positives": {"semantic": True, "max_per_query": 1}},
     "+ mixing": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
