@@ -269,7 +269,8 @@ def run_encoder_job(
     summary = fine_tune(model, pairs, texts, negatives, spec,
                         refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
                         teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
-                        teacher_ensure=(lambda keys: cache.ensure(keys, pairs, texts))
+                        # one call per batch: each query is embedded once, its documents come from the cache
+                        teacher_ensure=(lambda keys: cache.ensure(keys, pairs, texts, batch=max(64, len(keys))))
                         if cache is not None and spec.distill and spec.distill.loss == "listwise" else None,
                         teacher_kind=cache.teacher.kind if cache is not None else "cross-encoder",
                         on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device,
