@@ -9,6 +9,8 @@
   negatives* is distilled, as a listwise KL between the teacher's and the student's softmax
   over the negatives; the positive is left to InfoNCE, so the two scores' different
   distributions never have to agree in absolute terms.
+* Listwise (``distill.loss: "listwise"``): the same KL over each query's whole batch row, the
+  positive and every in-batch document included (``trainer.train._distill_listwise``).
 * MoCHi: synthetic negatives mixed in feature space from each query's hardest negatives.
 """
 
@@ -26,17 +28,23 @@ def margin_mse(s_pos: torch.Tensor, s_neg: torch.Tensor, t_pos: torch.Tensor, t_
     return (diff**2).mean() if diff.numel() else s_pos.sum() * 0.0
 
 
-def cprd(s_neg: torch.Tensor, t_neg: torch.Tensor, valid: torch.Tensor, teacher_temperature: float = 1.0) -> torch.Tensor:
-    """KL(teacher || student) over each query's negatives only (rows with < 2 negatives are skipped)."""
+def listwise_kl(s: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, teacher_temperature: float = 1.0) -> torch.Tensor:
+    """Mean over rows of KL(softmax(t / T) || softmax(s)), each row over its ``valid`` cells only
+    (rows with < 2 valid cells are skipped; invalid cells may hold anything, NaN included)."""
     rows = valid.sum(dim=1) >= 2
     if not rows.any():
-        return s_neg.sum() * 0.0
-    s = s_neg[rows].masked_fill(~valid[rows], float("-inf"))
-    t = (t_neg[rows] / teacher_temperature).masked_fill(~valid[rows], float("-inf"))
+        return s.sum() * 0.0
+    s = s[rows].masked_fill(~valid[rows], float("-inf"))
+    t = (t[rows] / teacher_temperature).masked_fill(~valid[rows], float("-inf"))
     log_p_s = F.log_softmax(s, dim=1)
     p_t = F.softmax(t, dim=1)
     kl = p_t * (torch.log(p_t.clamp_min(1e-12)) - log_p_s)
     return kl.masked_fill(~valid[rows], 0.0).sum(dim=1).mean()
+
+
+def cprd(s_neg: torch.Tensor, t_neg: torch.Tensor, valid: torch.Tensor, teacher_temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) over each query's negatives only: the positive is left to InfoNCE."""
+    return listwise_kl(s_neg, t_neg, valid, teacher_temperature)
 
 
 def mix_negatives(q: torch.Tensor, d: torch.Tensor, false_neg: torch.Tensor, n_synth: int, hardest: int = 8,

@@ -23,7 +23,7 @@ from index.encoder import Encoder, bf16_supported
 from trainer.augment import augment_code
 from trainer.contract import JobSpec
 from trainer.data import Pair, positive_text
-from trainer.distill import cprd, margin_mse, mix_negatives
+from trainer.distill import cprd, listwise_kl, margin_mse, mix_negatives
 from trainer.mining import neighbour_batches
 
 log = logging.getLogger("strop.train")
@@ -288,15 +288,7 @@ def _distill_listwise(raw: torch.Tensor, batch: list[int], uniq: list[int], mask
         extras.ensure(keys)
     t = torch.tensor([[extras.teacher.get((i, r), float("nan")) for r in uniq] for i in batch],
                      dtype=raw.dtype, device=raw.device) * extras.teacher_scale
-    keep = ~mask & ~torch.isnan(t)
-    rows = keep.sum(dim=1) >= 2
-    if not rows.any():
-        return raw.sum() * 0.0
-    s = raw[rows].masked_fill(~keep[rows], float("-inf"))
-    tt = (t[rows] / extras.teacher_temperature).masked_fill(~keep[rows], float("-inf"))
-    log_p_s, p_t = F.log_softmax(s, dim=1), F.softmax(tt, dim=1)
-    kl = p_t * (torch.log(p_t.clamp_min(1e-12)) - log_p_s)
-    return kl.masked_fill(~keep[rows], 0.0).sum(dim=1).mean()
+    return listwise_kl(raw, t, ~mask & ~torch.isnan(t), extras.teacher_temperature)
 
 
 def _distill(raw: torch.Tensor, batch: list[int], pairs: list[Pair], negatives: list[list[int]],
