@@ -19,12 +19,15 @@ R@10 on the held-out queries and wall time.
                                                 # the teacher job runs over the hard-negatives model
     python -m bench.distill --set stdlib --teacher-over hard --teacher-fuse /models/all-mpnet-base-v2
                                                 # ... and fuses mpnet with it instead of training
+    python -m bench.distill --set stdlib --teacher-fuse /models/all-mpnet-base-v2 --teacher-folds 2 --epochs 3
+                                                # ... cross-fitted over 2 fold bi-encoders
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import tempfile
 import time
@@ -35,6 +38,8 @@ import httpx
 
 from bench.codesearch import evaluate, put_all, start_server
 from bench.datasets import debian_pairs, stdlib_pairs
+from index.embcache import TEACHER_CACHE_DIR
+from trainer.contract import ENCODER_LR
 
 # random batches (neighbour_group 0), as in every ablation row measured before neighbour batches became the default
 BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relative_margin": 0.05,
@@ -94,6 +99,8 @@ def main() -> None:
     ap.add_argument("--test", type=int)
     ap.add_argument("--corpus", type=int)
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="encoder jobs' epochs over the training pairs (--steps caps the steps of all of them)")
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--rows", default=",".join(ROWS),
                     help="comma-separated row names; a distillation row takes its weight after @ (\"+ cprd@0.3\")")
@@ -114,6 +121,12 @@ def main() -> None:
     ap.add_argument("--teacher-fuse", default=None, metavar="BI_ENCODER",
                     help="the teacher job fuses this bi-encoder (e.g. all-mpnet-base-v2) with the live one instead "
                          "of training a cross-encoder (job option 'fuse'; weight fitted on the held-out pairs)")
+    ap.add_argument("--teacher-folds", type=int, default=None, metavar="K",
+                    help="with --teacher-fuse: cross-fit the fused teacher over K bi-encoders, each fine-tuned on the "
+                         "training pairs outside its fold like the hard-negatives row (job option 'folds')")
+    ap.add_argument("--teacher-cache-from", default=None, metavar="DATA_DIR",
+                    help="start with the teacher embedding cache of an earlier run's data directory (saves the cold "
+                         "pass of a bi-encoder teacher over the corpus)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
@@ -125,6 +138,8 @@ def main() -> None:
     evals = [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in data["test"]]
     print(f"{args.set}: train {len(data['train'])}, test {len(data['test'])}, corpus {len(data['corpus'])}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="strop-distill-"))
+    if args.teacher_cache_from:
+        shutil.copytree(Path(args.teacher_cache_from) / TEACHER_CACHE_DIR, tmp / "data" / TEACHER_CACHE_DIR)
     server, url = start_server(tmp / "data")
     rows = []
     try:
@@ -173,6 +188,9 @@ def main() -> None:
         teacher_extra = {} if args.teacher_prior else {"teacher_prior": False}
         if args.teacher_fuse:
             teacher_extra["fuse"] = args.teacher_fuse
+        if args.teacher_folds:  # the fold bi-encoders train like the hard-negatives row
+            teacher_extra.update(folds=args.teacher_folds, learning_rate=args.lr or ENCODER_LR,
+                                 mining={**BASE_MINING, "negatives_per_query": args.negatives})
         if not args.no_teacher and not args.teacher and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
         for row in args.rows.split(","):
@@ -184,7 +202,7 @@ def main() -> None:
                     raise SystemExit(f"row {row!r}: only a distillation row takes a weight")
                 spec["distill"] = {**spec["distill"], "weight": float(weight)}
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
-            body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec}
+            body = {**common, **encoder_lr, "epochs": args.epochs, "max_steps": args.steps, "mining": mining, **spec}
             j, wall = job(c, "set", body)
             if j["state"] not in ("succeeded", "rejected"):
                 print(row, j["state"], j["error"], flush=True)

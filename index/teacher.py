@@ -9,6 +9,9 @@
   e.g. all-mpnet-base-v2 from its split wheels.
 * ``FusedScorer``: such a bi-encoder fused with a frozen copy of the collection's own, with a
   weight fitted on held-out pairs (a teacher job with ``fuse``).
+* ``FoldedScorer``: K fused teachers whose bi-encoders were each fine-tuned on the other folds'
+  training pairs; a query is scored by its own fold's teacher (a teacher job with ``fuse`` and
+  ``folds``), so no training pair is scored by a model that was trained on it.
 
 ``load_teacher`` picks by what the directory holds. Scorers expose ``score(pairs)`` and an
 ``encode``-compatible adapter so the service can run them through the same micro-batching
@@ -17,6 +20,7 @@ thread as query encoding (one thread owns each model's forward pass).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -295,7 +299,96 @@ class FusedScorer:
         (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
 
 
-Scorer = CrossEncoderScorer | BiEncoderScorer | FusedScorer
+def fold_of(query: str, folds: int) -> int:
+    """The fold a query belongs to: a stable hash of its text, the same in every process and run, so
+    a training pair is routed to the teacher that did not train on it without storing any split."""
+    return int.from_bytes(hashlib.blake2b(query.encode("utf-8"), digest_size=8).digest(), "big") % folds
+
+
+class FoldedScorer:
+    """Cross-fitted fused teachers (a ``fuse`` teacher job with ``folds``).
+
+    A fused teacher over the fine-tuned student out-ranks it on held-out queries, but on the student's
+    own training pairs half of its score comes from a model trained on them: it restates their labels
+    and has nothing to teach (docs/benchmarks.md). Here fold f's prior is a bi-encoder fine-tuned on
+    the training pairs of every *other* fold, and a query is scored by the teacher of its own fold
+    (``fold_of``). Every training pair is then scored by a model that never saw it, the way a held-out
+    query is. Queries that were never trained on (search with ``rerank``) go to their hash's fold as
+    well. The folds share one scorer (one copy of the stronger bi-encoder and its document cache) and
+    one weight, fitted on the held-out pairs."""
+
+    kind = "fused"
+
+    def __init__(self, folds: list[FusedScorer]):
+        if len(folds) < 2:
+            raise ValueError("a folded teacher needs at least 2 folds")
+        self.folds = folds
+        self.scorer = folds[0].scorer
+        self.scorer_spec = folds[0].scorer_spec
+        self.prior_scale = folds[0].prior_scale
+        self.name = f"{self.scorer.name}+{len(folds)} folds"
+
+    @property
+    def logit_weight(self) -> float:
+        return self.folds[0].logit_weight
+
+    @logit_weight.setter
+    def logit_weight(self, w: float) -> None:
+        for f in self.folds:
+            f.logit_weight = w
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", precision: str = "auto",
+             cache_dir: str | Path | None = None) -> FoldedScorer:
+        meta = json.loads((Path(path) / "strop_teacher.json").read_text())
+        try:
+            scorer = BiEncoderScorer.load(meta["scorer"], device, precision, cache_dir)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"teacher {path}: its scorer {meta['scorer']!r} cannot be loaded ({exc})") from exc
+        folds = []
+        for name in meta["folds"]:
+            fold_dir = Path(path) / name
+            if not (fold_dir / "modules.json").exists():
+                raise ValueError(f"teacher {path}: its fold bi-encoder {fold_dir} is missing")
+            folds.append(FusedScorer(BiEncoderScorer.load(str(fold_dir), device, precision, cache_dir), scorer,
+                                     float(meta["prior_scale"]), float(meta.get("logit_weight", 1.0)), meta["scorer"]))
+        out = cls(folds)
+        out.name = str(path)
+        return out
+
+    def _routed(self, pairs: Sequence[tuple[str, str]], fn: Callable[[FusedScorer, list], Any]) -> list[tuple[list[int], Any]]:
+        by_fold: dict[int, list[int]] = {}
+        for i, (q, _) in enumerate(pairs):
+            by_fold.setdefault(fold_of(q, len(self.folds)), []).append(i)
+        return [(idx, fn(self.folds[f], [pairs[i] for i in idx])) for f, idx in sorted(by_fold.items())]
+
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        out = np.empty(len(pairs), np.float32)
+        for idx, scores in self._routed(pairs, lambda f, sub: f.score(sub, batch_size)):
+            out[idx] = scores
+        return out
+
+    def score_parts(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        other, prior = np.empty(len(pairs), np.float32), np.empty(len(pairs), np.float32)
+        for idx, (o, p) in self._routed(pairs, lambda f, sub: f.score_parts(sub, batch_size)):
+            other[idx], prior[idx] = o, p
+        return other, prior
+
+    def unit(self, scores: np.ndarray) -> np.ndarray:
+        return self.folds[0].unit(scores)
+
+    def save(self, path: str | Path, save_fold: Callable[[int, Path], None]) -> None:
+        """``save_fold(f, directory)`` writes fold f's bi-encoder (a sentence-transformers model) there."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        names = [f"fold-{f}" for f in range(len(self.folds))]
+        for f, name in enumerate(names):
+            save_fold(f, Path(path) / name)
+        meta = {"kind": "folded", "folds": names, "prior_scale": self.prior_scale,
+                "logit_weight": self.logit_weight, "scorer": self.scorer_spec}
+        (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
+
+
+Scorer = CrossEncoderScorer | BiEncoderScorer | FusedScorer | FoldedScorer
 
 
 def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
@@ -305,8 +398,11 @@ def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", cache_
     path = Path(resolve_spec(spec))
     if path.is_dir():
         meta_file = path / "strop_teacher.json"
-        if meta_file.exists() and json.loads(meta_file.read_text()).get("kind") == FusedScorer.kind:
+        stored_kind = json.loads(meta_file.read_text()).get("kind") if meta_file.exists() else None
+        if stored_kind == FusedScorer.kind:
             return FusedScorer.load(path, device, precision, cache_dir)
+        if stored_kind == "folded":
+            return FoldedScorer.load(path, device, precision, cache_dir)
         if (path / "modules.json").exists() and not (path / "strop_teacher.json").exists():
             return BiEncoderScorer.load(str(path), device, precision, cache_dir)
         cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}

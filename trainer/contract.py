@@ -251,6 +251,12 @@ class JobSpec(Strict):
         "teacher jobs: instead of training a cross-encoder, fuse this bi-encoder (a path or packaged name, e.g. "
         "all-mpnet-base-v2) with a copy of the live one: score = (cos_live + w x cos_fuse) / loss.temperature, "
         "w fitted on the held-out pairs like a trained correction's weight (docs/benchmarks.md)"))
+    folds: int | None = Field(None, ge=2, le=10, description=(
+        "teacher jobs with fuse: cross-fit the teacher. The training pairs are split into this many folds (by a "
+        "hash of the query) and a bi-encoder is fine-tuned from the live one on each fold's complement, as an "
+        "encoder job with this job's epochs, batch size, mining and learning rate would train it; fold f's "
+        "queries are scored by the fusion over fold f's bi-encoder, which never trained on them. Without it the "
+        "prior is the live bi-encoder, which after a job has trained on those very pairs (docs/benchmarks.md)"))
     views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
     gate: GateSpec = Field(default_factory=GateSpec)
@@ -262,6 +268,8 @@ class JobSpec(Strict):
             raise ValueError("fuse is for teacher jobs (\"kind\": \"teacher\")")
         if self.fuse is not None and not self.teacher_prior:
             raise ValueError("fuse fuses with the live bi-encoder: it needs teacher_prior true")
+        if self.folds is not None and self.fuse is None:
+            raise ValueError("folds cross-fits a fused teacher: give fuse (a stronger bi-encoder) too")
         return self
 
     def lr(self) -> float:

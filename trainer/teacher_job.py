@@ -14,7 +14,11 @@ metrics the gate reads are cross-fitted (each half scored with the weight chosen
 (docs/benchmarks.md, "A teacher with the bi-encoder as its prior").
 
 With ``fuse`` nothing is trained: a stronger bi-encoder's cosine takes the cross-encoder's place
-as the correction, with its weight fitted the same way (``index.teacher.FusedScorer``).
+as the correction, with its weight fitted the same way (``index.teacher.FusedScorer``). With
+``fuse`` and ``folds`` the prior is cross-fitted instead of the live bi-encoder: K bi-encoders are
+fine-tuned from the live one, each on the training pairs outside its fold, and a query is scored
+over its own fold's (``index.teacher.FoldedScorer``), so the teacher has not seen the pairs it
+scores for distillation.
 """
 
 from __future__ import annotations
@@ -37,13 +41,20 @@ import torch.nn.functional as F
 from index.embcache import TEACHER_CACHE_DIR
 from index.metrics import evaluate_rankings
 from index.store import DocumentStore
-from index.teacher import BiEncoderScorer, CrossEncoderScorer, FusedScorer, Scorer
+from index.teacher import BiEncoderScorer, CrossEncoderScorer, FoldedScorer, FusedScorer, Scorer, fold_of
 from index.versions import VersionStore
 from trainer.contract import TEACHER_HEAD_LR, JobSpec
 from trainer.data import EvalPair, Snapshot, positive_text
 from trainer.mining import mine
-from trainer.pipeline import JobResult, Reporter, current_embeddings, save_model, snapshot_and_pairs
-from trainer.train import Cancelled, Progress, inference_encoder, load_model, make_batches
+from trainer.pipeline import (
+    JobResult,
+    Reporter,
+    current_embeddings,
+    mining_corpus,
+    save_model,
+    snapshot_and_pairs,
+)
+from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model, make_batches
 
 # the weights a teacher with a prior may give its correction (score = prior + w x logit), chosen on held-out
 # pairs: on stdlib code the correction learned in 125 CPU steps hurt at full weight (docs/benchmarks.md)
@@ -215,7 +226,7 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
 
     if spec.fuse is not None:
         return _fuse_job(job_id, collection, spec, store, data_dir, reporter, device, snap, student, enc, corpus,
-                         q_eval, evals, before)
+                         q_eval, evals, before, pairs)
 
     reporter.enter("mine")
     q_train = enc.encode([p.query for p in pairs]).vectors
@@ -252,7 +263,7 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
 
 def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str, reporter: Reporter,
               device: str, snap: Snapshot, student, enc, corpus: np.ndarray, q_eval: np.ndarray,
-              evals: list[EvalPair], before: dict) -> JobResult:
+              evals: list[EvalPair], before: dict, pairs: list) -> JobResult:
     """A teacher job with ``fuse``: the named bi-encoder fused with a copy of the live one, the weight
     fitted (and the metrics cross-fitted) on the held-out pairs; nothing is trained."""
     reporter.enter("load_scorer")
@@ -261,24 +272,73 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
                                       Path(data_dir) / TEACHER_CACHE_DIR)
     except Exception as exc:  # a missing path or an unreachable hub name: a clear job error, not a traceback
         raise ValueError(f"fuse: {spec.fuse!r} cannot be loaded as a sentence-transformers bi-encoder ({exc})") from exc
-    fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, 1.0 / spec.loss.temperature,
-                        scorer_spec=spec.fuse)
+    scale = 1.0 / spec.loss.temperature
+    models: list = []
+    if spec.folds:
+        models = _train_folds(spec, snap, pairs, enc, corpus, reporter, device)
+        fused: FusedScorer | FoldedScorer = FoldedScorer(
+            [FusedScorer(BiEncoderScorer(inference_encoder(m, f"fold{f}", device), f"fold{f}:{snap.version}"),
+                         scorer, scale, scorer_spec=spec.fuse) for f, m in enumerate(models)])
+    else:
+        fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
     reporter.enter("evaluate_after")
     metric = spec.gate.metric
     fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth, metric,
                                                   reporter.check)
-    reporter.details["train"] = {"steps": 0, "fuse": spec.fuse,
+    reporter.details["train"] = {**reporter.details.get("train", {"steps": 0}), "fuse": spec.fuse,
                                  "prior": {"scale": fused.prior_scale, "logit_weight": fused.logit_weight, **fit}}
     delta = after[metric] - before[metric]
     passed = delta >= spec.gate.min_delta
     reporter.metrics = {"before": before, "after": after, "rerank_depth": spec.rerank_depth,
                         "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
                                  "passed": passed}}
-    return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed)
+    save = (lambda tmp: fused.save(tmp, lambda f, path: save_model(models[f], path))) if models else None
+    return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed, save)
+
+
+def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.ndarray, reporter: Reporter,
+                 device: str) -> list:
+    """Fine-tune one bi-encoder per fold from the live one, on the training pairs outside that fold,
+    as an encoder job with this job's epochs, batch size, steps, mining and learning rate would
+    (negatives mined once by the live bi-encoder, the modality's batch grouping)."""
+    k = spec.folds or 0
+    espec = spec.model_copy(update={"kind": "encoder", "fuse": None, "folds": None, "distill": None,
+                                    "mining": spec.mining.model_copy(update={
+                                        "neighbour_group": spec.mining.group_for(snap.modality),
+                                        "denoise": False, "refresh_every": 0})})
+    fold = [fold_of(p.query, k) for p in pairs]
+    sizes = [fold.count(f) for f in range(k)]
+    if min(sizes) == 0:
+        raise ValueError(f"folds: {k} folds of {len(pairs)} training pairs leave fold {sizes.index(0)} empty; "
+                         "use fewer folds or more pairs")
+    reporter.enter("mine")
+    texts = snap.train_texts or snap.texts
+    mine_corpus = mining_corpus(corpus, snap, texts, enc, reporter)
+    negatives, stats = mine(enc.encode([p.query for p in pairs]).vectors, mine_corpus, texts, pairs, espec.mining)
+    reporter.details["mining"] = stats.summary()
+    reporter.enter("train")
+    group = espec.mining.neighbour_group or 0
+    models, runs = [], []
+    for f in range(k):
+        idx = [i for i in range(len(pairs)) if fold[i] != f]
+        model = load_model(snap.encoder_source, device, spec.max_seq_length)
+
+        def progress(p: Progress, f: int = f) -> None:
+            reporter.on_progress(p)
+            reporter.progress["unit"] = f"fold {f + 1} of {k} steps"
+
+        runs.append({"fold": f, "held_out": sizes[f], **fine_tune(
+            model, [pairs[i] for i in idx], texts, [negatives[i] for i in idx], espec, on_progress=progress,
+            should_stop=reporter.should_stop, device=device,
+            positive_vectors=mine_corpus[[pairs[i].positive for i in idx]] if group > 1 else None)})
+        models.append(model)
+        reporter.details["train"] = {"steps": sum(r["steps"] for r in runs), "folds": runs}
+    return models
 
 
 def _publish(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str, reporter: Reporter,
-             teacher: CrossEncoderScorer | FusedScorer, student, passed: bool) -> JobResult:
+             teacher: CrossEncoderScorer | FusedScorer | FoldedScorer, student, passed: bool,
+             save: Callable[[Path], None] | None = None) -> JobResult:
     """Write the teacher directory atomically (tmp, fsync, rename) and name it the collection's
     teacher when it passed the gate."""
     reporter.enter("publish")
@@ -287,7 +347,10 @@ def _publish(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, 
     tmp = teachers / f".tmp-{job_id}-{uuid.uuid4().hex[:6]}"
     final = teachers / job_id
     try:
-        teacher.save(tmp, save_prior=lambda path: save_model(student, path))
+        if save is not None:
+            save(tmp)
+        else:
+            teacher.save(tmp, save_prior=lambda path: save_model(student, path))
         (tmp / "metrics.json").write_text(json.dumps(reporter.metrics))
         for p in tmp.rglob("*"):
             if p.is_file():

@@ -13,7 +13,14 @@ import torch
 from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
 from index.encoder import Encoder, resolve_spec
-from index.teacher import BiEncoderScorer, CrossEncoderScorer, FusedScorer, load_teacher
+from index.teacher import (
+    BiEncoderScorer,
+    CrossEncoderScorer,
+    FoldedScorer,
+    FusedScorer,
+    fold_of,
+    load_teacher,
+)
 from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.distill import cprd, margin_mse, mix_negatives
@@ -369,10 +376,12 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     evals = load(qclient, corpus)
     fuse = resolve_spec(None)  # the packaged MiniLM: stronger than the tiny student
     # refused before queueing: fuse on an encoder job, without the prior, or naming a missing path
-    for extra in ({"fuse": fuse}, {"kind": "teacher", "fuse": fuse, "teacher_prior": False},
-                  {"kind": "teacher", "fuse": "/no/such/model"}):
+    # ... and folds without fuse, or fewer than 2
+    for extra, word in (({"fuse": fuse}, "fuse"), ({"kind": "teacher", "fuse": fuse, "teacher_prior": False}, "fuse"),
+                        ({"kind": "teacher", "fuse": "/no/such/model"}, "fuse"),
+                        ({"kind": "teacher", "folds": 2}, "give fuse"), ({"kind": "teacher", "fuse": fuse, "folds": 1}, "folds")):
         r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, **extra))
-        assert r.status_code == 422 and "fuse" in r.json()["error"]["message"], r.json()
+        assert r.status_code == 422 and word in r.json()["error"]["message"], r.json()
     body = job_body(corpus, evals, kind="teacher", fuse=fuse, rerank_depth=20,
                     gate={"metric": "mrr@10", "min_delta": -1.0})
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
@@ -403,6 +412,27 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     mined = job["details"]["mining"]
     assert job["details"]["teacher"]["kind"] == "fused"
     assert job["details"]["teacher"]["scored"] > mined["queries"] + mined["kept"] + mined["removed_teacher"], job["details"]
+    # cross-fitted: two bi-encoders, each fine-tuned on the training pairs outside its fold
+    body = job_body(corpus, evals, kind="teacher", fuse=fuse, folds=2, rerank_depth=20, max_steps=4,
+                    gate={"metric": "mrr@10", "min_delta": -1.0})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] == "succeeded", job
+    runs = job["details"]["train"]["folds"]
+    fold_sizes = [sum(fold_of(p["query"], 2) == f for p in body["train"]["pairs"]) for f in (0, 1)]
+    assert [r["held_out"] for r in runs] == fold_sizes and all(r["steps"] == 4 for r in runs), runs
+    assert job["details"]["train"]["steps"] == 8 and job["details"]["mining"]["queries"] == sum(fold_sizes)
+    end = time.time() + 5
+    while qclient.get("/collections/code").json()["teacher"] == teacher_path and time.time() < end:
+        time.sleep(0.1)
+    folded = load_teacher(qclient.get("/collections/code").json()["teacher"])
+    assert isinstance(folded, FoldedScorer) and folded.logit_weight == job["details"]["train"]["prior"]["logit_weight"]
+    q = body["train"]["pairs"][0]["query"]
+    pair = [(q, corpus["docs"][0]["text"])]
+    assert folded.score(pair)[0] == pytest.approx(folded.folds[fold_of(q, 2)].score(pair)[0], abs=1e-5)
+    assert folded.folds[0].prior.score(pair)[0] != pytest.approx(folded.folds[1].prior.score(pair)[0], abs=1e-6)
+    teacher_path = qclient.get("/collections/code").json()["teacher"]
     # a fuse job whose scorer cannot be loaded fails with the reason and leaves the teacher alone
     body = job_body(corpus, evals, kind="teacher", fuse="no-such-org/no-such-model", rerank_depth=10)
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
@@ -572,6 +602,43 @@ def test_a_fused_teacher_adds_a_weighted_stronger_bi_encoder_to_its_prior_and_ro
     shutil.rmtree(tmp_path / "t" / "prior")
     with pytest.raises(ValueError, match="prior bi-encoder"):
         load_teacher(str(tmp_path / "t"))
+
+
+def test_a_folded_teacher_scores_each_query_over_its_own_folds_prior_and_round_trips(tiny_encoder_path,
+                                                                                   minilm_teacher, tmp_path):
+    """``folds``: a query is scored by the fused teacher of its hash's fold, and only by it; the folds
+    share the stronger bi-encoder and one weight; saved and loaded it scores the same."""
+    students = [load_model(tiny_encoder_path, max_seq_length=32) for _ in range(2)]
+    with torch.no_grad():  # two different priors, so the routing shows in the scores
+        gen = torch.Generator().manual_seed(0)
+        for param in students[1].parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=gen))
+    folds = [FusedScorer(BiEncoderScorer(Encoder(m, f"fold{f}", "fp32"), f"fold{f}"), minilm_teacher, 20.0, 0.5,
+                         scorer_spec=resolve_spec(None)) for f, m in enumerate(students)]
+    folded = FoldedScorer(folds)
+    queries = [QUERY, "interest rates and inflation", "pip install", "a penalty save", "sourdough starter"]
+    assert {fold_of(q, 2) for q in queries} == {0, 1}  # both folds are exercised
+    assert [fold_of(q, 2) for q in queries] == [fold_of(q, 2) for q in queries]  # stable
+    pairs_ = [(q, t) for q in queries for t in TEXTS]
+    own = np.array([folds[fold_of(q, 2)].score([(q, t)])[0] for q, t in pairs_])
+    other = np.array([folds[1 - fold_of(q, 2)].score([(q, t)])[0] for q, t in pairs_])
+    assert np.allclose(folded.score(pairs_), own, atol=1e-4) and not np.allclose(own, other, atol=1e-3)
+    parts = folded.score_parts(pairs_)
+    assert np.allclose((parts[1] + 0.5 * parts[0]) / 1.5, own, atol=1e-4)
+    folded.logit_weight = 1.0
+    assert all(f.logit_weight == 1.0 for f in folds) and folded.kind == "fused" and folded.prior_scale == 20.0
+    folded.save(tmp_path / "t", lambda f, p: students[f].save(str(p)))
+    loaded = load_teacher(str(tmp_path / "t"), precision="fp32")
+    assert isinstance(loaded, FoldedScorer) and len(loaded.folds) == 2 and loaded.logit_weight == 1.0
+    assert loaded.folds[0].scorer is loaded.folds[1].scorer  # one copy of the stronger bi-encoder
+    assert np.allclose(loaded.score(pairs_), folded.score(pairs_), atol=1e-3)
+    import shutil
+
+    shutil.rmtree(tmp_path / "t" / "fold-1")
+    with pytest.raises(ValueError, match="fold bi-encoder"):
+        load_teacher(str(tmp_path / "t"))
+    with pytest.raises(ValueError, match="at least 2"):
+        FoldedScorer(folds[:1])
 
 
 def test_teacher_training_falls_back_to_in_batch_negatives_when_mining_found_none(tiny_encoder_path):
