@@ -268,10 +268,7 @@ class FusedScorer:
         prior_dir = Path(path) / meta["prior"]
         if not (prior_dir / "modules.json").exists():
             raise ValueError(f"teacher {path}: its prior bi-encoder {prior_dir} is missing")
-        try:
-            scorer = BiEncoderScorer.load(meta["scorer"], device, precision, cache_dir)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"teacher {path}: its scorer {meta['scorer']!r} cannot be loaded ({exc})") from exc
+        scorer = _stored_scorer(path, meta, device, precision, cache_dir)
         prior = BiEncoderScorer.load(str(prior_dir), device, precision, cache_dir)
         out = cls(prior, scorer, float(meta["prior_scale"]), float(meta.get("logit_weight", 1.0)), meta["scorer"])
         out.name = str(path)
@@ -297,6 +294,15 @@ class FusedScorer:
         meta = {"kind": self.kind, "prior": "prior", "prior_scale": self.prior_scale,
                 "logit_weight": self.logit_weight, "scorer": self.scorer_spec}
         (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
+
+
+def _stored_scorer(path: str | Path, meta: dict, device: str, precision: str,
+                   cache_dir: str | Path | None) -> BiEncoderScorer:
+    """The stronger bi-encoder a fused teacher's metadata names (it is not copied into the teacher)."""
+    try:
+        return BiEncoderScorer.load(meta["scorer"], device, precision, cache_dir)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"teacher {path}: its scorer {meta['scorer']!r} cannot be loaded ({exc})") from exc
 
 
 def fold_of(query: str, folds: int) -> int:
@@ -341,10 +347,7 @@ class FoldedScorer:
     def load(cls, path: str | Path, device: str = "cpu", precision: str = "auto",
              cache_dir: str | Path | None = None) -> FoldedScorer:
         meta = json.loads((Path(path) / "strop_teacher.json").read_text())
-        try:
-            scorer = BiEncoderScorer.load(meta["scorer"], device, precision, cache_dir)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"teacher {path}: its scorer {meta['scorer']!r} cannot be loaded ({exc})") from exc
+        scorer = _stored_scorer(path, meta, device, precision, cache_dir)
         folds = []
         for name in meta["folds"]:
             fold_dir = Path(path) / name
