@@ -103,7 +103,8 @@ def main() -> None:
                     help="encoder jobs' epochs over the training pairs (--steps caps the steps of all of them)")
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--rows", default=",".join(ROWS),
-                    help="comma-separated row names; a distillation row takes its weight after @ (\"+ cprd@0.3\")")
+                    help="comma-separated row names; a distillation row takes its weight after @ (\"+ cprd@0.3\"), any "
+                         "row its own epochs after * (\"hard negatives*1\")")
     ap.add_argument("--lr", type=float, default=None, help="encoder jobs' learning rate (default: strop's)")
     ap.add_argument("--negatives", type=int, default=BASE_MINING["negatives_per_query"],
                     help="mined negatives per query in every row (cprd needs >= 2)")
@@ -195,14 +196,17 @@ def main() -> None:
             teacher_ok = teacher_job("base")
         for row in args.rows.split(","):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
+            row, _, row_epochs = row.partition("*")  # "hard negatives*1": that row with 1 epoch
             name, _, weight = row.partition("@")  # "+ cprd@0.3": that row with distill.weight 0.3
-            spec = {**ROWS[name]}
+            spec = {**ROWS[name], "epochs": int(row_epochs or args.epochs)}
+            if row_epochs:
+                row = f"{row} ({row_epochs} epochs)"
             if weight:
                 if "distill" not in spec:
                     raise SystemExit(f"row {row!r}: only a distillation row takes a weight")
                 spec["distill"] = {**spec["distill"], "weight": float(weight)}
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
-            body = {**common, **encoder_lr, "epochs": args.epochs, "max_steps": args.steps, "mining": mining, **spec}
+            body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec}
             j, wall = job(c, "set", body)
             if j["state"] not in ("succeeded", "rejected"):
                 print(row, j["state"], j["error"], flush=True)
