@@ -432,6 +432,8 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     pair = [(q, corpus["docs"][0]["text"])]
     assert folded.score(pair)[0] == pytest.approx(folded.folds[fold_of(q, 2)].score(pair)[0], abs=1e-5)
     assert folded.folds[0].prior.score(pair)[0] != pytest.approx(folded.folds[1].prior.score(pair)[0], abs=1e-6)
+    r = qclient.post("/collections/code/search", json={"query": q, "top_k": 5, "rerank": True})
+    assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     teacher_path = qclient.get("/collections/code").json()["teacher"]
     # a fuse job whose scorer cannot be loaded fails with the reason and leaves the teacher alone
     body = job_body(corpus, evals, kind="teacher", fuse="no-such-org/no-such-model", rerank_depth=10)
@@ -639,6 +641,20 @@ def test_a_folded_teacher_scores_each_query_over_its_own_folds_prior_and_round_t
         load_teacher(str(tmp_path / "t"))
     with pytest.raises(ValueError, match="at least 2"):
         FoldedScorer(folds[:1])
+
+
+def test_a_folds_job_with_an_empty_fold_fails_before_training():
+    """More folds than the pairs fill: a clear error naming the empty fold, before any model is loaded."""
+    from types import SimpleNamespace
+
+    from trainer.pipeline import Reporter
+    from trainer.teacher_job import _train_folds
+
+    pairs = [Pair("how do I install packages", 0), Pair("making bread", 1)]
+    spec = JobSpec.model_validate({"kind": "teacher", "fuse": "x", "folds": 10,
+                                   "train": {"pairs": [{"query": "q", "positive_id": "a"}]}})
+    with pytest.raises(ValueError, match="empty; use fewer folds or more pairs"):
+        _train_folds(spec, SimpleNamespace(modality="text"), pairs, None, np.zeros((2, 4), np.float32), Reporter(), "cpu")
 
 
 def test_teacher_training_falls_back_to_in_batch_negatives_when_mining_found_none(tiny_encoder_path):
