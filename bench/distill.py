@@ -139,6 +139,7 @@ def main() -> None:
     evals = [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in data["test"]]
     print(f"{args.set}: train {len(data['train'])}, test {len(data['test'])}, corpus {len(data['corpus'])}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="strop-distill-"))
+    print(f"data dir {tmp / 'data'} (kept; --teacher-cache-from takes it)", flush=True)
     if args.teacher_cache_from:
         shutil.copytree(Path(args.teacher_cache_from) / TEACHER_CACHE_DIR, tmp / "data" / TEACHER_CACHE_DIR)
     server, url = start_server(tmp / "data")
