@@ -21,6 +21,8 @@ R@10 on the held-out queries and wall time.
                                                 # ... and fuses mpnet with it instead of training
     python -m bench.distill --set stdlib --teacher-fuse /models/all-mpnet-base-v2 --teacher-folds 2 --epochs 3
                                                 # ... cross-fitted over 2 fold bi-encoders
+    python -m bench.distill --set stdlib --teacher-fuse /models/all-mpnet-base-v2 --teacher-folds 2 --teacher-tune-fuse
+                                                # ... and mpnet fine-tuned in each fold too
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ def main() -> None:
     ap.add_argument("--teacher-folds", type=int, default=None, metavar="K",
                     help="with --teacher-fuse: cross-fit the fused teacher over K bi-encoders, each fine-tuned on the "
                          "training pairs outside its fold like the hard-negatives row (job option 'folds')")
+    ap.add_argument("--teacher-tune-fuse", action="store_true",
+                    help="with --teacher-folds: fine-tune a copy of the fuse bi-encoder in each fold too (job option "
+                         "'tune_fuse')")
     ap.add_argument("--teacher-cache-from", default=None, metavar="DATA_DIR",
                     help="start with the teacher embedding cache of an earlier run's data directory (saves the cold "
                          "pass of a bi-encoder teacher over the corpus)")
@@ -193,6 +198,8 @@ def main() -> None:
         if args.teacher_folds:  # the fold bi-encoders train like the hard-negatives row
             teacher_extra.update(folds=args.teacher_folds, learning_rate=args.lr or ENCODER_LR,
                                  mining={**BASE_MINING, "negatives_per_query": args.negatives})
+            if args.teacher_tune_fuse:
+                teacher_extra["tune_fuse"] = True
         if not args.no_teacher and not args.teacher and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
         for row in args.rows.split(","):

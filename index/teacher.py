@@ -321,7 +321,8 @@ class FoldedScorer:
     (``fold_of``). Every training pair is then scored by a model that never saw it, the way a held-out
     query is. Queries that were never trained on (search with ``rerank``) go to their hash's fold as
     well. The folds share one scorer (one copy of the stronger bi-encoder and its document cache) and
-    one weight, fitted on the held-out pairs."""
+    one weight, fitted on the held-out pairs. With ``tune_fuse`` each fold has its own copy of the
+    stronger bi-encoder too, fine-tuned on the same pairs as its prior (``tuned``)."""
 
     kind = "fused"
 
@@ -329,10 +330,10 @@ class FoldedScorer:
         if len(folds) < 2:
             raise ValueError("a folded teacher needs at least 2 folds")
         self.folds = folds
-        self.scorer = folds[0].scorer
+        self.tuned = any(f.scorer is not folds[0].scorer for f in folds[1:])
         self.scorer_spec = folds[0].scorer_spec
         self.prior_scale = folds[0].prior_scale
-        self.name = f"{self.scorer.name}+{len(folds)} folds"
+        self.name = f"{self.scorer_spec}+{len(folds)} folds" + (" (tuned)" if self.tuned else "")
 
     @property
     def logit_weight(self) -> float:
@@ -347,14 +348,19 @@ class FoldedScorer:
     def load(cls, path: str | Path, device: str = "cpu", precision: str = "auto",
              cache_dir: str | Path | None = None) -> FoldedScorer:
         meta = json.loads((Path(path) / "strop_teacher.json").read_text())
-        scorer = _stored_scorer(path, meta, device, precision, cache_dir)
-        folds = []
-        for name in meta["folds"]:
+        tuned = meta.get("scorers")  # tune_fuse: one fine-tuned copy of the stronger bi-encoder per fold
+        shared = None if tuned else _stored_scorer(path, meta, device, precision, cache_dir)
+
+        def stored(name: str) -> BiEncoderScorer:
             fold_dir = Path(path) / name
             if not (fold_dir / "modules.json").exists():
                 raise ValueError(f"teacher {path}: its fold bi-encoder {fold_dir} is missing")
-            folds.append(FusedScorer(BiEncoderScorer.load(str(fold_dir), device, precision, cache_dir), scorer,
-                                     float(meta["prior_scale"]), float(meta.get("logit_weight", 1.0)), meta["scorer"]))
+            return BiEncoderScorer.load(str(fold_dir), device, precision, cache_dir)
+
+        folds = []
+        for f, name in enumerate(meta["folds"]):
+            folds.append(FusedScorer(stored(name), stored(tuned[f]) if tuned else shared, float(meta["prior_scale"]),
+                                     float(meta.get("logit_weight", 1.0)), meta["scorer"]))
         out = cls(folds)
         out.name = str(path)
         return out
@@ -380,14 +386,22 @@ class FoldedScorer:
     def unit(self, scores: np.ndarray) -> np.ndarray:
         return self.folds[0].unit(scores)
 
-    def save(self, path: str | Path, save_fold: Callable[[int, Path], None]) -> None:
-        """``save_fold(f, directory)`` writes fold f's bi-encoder (a sentence-transformers model) there."""
+    def save(self, path: str | Path, save_fold: Callable[[int, Path], None],
+             save_fuse: Callable[[int, Path], None] | None = None) -> None:
+        """``save_fold(f, directory)`` writes fold f's bi-encoder (a sentence-transformers model) there;
+        ``save_fuse(f, directory)`` its fine-tuned stronger one (required when the folds have their own)."""
+        if self.tuned and save_fuse is None:
+            raise ValueError("this folded teacher has a fine-tuned scorer per fold: pass save_fuse")
         Path(path).mkdir(parents=True, exist_ok=True)
         names = [f"fold-{f}" for f in range(len(self.folds))]
         for f, name in enumerate(names):
             save_fold(f, Path(path) / name)
         meta = {"kind": "folded", "folds": names, "prior_scale": self.prior_scale,
                 "logit_weight": self.logit_weight, "scorer": self.scorer_spec}
+        if self.tuned and save_fuse is not None:
+            meta["scorers"] = [f"{name}-fuse" for name in names]
+            for f, name in enumerate(meta["scorers"]):
+                save_fuse(f, Path(path) / name)
         (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
 
 

@@ -18,7 +18,7 @@ as the correction, with its weight fitted the same way (``index.teacher.FusedSco
 ``fuse`` and ``folds`` the prior is cross-fitted instead of the live bi-encoder: K bi-encoders are
 fine-tuned from the live one, each on the training pairs outside its fold, and a query is scored
 over its own fold's (``index.teacher.FoldedScorer``), so the teacher has not seen the pairs it
-scores for distillation.
+scores for distillation. ``tune_fuse`` fine-tunes a copy of the stronger bi-encoder in each fold too.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, loa
 
 # the weights a teacher with a prior may give its correction (score = prior + w x logit), chosen on held-out
 # pairs: on stdlib code the correction learned in 125 CPU steps hurt at full weight (docs/benchmarks.md)
-LOGIT_WEIGHTS = (0.1, 0.25, 0.5, 1.0, 2.0)
+LOGIT_WEIGHTS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def top_candidates(q_emb: np.ndarray, corpus: np.ndarray, depth: int) -> list[list[int]]:
@@ -276,9 +276,15 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
     models: list = []
     if spec.folds:
         models = _train_folds(spec, snap, pairs, enc, corpus, reporter, device)
-        fused: FusedScorer | FoldedScorer = FoldedScorer(
-            [FusedScorer(BiEncoderScorer(inference_encoder(m, f"fold{f}", device), f"fold{f}:{snap.version}"),
-                         scorer, scale, scorer_spec=spec.fuse) for f, m in enumerate(models)])
+
+        def fold_scorer(f: int, m, tuned) -> FusedScorer:
+            prior = BiEncoderScorer(inference_encoder(m, f"fold{f}", device), f"fold{f}:{snap.version}")
+            if tuned is None:
+                return FusedScorer(prior, scorer, scale, scorer_spec=spec.fuse)
+            own = BiEncoderScorer(inference_encoder(tuned, f"fuse-fold{f}", device), f"{spec.fuse}:fold{f}")
+            return FusedScorer(prior, own, scale, scorer_spec=spec.fuse)
+
+        fused: FusedScorer | FoldedScorer = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)])
     else:
         fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
     reporter.enter("evaluate_after")
@@ -292,15 +298,22 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
     reporter.metrics = {"before": before, "after": after, "rerank_depth": spec.rerank_depth,
                         "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
                                  "passed": passed}}
-    save = (lambda tmp: fused.save(tmp, lambda f, path: save_model(models[f], path))) if models else None
+    save = None
+    if models:
+        def save(tmp: Path) -> None:
+            tuned = models[0][1] is not None
+            fused.save(tmp, lambda f, path: save_model(models[f][0], path),
+                       (lambda f, path: save_model(models[f][1], path)) if tuned else None)
     return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed, save)
 
 
 def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.ndarray, reporter: Reporter,
-                 device: str) -> list:
+                 device: str) -> list[tuple]:
     """Fine-tune one bi-encoder per fold from the live one, on the training pairs outside that fold,
     as an encoder job with this job's epochs, batch size, steps, mining and learning rate would
-    (negatives mined once by the live bi-encoder, the modality's batch grouping)."""
+    (negatives mined once by the live bi-encoder, the modality's batch grouping). With ``tune_fuse``
+    a copy of the fuse bi-encoder is fine-tuned the same way on the same pairs. Returns (the live
+    model's fold copy, the fuse model's or None) per fold."""
     k = spec.folds or 0
     espec = spec.model_copy(update={"kind": "encoder", "fuse": None, "folds": None, "distill": None,
                                     "mining": spec.mining.model_copy(update={
@@ -321,18 +334,21 @@ def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.nda
     models, runs = [], []
     for f in range(k):
         idx = [i for i in range(len(pairs)) if fold[i] != f]
-        model = load_model(snap.encoder_source, device, spec.max_seq_length)
+        trained = []
+        for source, what in ((snap.encoder_source, ""), *(((spec.fuse, " (fuse model)"),) if spec.tune_fuse else ())):
+            model = load_model(source, device, spec.max_seq_length)
 
-        def progress(p: Progress, f: int = f) -> None:
-            reporter.on_progress(p)
-            reporter.progress["unit"] = f"fold {f + 1} of {k} steps"
+            def progress(p: Progress, f: int = f, what: str = what) -> None:
+                reporter.on_progress(p)
+                reporter.progress["unit"] = f"fold {f + 1} of {k}{what} steps"
 
-        runs.append({"fold": f, "held_out": sizes[f], **fine_tune(
-            model, [pairs[i] for i in idx], texts, [negatives[i] for i in idx], espec, on_progress=progress,
-            should_stop=reporter.should_stop, device=device,
-            positive_vectors=mine_corpus[[pairs[i].positive for i in idx]] if group > 1 else None)})
-        models.append(model)
-        reporter.details["train"] = {"steps": sum(r["steps"] for r in runs), "folds": runs}
+            runs.append({"fold": f, "held_out": sizes[f], **({"model": "fuse"} if what else {}), **fine_tune(
+                model, [pairs[i] for i in idx], texts, [negatives[i] for i in idx], espec, on_progress=progress,
+                should_stop=reporter.should_stop, device=device,
+                positive_vectors=mine_corpus[[pairs[i].positive for i in idx]] if group > 1 else None)})
+            trained.append(model)
+            reporter.details["train"] = {"steps": sum(r["steps"] for r in runs), "folds": runs}
+        models.append((trained[0], trained[1] if spec.tune_fuse else None))
     return models
 
 

@@ -353,7 +353,7 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     # the default teacher carries a copy of the bi-encoder it was trained over (teacher_prior)
     prior = job["details"]["train"]["prior"]
     assert teacher.prior is not None and prior["scale"] == 20.0 and teacher.logit_weight == prior["logit_weight"]
-    assert len(prior["chosen_per_half"]) == 2 and set(prior["mrr@10_by_weight"]) == {"0.1", "0.25", "0.5", "1", "2"}
+    assert len(prior["chosen_per_half"]) == 2 and set(prior["mrr@10_by_weight"]) == {"0.1", "0.25", "0.5", "1", "2", "4"}
     assert (Path(teacher_path) / "prior" / "modules.json").exists()
     r = qclient.post("/collections/code/search", json={"query": corpus["test"][0]["query"], "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
@@ -390,7 +390,7 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     assert job["state"] == "succeeded", job
     train = job["details"]["train"]
     assert train["steps"] == 0 and train["fuse"] == fuse and train["prior"]["scale"] == 20.0
-    assert train["prior"]["logit_weight"] in (0.1, 0.25, 0.5, 1.0, 2.0) and len(train["prior"]["chosen_per_half"]) == 2
+    assert train["prior"]["logit_weight"] in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0) and len(train["prior"]["chosen_per_half"]) == 2
     # the packaged MiniLM out-ranks the tiny student on this corpus: fused, it beats the student's own order
     assert job["metrics"]["after"]["mrr@10"] > job["metrics"]["before"]["mrr@10"], job["metrics"]
     end = time.time() + 5
@@ -435,6 +435,30 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     r = qclient.post("/collections/code/search", json={"query": q, "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     teacher_path = qclient.get("/collections/code").json()["teacher"]
+    # tune_fuse: the stronger bi-encoder is fine-tuned per fold too, on the same pairs as the fold's prior
+    r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, kind="teacher", fuse=fuse, tune_fuse=True))
+    assert r.status_code == 422 and "give folds" in r.json()["error"]["message"], r.json()
+    body = {**body, "tune_fuse": True, "max_steps": 2}
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] == "succeeded", job
+    runs = job["details"]["train"]["folds"]
+    assert [(r["fold"], r.get("model")) for r in runs] == [(0, None), (0, "fuse"), (1, None), (1, "fuse")], runs
+    assert [r["held_out"] for r in runs] == [fold_sizes[0]] * 2 + [fold_sizes[1]] * 2
+    end = time.time() + 5
+    while qclient.get("/collections/code").json()["teacher"] == teacher_path and time.time() < end:
+        time.sleep(0.1)
+    teacher_path = qclient.get("/collections/code").json()["teacher"]
+    tuned = load_teacher(teacher_path)
+    assert isinstance(tuned, FoldedScorer) and tuned.tuned and (Path(teacher_path) / "fold-1-fuse" / "modules.json").exists()
+    untuned = BiEncoderScorer.load(fuse, precision="fp32")
+    for f in (0, 1):  # each fold's copy of the packaged MiniLM has moved from it, and differently
+        assert tuned.folds[f].scorer.score(pair)[0] != pytest.approx(untuned.score(pair)[0], abs=1e-4)
+    assert tuned.folds[0].scorer.score(pair)[0] != pytest.approx(tuned.folds[1].scorer.score(pair)[0], abs=1e-5)
+    assert tuned.score(pair)[0] == pytest.approx(tuned.folds[fold_of(q, 2)].score(pair)[0], abs=1e-5)
+    r = qclient.post("/collections/code/search", json={"query": q, "top_k": 5, "rerank": True})
+    assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     # a fuse job whose scorer cannot be loaded fails with the reason and leaves the teacher alone
     body = job_body(corpus, evals, kind="teacher", fuse="no-such-org/no-such-model", rerank_depth=10)
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
