@@ -133,6 +133,9 @@ def main() -> None:
     ap.add_argument("--teacher-cache-from", default=None, metavar="DATA_DIR",
                     help="start with the teacher embedding cache of an earlier run's data directory (saves the cold "
                          "pass of a bi-encoder teacher over the corpus)")
+    ap.add_argument("--resume", default=None, metavar="DATA_DIR",
+                    help="reuse an earlier run's data directory (same set and sizes): its collection, base version "
+                         "and teacher as they are; no zero-shot row and no teacher job, only --rows")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
@@ -143,24 +146,28 @@ def main() -> None:
     data = load_set(args.set, args.train, args.test, args.corpus)
     evals = [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in data["test"]]
     print(f"{args.set}: train {len(data['train'])}, test {len(data['test'])}, corpus {len(data['corpus'])}", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="strop-distill-"))
-    print(f"data dir {tmp / 'data'} (kept; --teacher-cache-from takes it)", flush=True)
+    tmp = Path(args.resume).parent if args.resume else Path(tempfile.mkdtemp(prefix="strop-distill-"))
+    print(f"data dir {tmp / 'data'} (kept; --teacher-cache-from and --resume take it)", flush=True)
     if args.teacher_cache_from:
         shutil.copytree(Path(args.teacher_cache_from) / TEACHER_CACHE_DIR, tmp / "data" / TEACHER_CACHE_DIR)
     server, url = start_server(tmp / "data")
     rows = []
     try:
         c = httpx.Client(base_url=url, timeout=3600)
-        c.post("/collections", json={"name": "set", "modality": data["modality"]}).raise_for_status()
-        put_all(c, "set", data["corpus"])
-        base = c.get("/collections/set").json()["version"]["id"]
+        if args.resume:  # the earlier run's base version is its first
+            versions = c.get("/collections/set/versions").json()["versions"]
+            base = min(v["id"] for v in versions)
+        else:
+            c.post("/collections", json={"name": "set", "modality": data["modality"]}).raise_for_status()
+            put_all(c, "set", data["corpus"])
+            base = c.get("/collections/set").json()["version"]["id"]
         common = {"train": {"pairs": data["train"]}, "eval": {"pairs": evals}, "batch_size": 32,
                   "gate": {"metric": "mrr@10", "min_delta": -1.0}}
         encoder_lr = {"learning_rate": args.lr} if args.lr else {}
-        zs = evaluate(c, "set", evals)
-        rows.append(("zero-shot", zs, 0.0))
         teacher_ok = False
-        if args.no_teacher:
+        if not args.resume:
+            rows.append(("zero-shot", evaluate(c, "set", evals), 0.0))
+        if args.no_teacher or args.resume:
             pass
         elif args.teacher:  # a named teacher (e.g. all-mpnet-base-v2) instead of a teacher job
             c.put("/collections/set/teacher", json={"teacher": args.teacher}).raise_for_status()
@@ -200,7 +207,7 @@ def main() -> None:
                                  mining={**BASE_MINING, "negatives_per_query": args.negatives})
             if args.teacher_tune_fuse:
                 teacher_extra["tune_fuse"] = True
-        if not args.no_teacher and not args.teacher and args.teacher_over == "base":
+        if not (args.no_teacher or args.teacher or args.resume) and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
         for row in args.rows.split(","):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
@@ -222,7 +229,7 @@ def main() -> None:
             rows.append((row, j["metrics"]["after"], wall))
             print(row, json.dumps(j["metrics"]["after"]), round(wall), json.dumps(j["details"].get("stage_seconds")),
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives")}), flush=True)
-            if name == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher):
+            if name == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher or args.resume):
                 # ANCE-style: the teacher is trained over (and, with its prior, on top of) the fine-tuned model
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
                 teacher_ok = teacher_job("hard-negatives")
