@@ -57,7 +57,8 @@ from trainer.pipeline import (
 from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model, make_batches
 
 # the weights a teacher with a prior may give its correction (score = prior + w x logit), chosen on held-out
-# pairs: on stdlib code the correction learned in 125 CPU steps hurt at full weight (docs/benchmarks.md)
+# pairs: on stdlib code the correction learned in 125 CPU steps hurt at full weight; a tune_fuse teacher picked
+# 4 (docs/benchmarks.md)
 LOGIT_WEIGHTS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
