@@ -23,6 +23,9 @@ R@10 on the held-out queries and wall time.
                                                 # ... cross-fitted over 2 fold bi-encoders
     python -m bench.distill --set stdlib --teacher-fuse /models/all-mpnet-base-v2 --teacher-folds 2 --teacher-tune-fuse
                                                 # ... and mpnet fine-tuned in each fold too
+    python -m bench.distill --set stdlib --resume /tmp/strop-distill-XXXX/data --seeds 43,44 \
+        --rows "hard negatives,hard negatives + listwise@0.3~2"
+                                                # more rows over an earlier run's teacher, two seeds each
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import json
 import shutil
 import signal
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -62,7 +66,10 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 
 
-def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int | None) -> dict:
+def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int | None, n_unlabelled: int = 0) -> dict:
+    """The set's labelled train pairs, test pairs and corpus. With ``n_unlabelled``, the next that many
+    training pairs (after the first ``n_train``) become unlabelled queries, like a search log's: their
+    answers are kept in the corpus, but only the query text goes to a job (``train.queries``)."""
     if name == "stdlib":
         d = stdlib_pairs()
         train, test, corpus = d["train"], d["test"], d["corpus_all"]
@@ -75,11 +82,13 @@ def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int |
         test = [{"query": p["query"], "positive_id": p["positive_id"]} for p in d["test"]]
         corpus = d["corpus"]
         modality = "text"
+    unlabelled = train[n_train:n_train + n_unlabelled] if n_train and n_unlabelled else []
     train, test = train[: n_train or None], test[: n_test or None]
     if n_corpus:
-        keep = {p["positive_id"] for p in train + test}
+        keep = {p["positive_id"] for p in train + test + unlabelled}
         corpus = [c for c in corpus if c["id"] in keep] + [c for c in corpus if c["id"] not in keep][: max(0, n_corpus - len(keep))]
-    return {"train": train, "test": test, "corpus": corpus, "modality": modality}
+    return {"train": train, "test": test, "corpus": corpus, "modality": modality,
+            "unlabelled": [p["query"] for p in unlabelled]}
 
 
 def job(c: httpx.Client, name: str, body: dict) -> tuple[dict, float]:
@@ -100,13 +109,17 @@ def main() -> None:
     ap.add_argument("--train", type=int)
     ap.add_argument("--test", type=int)
     ap.add_argument("--corpus", type=int)
+    ap.add_argument("--unlabelled", type=int, default=0, metavar="N",
+                    help="N more training queries without their labels (their answers stay in the corpus): rows "
+                         "named '... + pseudo' give them to the job as train.queries, for the teacher to label")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--epochs", type=int, default=1,
                     help="encoder jobs' epochs over the training pairs (--steps caps the steps of all of them)")
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--rows", default=",".join(ROWS),
-                    help="comma-separated row names; a distillation row takes its weight after @ (\"+ cprd@0.3\"), any "
-                         "row its own epochs after * (\"hard negatives*1\")")
+                    help="comma-separated row names; a distillation row takes its weight after @ (\"+ cprd@0.3\") and its "
+                         "teacher temperature after ~ (\"+ cprd@0.3~2\"), any row its own epochs after * "
+                         "(\"hard negatives*1\")")
     ap.add_argument("--lr", type=float, default=None, help="encoder jobs' learning rate (default: strop's)")
     ap.add_argument("--negatives", type=int, default=BASE_MINING["negatives_per_query"],
                     help="mined negatives per query in every row (cprd needs >= 2)")
@@ -136,22 +149,29 @@ def main() -> None:
     ap.add_argument("--resume", default=None, metavar="DATA_DIR",
                     help="reuse an earlier run's data directory (same set and sizes): its collection, base version "
                          "and teacher as they are; no zero-shot row and no teacher job, only --rows")
+    ap.add_argument("--seeds", default="42",
+                    help="comma-separated job seeds: every row runs once per seed (batches, mining order and "
+                         "initialisation of new heads follow the seed), and the table gives each row's mean, its "
+                         "sd over seeds and its paired difference from the first row")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if args.teacher_over == "hard" and args.rows.split(",")[0] != "hard negatives":
         ap.error("--teacher-over hard: the first row must be 'hard negatives'")
     if args.quick:
         args.train, args.test, args.corpus, args.steps, args.teacher_steps = 300, 100, 1000, 10, 10
-    data = load_set(args.set, args.train, args.test, args.corpus)
+    data = load_set(args.set, args.train, args.test, args.corpus, args.unlabelled)
     evals = [{"query": p["query"], "positive_ids": [p["positive_id"]]} for p in data["test"]]
-    print(f"{args.set}: train {len(data['train'])}, test {len(data['test'])}, corpus {len(data['corpus'])}", flush=True)
+    print(f"{args.set}: train {len(data['train'])}, test {len(data['test'])}, corpus {len(data['corpus'])}, "
+          f"unlabelled {len(data['unlabelled'])}", flush=True)
     tmp = Path(args.resume).parent if args.resume else Path(tempfile.mkdtemp(prefix="strop-distill-"))
     print(f"data dir {tmp / 'data'} (kept; --teacher-cache-from and --resume take it)", flush=True)
     if args.teacher_cache_from:
         shutil.copytree(Path(args.teacher_cache_from) / TEACHER_CACHE_DIR, tmp / "data" / TEACHER_CACHE_DIR)
     server, url = start_server(tmp / "data")
-    rows = []
+    rows: list[tuple[str, dict, float]] = []  # teacher and rerank rows: one measurement each
+    seeded: list[tuple[str, int, dict, float]] = []  # encoder-job rows: one per seed
     try:
         c = httpx.Client(base_url=url, timeout=3600)
         if args.resume:  # the earlier run's base version is its first
@@ -209,10 +229,11 @@ def main() -> None:
                 teacher_extra["tune_fuse"] = True
         if not (args.no_teacher or args.teacher or args.resume) and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
-        for row in args.rows.split(","):
+        for row, seed in ((r, sd) for r in args.rows.split(",") for sd in seeds):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
             row, _, row_epochs = row.partition("*")  # "hard negatives*1": that row with 1 epoch
-            name, _, weight = row.partition("@")  # "+ cprd@0.3": that row with distill.weight 0.3
+            row_t, _, temp = row.partition("~")  # "+ listwise~2": that row with distill.teacher_temperature 2
+            name, _, weight = row_t.partition("@")  # "+ cprd@0.3": that row with distill.weight 0.3
             spec = {**ROWS[name], "epochs": int(row_epochs or args.epochs)}
             if row_epochs:
                 row = f"{row} ({row_epochs} epochs)"
@@ -220,15 +241,22 @@ def main() -> None:
                 if "distill" not in spec:
                     raise SystemExit(f"row {row!r}: only a distillation row takes a weight")
                 spec["distill"] = {**spec["distill"], "weight": float(weight)}
+            if temp:
+                if "distill" not in spec:
+                    raise SystemExit(f"row {row!r}: only a distillation row takes a teacher temperature")
+                spec["distill"] = {**spec["distill"], "teacher_temperature": float(temp)}
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
-            body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec}
+            body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec, "seed": seed}
             j, wall = job(c, "set", body)
             if j["state"] not in ("succeeded", "rejected"):
-                print(row, j["state"], j["error"], flush=True)
+                print(row, seed, j["state"], j["error"], flush=True)
                 continue
-            rows.append((row, j["metrics"]["after"], wall))
-            print(row, json.dumps(j["metrics"]["after"]), round(wall), json.dumps(j["details"].get("stage_seconds")),
+            seeded.append((row, seed, j["metrics"]["after"], wall))
+            print(row, f"seed {seed}", json.dumps(j["metrics"]["after"]), round(wall),
+                  json.dumps(j["details"].get("stage_seconds")),
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives")}), flush=True)
+            if seed != seeds[0]:
+                continue  # the teacher and rerank rows below follow the first seed's model
             if name == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher or args.resume):
                 # ANCE-style: the teacher is trained over (and, with its prior, on top of) the fine-tuned model
                 c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
@@ -247,6 +275,39 @@ def main() -> None:
     print(f"\n| {args.set} | MRR@10 | R@1 | R@10 | wall s |\n|---|---|---|---|---|")
     for name, m, wall in rows:
         print(f"| {name} | {m['mrr@10']:.4f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {wall:.0f} |")
+    print(seed_table(args.set, seeded))
+
+
+def seed_table(set_name: str, seeded: list[tuple[str, int, dict, float]]) -> str:
+    """Encoder rows over seeds: per-seed MRR@10, the mean and sd of each metric, and each row's
+    paired difference from the first row (same seed, so batch order and mining luck cancel)."""
+    by_row: dict[str, dict[int, tuple[dict, float]]] = {}
+    for row, seed, m, wall in seeded:
+        by_row.setdefault(row, {})[seed] = (m, wall)
+    if not by_row:
+        return ""
+    first = next(iter(by_row.values()))
+    all_seeds = sorted({seed for _, seed, _, _ in seeded})
+
+    def ms(xs: list[float]) -> str:
+        if len(xs) < 2:
+            return f"{xs[0]:.4f}" if xs else "-"
+        return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+
+    out = [f"\n| {set_name} | " + " | ".join(f"MRR@10 seed {s}" for s in all_seeds)
+           + " | MRR@10 mean ± sd | Δ first row (paired, points) | R@1 mean | R@10 mean | wall s mean |",
+           "|---|" + "---|" * (len(all_seeds) + 5)]
+    for row, runs in by_row.items():
+        mrr = [runs[s][0]["mrr@10"] for s in all_seeds if s in runs]
+        diffs = [100 * (runs[s][0]["mrr@10"] - first[s][0]["mrr@10"]) for s in all_seeds if s in runs and s in first]
+        delta = "-" if not diffs else (f"{statistics.mean(diffs):+.2f}" if len(diffs) < 2 else
+                                        f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}")
+        per = " | ".join(f"{runs[s][0]['mrr@10']:.4f}" if s in runs else "-" for s in all_seeds)
+        r1 = statistics.mean(r[0]["recall@1"] for r in runs.values())
+        r10 = statistics.mean(r[0]["recall@10"] for r in runs.values())
+        wall = statistics.mean(r[1] for r in runs.values())
+        out.append(f"| {row} | {per} | {ms(mrr)} | {delta} | {r1:.4f} | {r10:.4f} | {wall:.0f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ so an impossible job is a 4xx, not a failed job later.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -63,13 +63,22 @@ class TrainSpec(Strict):
     pairs: list[TrainPair] | None = Field(None, description="explicit (query, positive_id) pairs")
     source: Literal["pairs", "feedback", "docstrings", "views"] | None = Field(
         None, description="feedback = the collection's feedback log; docstrings (code); views (images)")
+    queries: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, max_length=200_000, description=(
+            "unlabelled queries (a search log's, say), with or without labelled pairs: the teacher ranks each "
+            "one's top candidates from the live index and the ones it is sure of become training pairs "
+            "(GPL-style pseudo-labels, options in 'pseudo'; needs a teacher; docs/benchmarks.md)"))
 
     @model_validator(mode="after")
     def _one(self) -> TrainSpec:
         if self.pairs is not None and self.source not in (None, "pairs"):
             raise ValueError("give either train.pairs or train.source, not both")
-        if self.pairs is None and self.source in (None, "pairs"):
-            raise ValueError("train needs 'pairs' (a non-empty list) or 'source'")
+        if self.queries is not None and not self.queries:
+            raise ValueError("train.queries is empty: leave it out or give at least one query")
+        if self.queries and self.source == "views":
+            raise ValueError("train.queries are text queries: image collections train from views")
+        if self.pairs is None and self.source in (None, "pairs") and not self.queries:
+            raise ValueError("train needs 'pairs' (a non-empty list), 'source' or 'queries'")
         if self.pairs is not None and not self.pairs:
             raise ValueError("train.pairs is empty: give at least one {query, positive_id}")
         return self
@@ -169,6 +178,17 @@ class DistillSpec(Strict):
     teacher_temperature: float = Field(1.0, gt=0.0, description="cprd and listwise: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
 
 
+class PseudoSpec(Strict):
+    """How the teacher labels ``train.queries`` (GPL: generative pseudo-labelling, without the generator)."""
+
+    candidates: int = Field(20, ge=2, le=200, description=(
+        "the live bi-encoder's top candidates per query that the teacher ranks; its best becomes the positive"))
+    min_confidence: float = Field(0.5, gt=0.0, le=1.0, description=(
+        "keep a query only when the teacher's softmax over its candidates (logits: a bi-encoder teacher's "
+        "cosine / loss.temperature) gives its best document at least this probability; documents with the "
+        "same text count as one"))
+
+
 class MixSpec(Strict):
     count: int = Field(4, ge=1, le=64, description="synthetic negatives per query")
     hardest: int = Field(8, ge=2, le=128, description="mix among this many hardest negatives")
@@ -241,6 +261,7 @@ class JobSpec(Strict):
     teacher: str | None = Field(None, description="teacher path or name; default: the collection's teacher")
     positives: SemanticPositivesSpec = Field(default_factory=SemanticPositivesSpec)
     distill: DistillSpec | None = None
+    pseudo: PseudoSpec = Field(default_factory=PseudoSpec, description="train.queries: the teacher's pseudo-labels")
     mix_hard_negatives: MixSpec | None = None
     rerank_depth: int = Field(50, ge=2, le=1000, description="teacher jobs: candidates reranked in evaluation")
     teacher_prior: bool = Field(True, description=(
@@ -278,6 +299,11 @@ class JobSpec(Strict):
             raise ValueError("folds cross-fits a fused teacher: give fuse (a stronger bi-encoder) too")
         if self.tune_fuse and self.folds is None:
             raise ValueError("tune_fuse fine-tunes the fuse bi-encoder per fold: give folds too")
+        if self.train.queries and self.kind != "encoder":
+            raise ValueError("train.queries (pseudo-labelled by the teacher) is for encoder jobs")
+        if self.train.queries and self.train.pairs is None and self.train.source in (None, "pairs") \
+                and (self.eval is None or self.eval.pairs is None):
+            raise ValueError("a job with train.queries alone has no labelled pairs to hold out: give eval.pairs")
         return self
 
     def lr(self) -> float:
@@ -287,4 +313,4 @@ class JobSpec(Strict):
 
     def needs_teacher(self) -> bool:
         return bool(self.mining.denoise or self.mining.fallback == "teacher" or self.positives.semantic
-                    or self.distill)
+                    or self.distill or self.train.queries)

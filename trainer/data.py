@@ -106,9 +106,9 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
         if not pairs:
             raise ValueError("no function in the collection has a usable docstring (>= 3 words) to learn from")
         snap.train_texts = stripped_texts(snap)
-    else:
+    elif not spec.train.queries:
         raise ValueError(f"train.source {source!r} is not supported for {snap.modality} collections yet")
-    if not pairs:
+    if not pairs and not (spec.train.queries and spec.train.pairs is None):
         raise ValueError("no usable training pairs: every positive is missing from the collection")
 
     group_key = spec.eval.group_by if spec.eval else None
@@ -134,7 +134,7 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
         evals = _merge_eval(held)
     if not evals:
         raise ValueError("no evaluation pairs: give eval.pairs or more training pairs")
-    if not train:
+    if not train and pairs:
         raise ValueError("every training pair was held out for evaluation: give eval.pairs or more pairs")
     info = {"train_pairs": len(train), "eval_pairs": len(evals), "dropped_pairs": dropped, "source": source}
     if leaked:

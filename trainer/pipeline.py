@@ -29,7 +29,14 @@ from index.versions import VersionStore, new_version_id
 from trainer.contract import JobSpec
 from trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
 from trainer.mining import MiningStats, mine
-from trainer.teaching import TeacherCache, denoise, score_pairs, semantic_positives, teacher_fallback
+from trainer.teaching import (
+    TeacherCache,
+    denoise,
+    pseudo_label,
+    score_pairs,
+    semantic_positives,
+    teacher_fallback,
+)
 from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
 
 log = logging.getLogger("strop.pipeline")
@@ -191,10 +198,12 @@ def run_encoder_job(
     reporter.enter("mine")
     stats = MiningStats()
     mine_corpus = mining_corpus(corpus0, snap, texts, enc0, reporter)
-    q0 = enc0.encode([p.query for p in pairs]).vectors
     fallback: dict[int, list[int]] = {}
-    negatives, s = mine(q0, mine_corpus, texts, pairs, spec.mining, fallback=fallback)
-    stats.add(s)
+    negatives: list[list[int]] = []
+    if pairs:  # none when the job has only train.queries, which the teacher labels below
+        q0 = enc0.encode([p.query for p in pairs]).vectors
+        negatives, s = mine(q0, mine_corpus, texts, pairs, spec.mining, fallback=fallback)
+        stats.add(s)
     reporter.details["mining"] = stats.summary()
     del enc0
 
@@ -228,17 +237,30 @@ def run_encoder_job(
                                  "unit": "teacher pairs"}
             reporter.check()
 
+        def extend(added: list, q_add: np.ndarray) -> None:
+            """Append new pairs and mine their negatives like the others'."""
+            nonlocal pairs, negatives
+            more_fallback: dict[int, list[int]] = {}
+            more, s3 = mine(q_add, mine_corpus, texts, added, spec.mining, fallback=more_fallback)
+            fallback.update({len(negatives) + i: rows for i, rows in more_fallback.items()})
+            pairs, negatives = pairs + added, negatives + more
+            stats.add(s3)
+
+        if spec.train.queries:
+            queries = list(dict.fromkeys(spec.train.queries))
+            qv = inference_encoder(model, "base", device).encode(queries).vectors
+            added, info_pl = pseudo_label(cache, queries, qv, mine_corpus, texts, spec, len(pairs),
+                                          {p.query for p in pairs} | {e.query for e in evals}, tprog)
+            info_pl["duplicates"] = len(spec.train.queries) - len(queries)
+            reporter.details["pseudo_labels"] = info_pl
+            if added:
+                row_of = {q: j for j, q in enumerate(queries)}
+                extend(added, qv[[row_of[p.query] for p in added]])
         if spec.positives.semantic:
             added, info_sp = semantic_positives(cache, pairs, mine_corpus, texts, spec, tprog)
             reporter.details["semantic_positives"] = info_sp
             if added:
-                pairs = pairs + added
-                q_add = inference_encoder(model, "base", device).encode([p.query for p in added]).vectors
-                more_fallback: dict[int, list[int]] = {}
-                more, s3 = mine(q_add, mine_corpus, texts, added, spec.mining, fallback=more_fallback)
-                fallback.update({len(negatives) + i: rows for i, rows in more_fallback.items()})
-                negatives = negatives + more
-                stats.add(s3)
+                extend(added, inference_encoder(model, "base", device).encode([p.query for p in added]).vectors)
         if spec.mining.denoise:
             negatives = denoise(cache, pairs, negatives, texts, spec.mining.denoise_threshold, stats, tprog)
         if fallback:

