@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from bench.codesearch import evaluate, put_all, start_server
 from bench.datasets import debian_pairs, stdlib_pairs
@@ -61,6 +62,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "hard negatives + listwise": {"distill": {"loss": "listwise", "weight": 1.0}},  # without denoise
     "+ semantic positives": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
                              "positives": {"semantic": True, "max_per_query": 1}},
+    # train.queries: the --unlabelled queries, labelled by the teacher (pseudo-labels, GPL-style)
+    "hard negatives + pseudo": {"queries": True},
+    "hard negatives + pseudo + listwise": {"queries": True, "distill": {"loss": "listwise", "weight": 1.0}},
+    "pseudo only": {"queries": True, "no_pairs": True},
     "+ mixing": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
                  "mix_hard_negatives": {"count": 4, "hardest": 8}},
 }
@@ -88,7 +93,58 @@ def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int |
         keep = {p["positive_id"] for p in train + test + unlabelled}
         corpus = [c for c in corpus if c["id"] in keep] + [c for c in corpus if c["id"] not in keep][: max(0, n_corpus - len(keep))]
     return {"train": train, "test": test, "corpus": corpus, "modality": modality,
-            "unlabelled": [p["query"] for p in unlabelled]}
+            "unlabelled": [p["query"] for p in unlabelled], "unlabelled_pairs": unlabelled}
+
+
+def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[float]) -> str:
+    """How right the teacher's pseudo-labels are: the job's own code (snapshot of the base version,
+    its encoder, ``trainer.teaching.pseudo_label`` with the collection's teacher) run on the
+    unlabelled queries, scored against the answers the bench kept back. A table of coverage and
+    precision per confidence threshold, against the base bi-encoder's own top 1."""
+    from index.store import DocumentStore
+    from index.teacher import load_teacher
+    from index.versions import VersionStore
+    from trainer.contract import JobSpec
+    from trainer.data import snapshot
+    from trainer.pipeline import Reporter, current_embeddings
+    from trainer.teaching import TeacherCache, pseudo_label
+    from trainer.train import inference_encoder, load_model
+
+    store = DocumentStore(data_dir / "strop.db")
+    snap = snapshot(store, str(data_dir), "set")
+    if not snap.teacher:
+        return "pseudo check: the collection has no teacher"
+    model = load_model(snap.encoder_source, "cpu", 128)
+    enc = inference_encoder(model, "base", "cpu")
+    corpus = current_embeddings(store, VersionStore(str(data_dir), "set"), snap, enc, Reporter())
+    queries = list(dict.fromkeys(data["unlabelled"]))
+    truth = {p["query"]: snap.pos[p["positive_id"]] for p in data["unlabelled_pairs"]}
+    qv = enc.encode(queries).vectors
+    student_top1 = np.argmax(qv @ corpus.T, axis=1)
+    spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "-", "positive_ids": ["-"]}]},
+                                   "pseudo": {"candidates": candidates, "min_confidence": min(thresholds)}})
+    cache = TeacherCache(load_teacher(snap.teacher, "cpu", cache_dir=data_dir / TEACHER_CACHE_DIR))
+    pairs, _ = pseudo_label(cache, queries, qv, corpus, snap.texts, spec, 0)
+    scale = 1.0 / spec.loss.temperature if cache.teacher.kind == "bi-encoder" else 1.0
+    by_pair: dict[int, dict[int, float]] = {}
+    for (i, r), v in cache.scores.items():
+        by_pair.setdefault(i, {})[r] = v
+    conf = []
+    for i, p in enumerate(pairs):
+        rows = list(by_pair[i])
+        t = np.array([by_pair[i][r] for r in rows]) * scale
+        w = np.exp(t - t.max())
+        w /= w.sum()
+        conf.append(sum(wi for r, wi in zip(rows, w, strict=True) if r in (p.positive, *p.extra_positives)))
+    right = [truth[p.query] in (p.positive, *p.extra_positives) for p in pairs]
+    n = len(queries)
+    out = [f"\npseudo-labels of {n} unlabelled queries (teacher over the base model's top {candidates}); "
+           f"the base model's own top 1 is right for {np.mean([truth[q] == r for q, r in zip(queries, student_top1, strict=True)]):.3f}",
+           "| min_confidence | labelled | share of queries | precision |", "|---|---|---|---|"]
+    for th in sorted(thresholds):
+        sel = [ok for ok, c in zip(right, conf, strict=True) if c >= th]
+        out.append(f"| {th:g} | {len(sel)} | {len(sel) / n:.3f} | {np.mean(sel) if sel else float('nan'):.3f} |")
+    return "\n".join(out)
 
 
 def job(c: httpx.Client, name: str, body: dict) -> tuple[dict, float]:
@@ -112,6 +168,11 @@ def main() -> None:
     ap.add_argument("--unlabelled", type=int, default=0, metavar="N",
                     help="N more training queries without their labels (their answers stay in the corpus): rows "
                          "named '... + pseudo' give them to the job as train.queries, for the teacher to label")
+    ap.add_argument("--pseudo-candidates", type=int, default=20, help="pseudo rows: pseudo.candidates")
+    ap.add_argument("--pseudo-confidence", type=float, default=0.5, help="pseudo rows: pseudo.min_confidence")
+    ap.add_argument("--pseudo-check", default=None, metavar="THRESHOLDS",
+                    help="after the rows, score the teacher's pseudo-labels of the --unlabelled queries against "
+                         "their answers at these min_confidence values (comma-separated, e.g. 0,0.5,0.8)")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--epochs", type=int, default=1,
                     help="encoder jobs' epochs over the training pairs (--steps caps the steps of all of them)")
@@ -229,7 +290,7 @@ def main() -> None:
                 teacher_extra["tune_fuse"] = True
         if not (args.no_teacher or args.teacher or args.resume) and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
-        for row, seed in ((r, sd) for r in args.rows.split(",") for sd in seeds):
+        for row, seed in ((r, sd) for r in args.rows.split(",") if r for sd in seeds):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
             row, _, row_epochs = row.partition("*")  # "hard negatives*1": that row with 1 epoch
             row_t, _, temp = row.partition("~")  # "+ listwise~2": that row with distill.teacher_temperature 2
@@ -246,7 +307,14 @@ def main() -> None:
                     raise SystemExit(f"row {row!r}: only a distillation row takes a teacher temperature")
                 spec["distill"] = {**spec["distill"], "teacher_temperature": float(temp)}
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
-            body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec, "seed": seed}
+            train = {} if spec.pop("no_pairs", False) else {"pairs": data["train"]}
+            if spec.pop("queries", False):
+                if not data["unlabelled"]:
+                    raise SystemExit(f"row {row!r} needs unlabelled queries: give --unlabelled N")
+                train["queries"] = data["unlabelled"]
+                spec["pseudo"] = {"candidates": args.pseudo_candidates, "min_confidence": args.pseudo_confidence}
+            body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec, "seed": seed,
+                    "train": train}
             j, wall = job(c, "set", body)
             if j["state"] not in ("succeeded", "rejected"):
                 print(row, seed, j["state"], j["error"], flush=True)
@@ -254,7 +322,8 @@ def main() -> None:
             seeded.append((row, seed, j["metrics"]["after"], wall))
             print(row, f"seed {seed}", json.dumps(j["metrics"]["after"]), round(wall),
                   json.dumps(j["details"].get("stage_seconds")),
-                  json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives")}), flush=True)
+                  json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives", "pseudo_labels",
+                                                            "train")}), flush=True)
             if seed != seeds[0]:
                 continue  # the teacher and rerank rows below follow the first seed's model
             if name == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher or args.resume):
@@ -269,6 +338,8 @@ def main() -> None:
                     t = time.perf_counter()
                     rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
                     print(label, json.dumps(rows[-1][1]), flush=True)
+        if args.pseudo_check:  # the check replays a job over the base version
+            c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -276,6 +347,9 @@ def main() -> None:
     for name, m, wall in rows:
         print(f"| {name} | {m['mrr@10']:.4f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {wall:.0f} |")
     print(seed_table(args.set, seeded))
+    if args.pseudo_check:
+        print(pseudo_check(tmp / "data", data, args.pseudo_candidates,
+                           [float(x) for x in args.pseudo_check.split(",")]), flush=True)
 
 
 def seed_table(set_name: str, seeded: list[tuple[str, int, dict, float]]) -> str:
