@@ -290,7 +290,8 @@ def main() -> None:
                 teacher_extra["tune_fuse"] = True
         if not (args.no_teacher or args.teacher or args.resume) and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
-        for row, seed in ((r, sd) for r in args.rows.split(",") if r for sd in seeds):
+        # seed-major: every row's first seed before any second one, so a cut-short run still compares rows
+        for seed, row in ((sd, r) for sd in seeds for r in args.rows.split(",") if r):
             c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
             row, _, row_epochs = row.partition("*")  # "hard negatives*1": that row with 1 epoch
             row_t, _, temp = row.partition("~")  # "+ listwise~2": that row with distill.teacher_temperature 2
