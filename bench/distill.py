@@ -122,7 +122,7 @@ def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[f
     qv = enc.encode(queries).vectors
     student_top1 = np.argmax(qv @ corpus.T, axis=1)
     spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "-", "positive_ids": ["-"]}]},
-                                   "pseudo": {"candidates": candidates, "min_confidence": min(thresholds)}})
+                                   "pseudo": {"candidates": candidates, "min_confidence": max(min(thresholds), 1e-6)}})
     cache = TeacherCache(load_teacher(snap.teacher, "cpu", cache_dir=data_dir / TEACHER_CACHE_DIR))
     pairs, _ = pseudo_label(cache, queries, qv, corpus, snap.texts, spec, 0)
     scale = 1.0 / spec.loss.temperature if cache.teacher.kind == "bi-encoder" else 1.0
