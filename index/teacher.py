@@ -24,7 +24,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -305,10 +305,15 @@ def _stored_scorer(path: str | Path, meta: dict, device: str, precision: str,
         raise ValueError(f"teacher {path}: its scorer {meta['scorer']!r} cannot be loaded ({exc})") from exc
 
 
+def query_digest(query: str) -> bytes:
+    """A stable 8-byte hash of a query's text, the same in every process and run."""
+    return hashlib.blake2b(query.encode("utf-8"), digest_size=8).digest()
+
+
 def fold_of(query: str, folds: int) -> int:
     """The fold a query belongs to: a stable hash of its text, the same in every process and run, so
     a training pair is routed to the teacher that did not train on it without storing any split."""
-    return int.from_bytes(hashlib.blake2b(query.encode("utf-8"), digest_size=8).digest(), "big") % folds
+    return int.from_bytes(query_digest(query), "big") % folds
 
 
 class FoldedScorer:
@@ -319,17 +324,22 @@ class FoldedScorer:
     and has nothing to teach (docs/benchmarks.md). Here fold f's prior is a bi-encoder fine-tuned on
     the training pairs of every *other* fold, and a query is scored by the teacher of its own fold
     (``fold_of``). Every training pair is then scored by a model that never saw it, the way a held-out
-    query is. Queries that were never trained on (search with ``rerank``) go to their hash's fold as
-    well. The folds share one scorer (one copy of the stronger bi-encoder and its document cache) and
+    query is. A query that no fold trained on (an unlabelled query to pseudo-label, a held-out one,
+    search with ``rerank``) is scored by every fold and gets the mean: each fold's model saw only
+    (K-1)/K of the pairs, and the mean of K of them ranks better than any one (docs/benchmarks.md).
+    That costs K forward passes for such queries. ``trained`` holds the training queries' digests
+    (stored with the teacher); without it (teachers saved before it was kept) every query goes to its
+    hash's fold, as they did then. The folds share one scorer (one copy of the stronger bi-encoder and its document cache) and
     one weight, fitted on the held-out pairs. With ``tune_fuse`` each fold has its own copy of the
     stronger bi-encoder too, fine-tuned on the same pairs as its prior (``tuned``)."""
 
     kind = "fused"
 
-    def __init__(self, folds: list[FusedScorer]):
+    def __init__(self, folds: list[FusedScorer], trained: Iterable[str] | None = None):
         if len(folds) < 2:
             raise ValueError("a folded teacher needs at least 2 folds")
         self.folds = folds
+        self.trained = None if trained is None else {query_digest(q) for q in trained}
         self.tuned = any(f.scorer is not folds[0].scorer for f in folds[1:])
         self.scorer_spec = folds[0].scorer_spec
         self.prior_scale = folds[0].prior_scale
@@ -362,14 +372,35 @@ class FoldedScorer:
             folds.append(FusedScorer(stored(name), stored(tuned[f]) if tuned else shared, float(meta["prior_scale"]),
                                      float(meta.get("logit_weight", 1.0)), meta["scorer"]))
         out = cls(folds)
+        if "trained" in meta:
+            out.trained = {bytes.fromhex(h) for h in meta["trained"]}
         out.name = str(path)
         return out
 
+    def fold_for(self, query: str) -> int | None:
+        """The one fold that scores ``query`` (the fold that did not train on it), or None: every fold
+        scores it and the scores are averaged (no fold trained on it)."""
+        digest = query_digest(query)
+        if self.trained is not None and digest not in self.trained:
+            return None
+        return int.from_bytes(digest, "big") % len(self.folds)
+
     def _routed(self, pairs: Sequence[tuple[str, str]], fn: Callable[[FusedScorer, list], Any]) -> list[tuple[list[int], Any]]:
-        by_fold: dict[int, list[int]] = {}
+        by_fold: dict[int | None, list[int]] = {}
         for i, (q, _) in enumerate(pairs):
-            by_fold.setdefault(fold_of(q, len(self.folds)), []).append(i)
-        return [(idx, fn(self.folds[f], [pairs[i] for i in idx])) for f, idx in sorted(by_fold.items())]
+            by_fold.setdefault(self.fold_for(q), []).append(i)
+        out = []
+        for f, idx in by_fold.items():
+            sub = [pairs[i] for i in idx]
+            if f is not None:
+                out.append((idx, fn(self.folds[f], sub)))
+                continue
+            runs = [fn(fold, sub) for fold in self.folds]  # arrays, or tuples of arrays (score_parts)
+            if isinstance(runs[0], tuple):
+                out.append((idx, tuple(np.mean(parts, axis=0) for parts in zip(*runs))))
+            else:
+                out.append((idx, np.mean(runs, axis=0)))
+        return out
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
         out = np.empty(len(pairs), np.float32)
@@ -398,6 +429,8 @@ class FoldedScorer:
             save_fold(f, Path(path) / name)
         meta = {"kind": "folded", "folds": names, "prior_scale": self.prior_scale,
                 "logit_weight": self.logit_weight, "scorer": self.scorer_spec}
+        if self.trained is not None:
+            meta["trained"] = sorted(d.hex() for d in self.trained)
         if self.tuned and save_fuse is not None:
             meta["scorers"] = [f"{name}-fuse" for name in names]
             for f, name in enumerate(meta["scorers"]):

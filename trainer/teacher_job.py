@@ -285,7 +285,8 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
             own = BiEncoderScorer(inference_encoder(tuned, f"fuse-fold{f}", device), f"{spec.fuse}:fold{f}")
             return FusedScorer(prior, own, scale, scorer_spec=spec.fuse)
 
-        fused: FusedScorer | FoldedScorer = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)])
+        fused: FusedScorer | FoldedScorer = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)],
+                                                           trained=[p.query for p in pairs])
     else:
         fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
     reporter.enter("evaluate_after")

@@ -469,6 +469,9 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     pair = [(q, corpus["docs"][0]["text"])]
     assert folded.score(pair)[0] == pytest.approx(folded.folds[fold_of(q, 2)].score(pair)[0], abs=1e-5)
     assert folded.folds[0].prior.score(pair)[0] != pytest.approx(folded.folds[1].prior.score(pair)[0], abs=1e-6)
+    held_out = [("a query that nobody labelled", corpus["docs"][0]["text"])]  # no fold trained on it: the mean
+    assert folded.fold_for(held_out[0][0]) is None
+    assert folded.score(held_out)[0] == pytest.approx(np.mean([f.score(held_out)[0] for f in folded.folds]), abs=1e-5)
     r = qclient.post("/collections/code/search", json={"query": q, "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     teacher_path = qclient.get("/collections/code").json()["teacher"]
@@ -709,8 +712,10 @@ def test_a_fused_teacher_adds_a_weighted_stronger_bi_encoder_to_its_prior_and_ro
 
 def test_a_folded_teacher_scores_each_query_over_its_own_folds_prior_and_round_trips(tiny_encoder_path,
                                                                                    minilm_teacher, tmp_path):
-    """``folds``: a query is scored by the fused teacher of its hash's fold, and only by it; the folds
-    share the stronger bi-encoder and one weight; saved and loaded it scores the same."""
+    """``folds``: a training query is scored by the fused teacher of its hash's fold, and only by it; a
+    query no fold trained on gets the mean of every fold's score; the folds share the stronger
+    bi-encoder and one weight; saved and loaded it scores the same, and a teacher saved without its
+    training queries routes every query by hash."""
     students = [load_model(tiny_encoder_path, max_seq_length=32) for _ in range(2)]
     with torch.no_grad():  # two different priors, so the routing shows in the scores
         gen = torch.Generator().manual_seed(0)
@@ -718,8 +723,8 @@ def test_a_folded_teacher_scores_each_query_over_its_own_folds_prior_and_round_t
             param.add_(0.05 * torch.randn(param.shape, generator=gen))
     folds = [FusedScorer(BiEncoderScorer(Encoder(m, f"fold{f}", "fp32"), f"fold{f}"), minilm_teacher, 20.0, 0.5,
                          scorer_spec=resolve_spec(None)) for f, m in enumerate(students)]
-    folded = FoldedScorer(folds)
     queries = [QUERY, "interest rates and inflation", "pip install", "a penalty save", "sourdough starter"]
+    folded = FoldedScorer(folds, trained=queries)
     assert {fold_of(q, 2) for q in queries} == {0, 1}  # both folds are exercised
     assert [fold_of(q, 2) for q in queries] == [fold_of(q, 2) for q in queries]  # stable
     pairs_ = [(q, t) for q in queries for t in TEXTS]
@@ -735,6 +740,23 @@ def test_a_folded_teacher_scores_each_query_over_its_own_folds_prior_and_round_t
     assert isinstance(loaded, FoldedScorer) and len(loaded.folds) == 2 and loaded.logit_weight == 1.0
     assert loaded.folds[0].scorer is loaded.folds[1].scorer  # one copy of the stronger bi-encoder
     assert np.allclose(loaded.score(pairs_), folded.score(pairs_), atol=1e-3)
+    # queries that no fold trained on: every fold scores them, and the teacher gives the mean
+    unseen = [("a query nobody labelled", t) for t in TEXTS] + [("how do I bake bread", t) for t in TEXTS]
+    mean = (folds[0].score(unseen) + folds[1].score(unseen)) / 2
+    assert loaded.fold_for(unseen[0][0]) is None and loaded.fold_for(QUERY) == fold_of(QUERY, 2)
+    assert np.allclose(loaded.score(unseen), mean, atol=1e-3)
+    assert not np.allclose(mean, folds[0].score(unseen), atol=1e-4) and not np.allclose(mean, folds[1].score(unseen), atol=1e-4)
+    mixed = pairs_[:3] + unseen[:3]  # one call with both kinds keeps each pair's own score
+    assert np.allclose(loaded.score(mixed), np.concatenate([loaded.score(pairs_[:3]), mean[:3]]), atol=1e-3)
+    u_parts, parts_mean = loaded.score_parts(unseen), [(a + b) / 2 for a, b in zip(folds[0].score_parts(unseen),
+                                                                                   folds[1].score_parts(unseen))]
+    assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(u_parts, parts_mean))
+    # a teacher stored before training queries were kept: every query goes to its hash's fold
+    meta = json.loads((tmp_path / "t" / "strop_teacher.json").read_text())
+    (tmp_path / "t" / "strop_teacher.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "trained"}))
+    legacy = load_teacher(str(tmp_path / "t"), precision="fp32")
+    assert legacy.trained is None and legacy.fold_for(unseen[0][0]) == fold_of(unseen[0][0], 2)
+    assert np.allclose(legacy.score(unseen), [folds[fold_of(q, 2)].score([(q, t)])[0] for q, t in unseen], atol=1e-3)
     import shutil
 
     shutil.rmtree(tmp_path / "t" / "fold-1")
