@@ -397,7 +397,7 @@ class FoldedScorer:
                 continue
             runs = [fn(fold, sub) for fold in self.folds]  # arrays, or tuples of arrays (score_parts)
             if isinstance(runs[0], tuple):
-                out.append((idx, tuple(np.mean(parts, axis=0) for parts in zip(*runs))))
+                out.append((idx, tuple(np.mean(parts, axis=0) for parts in zip(*runs, strict=True))))
             else:
                 out.append((idx, np.mean(runs, axis=0)))
         return out

@@ -748,9 +748,8 @@ def test_a_folded_teacher_scores_each_query_over_its_own_folds_prior_and_round_t
     assert not np.allclose(mean, folds[0].score(unseen), atol=1e-4) and not np.allclose(mean, folds[1].score(unseen), atol=1e-4)
     mixed = pairs_[:3] + unseen[:3]  # one call with both kinds keeps each pair's own score
     assert np.allclose(loaded.score(mixed), np.concatenate([loaded.score(pairs_[:3]), mean[:3]]), atol=1e-3)
-    u_parts, parts_mean = loaded.score_parts(unseen), [(a + b) / 2 for a, b in zip(folds[0].score_parts(unseen),
-                                                                                   folds[1].score_parts(unseen))]
-    assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(u_parts, parts_mean))
+    parts_mean = [(a + b) / 2 for a, b in zip(folds[0].score_parts(unseen), folds[1].score_parts(unseen), strict=True)]
+    assert all(np.allclose(x, y, atol=1e-3) for x, y in zip(loaded.score_parts(unseen), parts_mean, strict=True))
     # a teacher stored before training queries were kept: every query goes to its hash's fold
     meta = json.loads((tmp_path / "t" / "strop_teacher.json").read_text())
     (tmp_path / "t" / "strop_teacher.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "trained"}))
