@@ -71,6 +71,21 @@ class Reporter:
     def on_progress(self, p: Progress) -> None:
         self.progress = {"step": p.step, "total_steps": p.total_steps, "loss": p.loss, "eta_s": p.eta_s}
 
+    def count(self, unit: str) -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback for a stage that is not training steps (teacher scoring,
+        reranking): progress in ``unit`` with an ETA from the rate since the first call, and a
+        cancel check on each call. The stale training progress is replaced at once."""
+        t0 = time.perf_counter()
+        self.progress = {"step": 0, "total_steps": 0, "loss": None, "eta_s": None, "unit": unit}
+
+        def update(done: int, total: int) -> None:
+            elapsed = time.perf_counter() - t0
+            eta = round(elapsed / done * (total - done), 1) if done and elapsed > 0 else None
+            self.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": eta, "unit": unit}
+            self.check()
+
+        return update
+
 
 def _fault_pause(stage: str, check: Callable[[], None]) -> None:
     """Fault injection for tests and drills: ``STROP_FAULT_PAUSE="train=5,mine=2"`` sleeps on entering a

@@ -70,15 +70,19 @@ def top_candidates(q_emb: np.ndarray, corpus: np.ndarray, depth: int) -> list[li
 
 
 def rerank_metrics(teacher: Scorer | None, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
-                   evals: list[EvalPair], depth: int, check: Callable[[], None] = lambda: None) -> dict:
-    """Metrics of the bi-encoder's top ``depth`` (reranked by ``teacher`` when given)."""
+                   evals: list[EvalPair], depth: int,
+                   progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Metrics of the bi-encoder's top ``depth`` (reranked by ``teacher`` when given). ``progress``
+    is called with (queries reranked, all of them) and may raise to cancel."""
     rankings = []
-    for e, cands in zip(evals, top_candidates(q_emb, corpus, depth), strict=True):
+    for n, (e, cands) in enumerate(zip(evals, top_candidates(q_emb, corpus, depth), strict=True)):
         if teacher is not None and cands:
-            check()
+            progress(n, len(evals))
             scores = teacher.score([(e.query, snap.texts[r]) for r in cands])
             cands = [cands[i] for i in np.argsort(-scores, kind="stable")]
         rankings.append([snap.ids[r] for r in cands])
+    if teacher is not None:
+        progress(len(evals), len(evals))
     return evaluate_rankings(rankings, [[snap.ids[r] for r in e.positives] for e in evals], k=10)
 
 
@@ -110,14 +114,16 @@ def fit_logit_weight(parts: list[tuple[np.ndarray, np.ndarray]], cands: list[lis
 
 def prior_rerank(ce: CrossEncoderScorer | FusedScorer, q_emb: np.ndarray, corpus: np.ndarray, snap: Snapshot,
                  evals: list[EvalPair], depth: int, metric: str,
-                 check: Callable[[], None] = lambda: None) -> tuple[float, dict, dict]:
-    """Score the bi-encoder's top ``depth`` once with both parts of ``ce`` and fit its correction weight."""
+                 progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[float, dict, dict]:
+    """Score the bi-encoder's top ``depth`` once with both parts of ``ce`` and fit its correction weight.
+    ``progress`` as in ``rerank_metrics``."""
     cands = top_candidates(q_emb, corpus, depth)
     parts = []
-    for e, c in zip(evals, cands, strict=True):
-        check()
+    for n, (e, c) in enumerate(zip(evals, cands, strict=True)):
+        progress(n, len(evals))
         logits, prior = ce.score_parts([(e.query, snap.texts[r]) for r in c])
         parts.append((logits, prior))
+    progress(len(evals), len(evals))
     gold = [set(e.positives) for e in evals]
     return fit_logit_weight(parts, cands, gold, metric)
 
@@ -249,10 +255,11 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     reporter.enter("evaluate_after")
     metric = spec.gate.metric
     if prior is not None:
-        ce.logit_weight, after, fit = prior_rerank(ce, q_eval, corpus, snap, evals, depth, metric, reporter.check)
+        ce.logit_weight, after, fit = prior_rerank(ce, q_eval, corpus, snap, evals, depth, metric,
+                                                   reporter.count("evaluation queries reranked"))
         reporter.details["train"]["prior"].update(logit_weight=ce.logit_weight, **fit)
     else:
-        after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.check)
+        after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.count("evaluation queries reranked"))
     delta = after[metric] - before[metric]
     passed = delta >= spec.gate.min_delta
     reporter.metrics = {"before": before, "after": after, "rerank_depth": depth,
@@ -292,7 +299,7 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
     reporter.enter("evaluate_after")
     metric = spec.gate.metric
     fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth, metric,
-                                                  reporter.check)
+                                                  reporter.count("evaluation queries reranked"))
     reporter.details["train"] = {**reporter.details.get("train", {"steps": 0}), "fuse": spec.fuse,
                                  "prior": {"scale": fused.prior_scale, "logit_weight": fused.logit_weight, **fit}}
     delta = after[metric] - before[metric]

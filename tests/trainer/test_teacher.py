@@ -25,8 +25,9 @@ from trainer.contract import JobSpec
 from trainer.data import Pair
 from trainer.distill import cprd, margin_mse, mix_negatives
 from trainer.mining import MiningStats, mine
+from trainer.pipeline import Reporter
 from trainer.teaching import TeacherCache, denoise, pseudo_label, semantic_positives, teacher_fallback
-from trainer.train import fine_tune, load_model
+from trainer.train import Cancelled, fine_tune, load_model
 
 TEXTS = [
     "Knead the dough, let it rise for an hour and bake the loaf at 220 degrees.",    # 0 positive
@@ -381,6 +382,9 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     job = wait(qclient, job_id)
     assert job["state"] == "succeeded", job
     assert set(job["metrics"]) >= {"before", "after", "gate"}
+    # the evaluation's reranking pass reports its own progress, not the last training step's
+    assert job["progress"]["unit"] == "evaluation queries reranked"
+    assert job["progress"]["step"] == job["progress"]["total_steps"] == len(evals["pairs"])
     end = time.time() + 5
     while not qclient.get("/collections/code").json()["teacher"] and time.time() < end:
         time.sleep(0.1)
@@ -530,6 +534,23 @@ def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa
     for mining in ({"denoise": True}, {"fallback": "teacher"}):
         r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, mining=mining))
         assert r.status_code == 422 and r.json()["error"]["code"] == "no_teacher"
+
+
+def test_a_counted_stage_replaces_stale_progress_reports_an_eta_and_cancels():
+    stop = [False]
+    reporter = Reporter(should_stop=lambda: stop[0])
+    reporter.progress = {"step": 16, "total_steps": 16, "loss": 1.0, "eta_s": 0.0, "unit": "fold 2 of 2 steps"}
+    update = reporter.count("evaluation queries reranked")
+    assert reporter.progress == {"step": 0, "total_steps": 0, "loss": None, "eta_s": None,
+                                 "unit": "evaluation queries reranked"}
+    update(0, 40)
+    assert reporter.progress["eta_s"] is None and reporter.progress["total_steps"] == 40
+    time.sleep(0.1)
+    update(10, 40)
+    assert reporter.progress["step"] == 10 and reporter.progress["eta_s"] > 0
+    stop[0] = True
+    with pytest.raises(Cancelled):
+        update(11, 40)
 
 
 def test_teacher_head_learns_at_its_own_rate():
@@ -769,7 +790,6 @@ def test_a_folds_job_with_an_empty_fold_fails_before_training():
     """More folds than the pairs fill: a clear error naming the empty fold, before any model is loaded."""
     from types import SimpleNamespace
 
-    from trainer.pipeline import Reporter
     from trainer.teacher_job import _train_folds
 
     pairs = [Pair("how do I install packages", 0), Pair("making bread", 1)]
