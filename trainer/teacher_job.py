@@ -292,14 +292,42 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
             own = BiEncoderScorer(inference_encoder(tuned, f"fuse-fold{f}", device), f"{spec.fuse}:fold{f}")
             return FusedScorer(prior, own, scale, scorer_spec=spec.fuse)
 
-        fused: FusedScorer | FoldedScorer = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)],
-                                                           trained=[p.query for p in pairs])
+        folded = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)],
+                              trained=[p.query for p in pairs])
+        # Stage the teacher on disk now and evaluate it as the service and later jobs will load it
+        # (same precision, same on-disk embedding cache): the documents its fold models embed here
+        # are then cached for the first rerank search or pseudo-label pass instead of embedded again.
+        tuned = models[0][1] is not None
+        staged = _staging_dir(data_dir, collection, job_id)
+        try:
+            folded.save(staged, lambda f, path: save_model(models[f][0], path),
+                        (lambda f, path: save_model(models[f][1], path)) if tuned else None)
+            del folded, models, scorer
+            fused: FusedScorer | FoldedScorer = FoldedScorer.load(
+                staged, device, os.environ.get("STROP_PRECISION", "auto"), Path(data_dir) / TEACHER_CACHE_DIR)
+            reporter.enter("evaluate_after")
+            fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth,
+                                                          spec.gate.metric, reporter.count("evaluation queries reranked"))
+            meta_path = staged / "strop_teacher.json"
+            meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "logit_weight": fused.logit_weight}))
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return _finish_fuse(job_id, collection, spec, store, data_dir, reporter, fused, student, before, after, fit,
+                            staged=staged)
     else:
         fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
     reporter.enter("evaluate_after")
+    fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth,
+                                                  spec.gate.metric, reporter.count("evaluation queries reranked"))
+    return _finish_fuse(job_id, collection, spec, store, data_dir, reporter, fused, student, before, after, fit)
+
+
+def _finish_fuse(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str,
+                 reporter: Reporter, fused: FusedScorer | FoldedScorer, student, before: dict, after: dict, fit: dict,
+                 staged: Path | None = None) -> JobResult:
+    """Gate a fuse teacher on its held-out metrics and publish it (from ``staged`` when it is on disk already)."""
     metric = spec.gate.metric
-    fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth, metric,
-                                                  reporter.count("evaluation queries reranked"))
     reporter.details["train"] = {**reporter.details.get("train", {"steps": 0}), "fuse": spec.fuse,
                                  "prior": {"scale": fused.prior_scale, "logit_weight": fused.logit_weight, **fit}}
     delta = after[metric] - before[metric]
@@ -307,13 +335,14 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
     reporter.metrics = {"before": before, "after": after, "rerank_depth": spec.rerank_depth,
                         "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
                                  "passed": passed}}
-    save = None
-    if models:
-        def save(tmp: Path) -> None:
-            tuned = models[0][1] is not None
-            fused.save(tmp, lambda f, path: save_model(models[f][0], path),
-                       (lambda f, path: save_model(models[f][1], path)) if tuned else None)
-    return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed, save)
+    return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed, staged=staged)
+
+
+def _staging_dir(data_dir: str, collection: str, job_id: str) -> Path:
+    """A fresh hidden directory beside the collection's teachers: written there, renamed into place."""
+    teachers = Path(data_dir) / "collections" / collection / "teachers"
+    teachers.mkdir(parents=True, exist_ok=True)
+    return teachers / f".tmp-{job_id}-{uuid.uuid4().hex[:6]}"
 
 
 def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.ndarray, reporter: Reporter,
@@ -363,18 +392,14 @@ def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.nda
 
 def _publish(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str, reporter: Reporter,
              teacher: CrossEncoderScorer | FusedScorer | FoldedScorer, student, passed: bool,
-             save: Callable[[Path], None] | None = None) -> JobResult:
+             staged: Path | None = None) -> JobResult:
     """Write the teacher directory atomically (tmp, fsync, rename) and name it the collection's
-    teacher when it passed the gate."""
+    teacher when it passed the gate. ``staged``: the teacher is written there already."""
     reporter.enter("publish")
-    teachers = Path(data_dir) / "collections" / collection / "teachers"
-    teachers.mkdir(parents=True, exist_ok=True)
-    tmp = teachers / f".tmp-{job_id}-{uuid.uuid4().hex[:6]}"
-    final = teachers / job_id
+    tmp = staged if staged is not None else _staging_dir(data_dir, collection, job_id)
+    final = tmp.parent / job_id
     try:
-        if save is not None:
-            save(tmp)
-        else:
+        if staged is None:
             teacher.save(tmp, save_prior=lambda path: save_model(student, path))
         (tmp / "metrics.json").write_text(json.dumps(reporter.metrics))
         for p in tmp.rglob("*"):

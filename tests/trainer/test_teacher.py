@@ -413,7 +413,7 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
 
 @pytest.mark.slow
 @pytest.mark.redis
-def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclient, corpus, workers):  # noqa: F811
+def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclient, corpus, workers, data_dir):  # noqa: F811
     evals = load(qclient, corpus)
     fuse = resolve_spec(None)  # the packaged MiniLM: stronger than the tiny student
     # refused before queueing: fuse on an encoder job, without the prior, or naming a missing path
@@ -496,6 +496,13 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     teacher_path = qclient.get("/collections/code").json()["teacher"]
     tuned = load_teacher(teacher_path)
     assert isinstance(tuned, FoldedScorer) and tuned.tuned and (Path(teacher_path) / "fold-1-fuse" / "modules.json").exists()
+    # the job evaluated the teacher as stored, through the shared on-disk cache: the documents its
+    # fold models embedded for the held-out reranking are there for the next job or rerank search
+    cached = load_teacher(teacher_path, precision="fp32", cache_dir=data_dir / "teacher-cache")
+    cached.score([(evals["pairs"][0]["query"], d["text"]) for d in corpus["docs"]])
+    for f in (0, 1):
+        for part in (cached.folds[f].prior, cached.folds[f].scorer):
+            assert part.disk is not None and part.disk.hits >= body["rerank_depth"], (f, part.disk.hits)
     untuned = BiEncoderScorer.load(fuse, precision="fp32")
     for f in (0, 1):  # each fold's copy of the packaged MiniLM has moved from it, and differently
         assert tuned.folds[f].scorer.score(pair)[0] != pytest.approx(untuned.score(pair)[0], abs=1e-4)
@@ -510,6 +517,7 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     job = wait(qclient, job_id)
     assert job["state"] == "failed" and "no-such-org/no-such-model" in job["error"], job
     assert qclient.get("/collections/code").json()["teacher"] == teacher_path
+    assert not list((data_dir / "collections" / "code" / "teachers").glob(".tmp-*"))  # no staging left behind
 
 
 @pytest.mark.slow
