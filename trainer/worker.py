@@ -78,6 +78,10 @@ def run_job(job_id: str) -> str:
                     lock.reacquire()
                 store.update_job(job_id, stage=reporter.stage, progress=reporter.progress,
                                  details=reporter.details, metrics=reporter.metrics, heartbeat_at=time.time())
+                if store.get_job(job_id)["state"] != "running":
+                    # the API failed the job while this process was starved of beats (its record says
+                    # "the active version is unchanged"): stop before anything is published
+                    cancelled.set()
             except Exception:  # noqa: BLE001 - a missed beat is not fatal
                 log.exception("heartbeat failed")
 

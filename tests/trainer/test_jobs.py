@@ -248,6 +248,30 @@ def test_worker_killed_mid_job_fails_cleanly_and_next_job_runs(client, corpus, w
 
 
 @pytest.mark.slow
+def test_a_job_the_api_failed_as_lost_stops_and_publishes_nothing(client, corpus, workers, data_dir):
+    """A work horse starved of heartbeats (memory pressure, a Redis stall) is failed by the API after
+    HEARTBEAT_STALE_S; when it wakes it must stop, not publish what the failed record says it did not."""
+    evals, v0, job_id, w = job_paused_in_train(client, corpus, workers)  # paused there for 60 s
+    lock = f"{workers.env['STROP_REDIS_PREFIX']}:lock:code"
+    r = redis.Redis.from_url(REDIS_URL)
+    assert r.exists(lock)
+    store = client.app.state.store  # what the API's reconcile does to a job with a stale heartbeat
+    assert store.finish_job_if(job_id, ("running",), state="failed", error="worker lost (test)", finished_at=time.time())
+    end = time.time() + 20
+    while r.exists(lock) and time.time() < end:
+        time.sleep(0.1)
+    assert not r.exists(lock), "the horse kept the collection after its job was failed"
+    os.kill(w.pid, signal.SIGKILL)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["error"] == "worker lost (test)"
+    assert active(client) == v0
+    assert not list((data_dir / "collections" / "code" / "versions").glob(".tmp-*"))
+    job2 = client.post("/collections/code/jobs", json=job_body(corpus, evals, max_steps=5)).json()["job_id"]
+    workers.start()
+    assert wait(client, job2)["state"] == "succeeded"
+
+
+@pytest.mark.slow
 def test_jobs_on_one_collection_never_interleave(client, corpus, workers):
     evals = load(client, corpus)
     ids = [client.post("/collections/code/jobs", json=job_body(corpus, evals, max_steps=5)).json()["job_id"]
