@@ -395,10 +395,10 @@ def _publish(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, 
              staged: Path | None = None) -> JobResult:
     """Write the teacher directory atomically (tmp, fsync, rename) and name it the collection's
     teacher when it passed the gate. ``staged``: the teacher is written there already."""
-    reporter.enter("publish")
     tmp = staged if staged is not None else _staging_dir(data_dir, collection, job_id)
     final = tmp.parent / job_id
     try:
+        reporter.enter("publish")  # a cancel here must not leave a staged teacher behind
         if staged is None:
             teacher.save(tmp, save_prior=lambda path: save_model(student, path))
         (tmp / "metrics.json").write_text(json.dumps(reporter.metrics))
