@@ -23,6 +23,9 @@ R@10 on the held-out queries and wall time.
                                                 # ... cross-fitted over 2 fold bi-encoders
     python -m bench.distill --set stdlib --teacher-fuse /models/all-mpnet-base-v2 --teacher-folds 2 --teacher-tune-fuse
                                                 # ... and mpnet fine-tuned in each fold too
+    python -m bench.distill --set stdlib --teacher-fuse /models/all-mpnet-base-v2 --teacher-tune-fuse --unlabelled 1500 \
+        --rows "hard negatives,hard negatives + pseudo"
+                                                # both fine-tuned on every pair: a teacher for pseudo-labels
     python -m bench.distill --set stdlib --resume /tmp/strop-distill-XXXX/data --seeds 43,44 \
         --rows "hard negatives,hard negatives + listwise@0.3~2"
                                                 # more rows over an earlier run's teacher, two seeds each
@@ -202,8 +205,8 @@ def main() -> None:
                     help="with --teacher-fuse: cross-fit the fused teacher over K bi-encoders, each fine-tuned on the "
                          "training pairs outside its fold like the hard-negatives row (job option 'folds')")
     ap.add_argument("--teacher-tune-fuse", action="store_true",
-                    help="with --teacher-folds: fine-tune a copy of the fuse bi-encoder in each fold too (job option "
-                         "'tune_fuse')")
+                    help="with --teacher-fuse: fine-tune a copy of the fuse bi-encoder too (job option 'tune_fuse'): "
+                         "in each fold with --teacher-folds, else both it and the live one's copy on every pair")
     ap.add_argument("--teacher-cache-from", default=None, metavar="DATA_DIR",
                     help="start with the teacher embedding cache of an earlier run's data directory (saves the cold "
                          "pass of a bi-encoder teacher over the corpus)")
@@ -291,9 +294,11 @@ def main() -> None:
         teacher_extra = {} if args.teacher_prior else {"teacher_prior": False}
         if args.teacher_fuse:
             teacher_extra["fuse"] = args.teacher_fuse
-        if args.teacher_folds:  # the fold bi-encoders train like the hard-negatives row
-            teacher_extra.update(folds=args.teacher_folds, learning_rate=args.lr or ENCODER_LR,
+        if args.teacher_folds or args.teacher_tune_fuse:  # the teacher's bi-encoders train like the hard-negatives row
+            teacher_extra.update(learning_rate=args.lr or ENCODER_LR,
                                  mining={**BASE_MINING, "negatives_per_query": args.negatives})
+            if args.teacher_folds:
+                teacher_extra["folds"] = args.teacher_folds
             if args.teacher_tune_fuse:
                 teacher_extra["tune_fuse"] = True
         if not (args.no_teacher or args.teacher or args.resume) and args.teacher_over == "base":

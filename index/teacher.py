@@ -268,7 +268,13 @@ class FusedScorer:
         prior_dir = Path(path) / meta["prior"]
         if not (prior_dir / "modules.json").exists():
             raise ValueError(f"teacher {path}: its prior bi-encoder {prior_dir} is missing")
-        scorer = _stored_scorer(path, meta, device, precision, cache_dir)
+        if meta.get("scorer_dir"):  # tune_fuse: its own fine-tuned copy of the stronger bi-encoder
+            scorer_dir = Path(path) / meta["scorer_dir"]
+            if not (scorer_dir / "modules.json").exists():
+                raise ValueError(f"teacher {path}: its fine-tuned scorer {scorer_dir} is missing")
+            scorer = BiEncoderScorer.load(str(scorer_dir), device, precision, cache_dir)
+        else:
+            scorer = _stored_scorer(path, meta, device, precision, cache_dir)
         prior = BiEncoderScorer.load(str(prior_dir), device, precision, cache_dir)
         out = cls(prior, scorer, float(meta["prior_scale"]), float(meta.get("logit_weight", 1.0)), meta["scorer"])
         out.name = str(path)
@@ -288,11 +294,17 @@ class FusedScorer:
         cos = np.asarray(scores, np.float32) / self.prior_scale
         return np.clip((cos + 1.0) / 2.0, 0.0, 1.0)
 
-    def save(self, path: str | Path, save_prior: Callable[[Path], None]) -> None:
+    def save(self, path: str | Path, save_prior: Callable[[Path], None],
+             save_scorer: Callable[[Path], None] | None = None) -> None:
+        """``save_prior(directory)`` writes the prior bi-encoder there; ``save_scorer(directory)`` the
+        stronger one, when it was fine-tuned (``tune_fuse``) and so cannot be named by its spec."""
         Path(path).mkdir(parents=True, exist_ok=True)
         save_prior(Path(path) / "prior")
         meta = {"kind": self.kind, "prior": "prior", "prior_scale": self.prior_scale,
                 "logit_weight": self.logit_weight, "scorer": self.scorer_spec}
+        if save_scorer is not None:
+            save_scorer(Path(path) / "scorer")
+            meta["scorer_dir"] = "scorer"
         (Path(path) / "strop_teacher.json").write_text(json.dumps(meta))
 
 

@@ -279,11 +279,14 @@ class JobSpec(Strict):
         "queries are scored by the fusion over fold f's bi-encoder, which never trained on them. Without it the "
         "prior is the live bi-encoder, which after a job has trained on those very pairs (docs/benchmarks.md)"))
     tune_fuse: bool = Field(False, description=(
-        "teacher jobs with folds: fine-tune a copy of the fuse bi-encoder in each fold as well, on the same pairs "
-        "and in the same way as the fold's copy of the live one, so the stronger model has learnt the collection "
-        "too without seeing the queries it will score. Fine-tuned all-mpnet-base-v2 out-ranked fine-tuned MiniLM "
-        "by 5.4 MRR@10 points on stdlib code; it costs one fine-tune of the bigger model per fold (about 6x "
-        "MiniLM's on CPU) and K copies of it in memory wherever the teacher is loaded (docs/benchmarks.md)"))
+        "teacher jobs with fuse: fine-tune a copy of the fuse bi-encoder as well, on the same pairs and in the "
+        "same way as the copy of the live one. With folds, one per fold, so the stronger model has learnt the "
+        "collection too without seeing the queries it will score. Without folds, a copy of each is fine-tuned on "
+        "every training pair: the strongest teacher for queries without a label (train.queries pseudo-labels, "
+        "rerank searches), but it has seen every labelled pair, so distilling it on them restates their labels. "
+        "Fine-tuned all-mpnet-base-v2 out-ranked fine-tuned MiniLM by 5.4 MRR@10 points on stdlib code; it costs "
+        "one fine-tune of the bigger model per fold (about 6x MiniLM's on CPU) and a copy of it per fold in "
+        "memory wherever the teacher is loaded (docs/benchmarks.md)"))
     views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
     gate: GateSpec = Field(default_factory=GateSpec)
@@ -297,8 +300,8 @@ class JobSpec(Strict):
             raise ValueError("fuse fuses with the live bi-encoder: it needs teacher_prior true")
         if self.folds is not None and self.fuse is None:
             raise ValueError("folds cross-fits a fused teacher: give fuse (a stronger bi-encoder) too")
-        if self.tune_fuse and self.folds is None:
-            raise ValueError("tune_fuse fine-tunes the fuse bi-encoder per fold: give folds too")
+        if self.tune_fuse and self.fuse is None:
+            raise ValueError("tune_fuse fine-tunes the fuse bi-encoder: give fuse (a stronger bi-encoder) too")
         if self.train.queries and self.kind != "encoder":
             raise ValueError("train.queries (pseudo-labelled by the teacher) is for encoder jobs")
         if self.train.queries and self.train.pairs is None and self.train.source in (None, "pairs") \

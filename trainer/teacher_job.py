@@ -19,6 +19,9 @@ as the correction, with its weight fitted the same way (``index.teacher.FusedSco
 fine-tuned from the live one, each on the training pairs outside its fold, and a query is scored
 over its own fold's (``index.teacher.FoldedScorer``), so the teacher has not seen the pairs it
 scores for distillation. ``tune_fuse`` fine-tunes a copy of the stronger bi-encoder in each fold too.
+``tune_fuse`` without ``folds`` fine-tunes one copy of each on every training pair: no cross-fitting, so
+not a teacher to distil on those pairs, but the strongest one for queries that have no label (pseudo-labels,
+rerank searches).
 """
 
 from __future__ import annotations
@@ -41,7 +44,15 @@ import torch.nn.functional as F
 from index.embcache import TEACHER_CACHE_DIR
 from index.metrics import evaluate_rankings
 from index.store import DocumentStore
-from index.teacher import BiEncoderScorer, CrossEncoderScorer, FoldedScorer, FusedScorer, Scorer, fold_of
+from index.teacher import (
+    BiEncoderScorer,
+    CrossEncoderScorer,
+    FoldedScorer,
+    FusedScorer,
+    Scorer,
+    fold_of,
+    load_teacher,
+)
 from index.versions import VersionStore
 from trainer.contract import TEACHER_HEAD_LR, JobSpec
 from trainer.data import EvalPair, Snapshot, positive_text
@@ -281,30 +292,35 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
     except Exception as exc:  # a missing path or an unreachable hub name: a clear job error, not a traceback
         raise ValueError(f"fuse: {spec.fuse!r} cannot be loaded as a sentence-transformers bi-encoder ({exc})") from exc
     scale = 1.0 / spec.loss.temperature
-    models: list = []
-    if spec.folds:
+    if spec.folds or spec.tune_fuse:
         models = _train_folds(spec, snap, pairs, enc, corpus, reporter, device)
+        tuned = models[0][1] is not None
 
-        def fold_scorer(f: int, m, tuned) -> FusedScorer:
+        def fold_scorer(f: int, m, tuned_fuse) -> FusedScorer:
             prior = BiEncoderScorer(inference_encoder(m, f"fold{f}", device), f"fold{f}:{snap.version}")
-            if tuned is None:
+            if tuned_fuse is None:
                 return FusedScorer(prior, scorer, scale, scorer_spec=spec.fuse)
-            own = BiEncoderScorer(inference_encoder(tuned, f"fuse-fold{f}", device), f"{spec.fuse}:fold{f}")
+            own = BiEncoderScorer(inference_encoder(tuned_fuse, f"fuse-fold{f}", device), f"{spec.fuse}:fold{f}")
             return FusedScorer(prior, own, scale, scorer_spec=spec.fuse)
 
-        folded = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)],
-                              trained=[p.query for p in pairs])
         # Stage the teacher on disk now and evaluate it as the service and later jobs will load it
-        # (same precision, same on-disk embedding cache): the documents its fold models embed here
-        # are then cached for the first rerank search or pseudo-label pass instead of embedded again.
-        tuned = models[0][1] is not None
+        # (same precision, same on-disk embedding cache): the documents its models embed here are
+        # then cached for the first rerank search or pseudo-label pass instead of embedded again.
         staged = _staging_dir(data_dir, collection, job_id)
         try:
-            folded.save(staged, lambda f, path: save_model(models[f][0], path),
-                        (lambda f, path: save_model(models[f][1], path)) if tuned else None)
-            del folded, models, scorer
-            fused: FusedScorer | FoldedScorer = FoldedScorer.load(
-                staged, device, os.environ.get("STROP_PRECISION", "auto"), Path(data_dir) / TEACHER_CACHE_DIR)
+            if spec.folds:
+                folded = FoldedScorer([fold_scorer(f, m, t) for f, (m, t) in enumerate(models)],
+                                      trained=[p.query for p in pairs])
+                folded.save(staged, lambda f, path: save_model(models[f][0], path),
+                            (lambda f, path: save_model(models[f][1], path)) if tuned else None)
+                del folded
+            else:  # tune_fuse alone: both bi-encoders fine-tuned on every training pair
+                fold_scorer(0, *models[0]).save(staged, lambda path: save_model(models[0][0], path),
+                                                lambda path: save_model(models[0][1], path))
+            del models, scorer
+            fused = load_teacher(str(staged), device, os.environ.get("STROP_PRECISION", "auto"),
+                                 Path(data_dir) / TEACHER_CACHE_DIR)
+            assert isinstance(fused, FusedScorer | FoldedScorer)
             reporter.enter("evaluate_after")
             fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth,
                                                           spec.gate.metric, reporter.count("evaluation queries reranked"))
@@ -315,8 +331,7 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
             raise
         return _finish_fuse(job_id, collection, spec, store, data_dir, reporter, fused, student, before, after, fit,
                             staged=staged)
-    else:
-        fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
+    fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
     reporter.enter("evaluate_after")
     fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth,
                                                   spec.gate.metric, reporter.count("evaluation queries reranked"))
@@ -350,16 +365,17 @@ def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.nda
     """Fine-tune one bi-encoder per fold from the live one, on the training pairs outside that fold,
     as an encoder job with this job's epochs, batch size, steps, mining and learning rate would
     (negatives mined once by the live bi-encoder, the modality's batch grouping). With ``tune_fuse``
-    a copy of the fuse bi-encoder is fine-tuned the same way on the same pairs. Returns (the live
-    model's fold copy, the fuse model's or None) per fold."""
-    k = spec.folds or 0
+    a copy of the fuse bi-encoder is fine-tuned the same way on the same pairs. Without ``folds``
+    (``tune_fuse`` alone) there is one "fold" that holds nothing out. Returns (the live model's fold
+    copy, the fuse model's or None) per fold."""
+    k = spec.folds or 1  # tune_fuse without folds: one run of each model on every pair
     espec = spec.model_copy(update={"kind": "encoder", "fuse": None, "folds": None, "distill": None,
                                     "mining": spec.mining.model_copy(update={
                                         "neighbour_group": spec.mining.group_for(snap.modality),
                                         "denoise": False, "refresh_every": 0})})
-    fold = [fold_of(p.query, k) for p in pairs]
+    fold = [fold_of(p.query, k) for p in pairs] if k > 1 else [-1] * len(pairs)  # -1: no pair is held out
     sizes = [fold.count(f) for f in range(k)]
-    if min(sizes) == 0:
+    if k > 1 and min(sizes) == 0:
         raise ValueError(f"folds: {k} folds of {len(pairs)} training pairs leave fold {sizes.index(0)} empty; "
                          "use fewer folds or more pairs")
     reporter.enter("mine")
@@ -378,7 +394,7 @@ def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.nda
 
             def progress(p: Progress, f: int = f, what: str = what) -> None:
                 reporter.on_progress(p)
-                reporter.progress["unit"] = f"fold {f + 1} of {k}{what} steps"
+                reporter.progress["unit"] = (f"fold {f + 1} of {k}" if k > 1 else "all pairs") + f"{what} steps"
 
             runs.append({"fold": f, "held_out": sizes[f], **({"model": "fuse"} if what else {}), **fine_tune(
                 model, [pairs[i] for i in idx], texts, [negatives[i] for i in idx], espec, on_progress=progress,

@@ -4,6 +4,7 @@ local encoder as the student, trained cross-encoder teachers through real rq wor
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -480,8 +481,8 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     teacher_path = qclient.get("/collections/code").json()["teacher"]
     # tune_fuse: the stronger bi-encoder is fine-tuned per fold too, on the same pairs as the fold's prior
-    r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, kind="teacher", fuse=fuse, tune_fuse=True))
-    assert r.status_code == 422 and "give folds" in r.json()["error"]["message"], r.json()
+    r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, kind="teacher", tune_fuse=True))
+    assert r.status_code == 422 and "give fuse" in r.json()["error"]["message"], r.json()
     body = {**body, "tune_fuse": True, "max_steps": 2}
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
     workers.start()
@@ -510,6 +511,27 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     assert tuned.score(pair)[0] == pytest.approx(tuned.folds[fold_of(q, 2)].score(pair)[0], abs=1e-5)
     r = qclient.post("/collections/code/search", json={"query": q, "top_k": 5, "rerank": True})
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
+    # tune_fuse without folds: one copy of each bi-encoder fine-tuned on every pair, stored with the teacher
+    body = {**body, "folds": None}
+    job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(qclient, job_id)
+    assert job["state"] == "succeeded", job
+    runs = job["details"]["train"]["folds"]
+    assert [(r["fold"], r.get("model"), r["held_out"]) for r in runs] == [(0, None, 0), (0, "fuse", 0)], runs
+    assert job["details"]["mining"]["queries"] == len(body["train"]["pairs"])
+    end = time.time() + 5
+    while qclient.get("/collections/code").json()["teacher"] == teacher_path and time.time() < end:
+        time.sleep(0.1)
+    teacher_path = qclient.get("/collections/code").json()["teacher"]
+    single = load_teacher(teacher_path)
+    assert isinstance(single, FusedScorer) and (Path(teacher_path) / "scorer" / "modules.json").exists()
+    assert single.logit_weight == job["details"]["train"]["prior"]["logit_weight"]
+    assert single.scorer.score(pair)[0] != pytest.approx(untuned.score(pair)[0], abs=1e-4)  # its own, fine-tuned
+    broken = shutil.copytree(teacher_path, data_dir / "teacher-without-its-scorer")
+    shutil.rmtree(broken / "scorer")
+    with pytest.raises(ValueError, match="fine-tuned scorer"):
+        load_teacher(str(broken))
     # a fuse job whose scorer cannot be loaded fails with the reason and leaves the teacher alone
     body = job_body(corpus, evals, kind="teacher", fuse="no-such-org/no-such-model", rerank_depth=10)
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
