@@ -284,13 +284,16 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
               device: str, snap: Snapshot, student, enc, corpus: np.ndarray, q_eval: np.ndarray,
               evals: list[EvalPair], before: dict, pairs: list) -> JobResult:
     """A teacher job with ``fuse``: the named bi-encoder fused with a copy of the live one, the weight
-    fitted (and the metrics cross-fitted) on the held-out pairs; nothing is trained."""
+    fitted (and the metrics cross-fitted) on the held-out pairs. Nothing is trained unless ``folds``
+    (a fine-tuned copy of the live one per fold) or ``tune_fuse`` (of the named one too) asks."""
     reporter.enter("load_scorer")
     try:
         scorer = BiEncoderScorer.load(spec.fuse, device, os.environ.get("STROP_PRECISION", "auto"),
                                       Path(data_dir) / TEACHER_CACHE_DIR)
     except Exception as exc:  # a missing path or an unreachable hub name: a clear job error, not a traceback
         raise ValueError(f"fuse: {spec.fuse!r} cannot be loaded as a sentence-transformers bi-encoder ({exc})") from exc
+    if spec.tune_fuse:  # loaded only to fail early on a bad name: each fold fine-tunes its own copy, so free it
+        scorer = None
     scale = 1.0 / spec.loss.temperature
     if spec.folds or spec.tune_fuse:
         models = _train_folds(spec, snap, pairs, enc, corpus, reporter, device)
