@@ -392,12 +392,12 @@ def _train_folds(spec: JobSpec, snap: Snapshot, pairs: list, enc, corpus: np.nda
     for f in range(k):
         idx = [i for i in range(len(pairs)) if fold[i] != f]
         trained = []
-        for source, what in ((snap.encoder_source, ""), *(((spec.fuse, " (fuse model)"),) if spec.tune_fuse else ())):
+        for source, what in ((snap.encoder_source, ""), *(((spec.fuse, ", fuse model"),) if spec.tune_fuse else ())):
             model = load_model(source, device, spec.max_seq_length)
 
             def progress(p: Progress, f: int = f, what: str = what) -> None:
                 reporter.on_progress(p)
-                reporter.progress["unit"] = (f"fold {f + 1} of {k}" if k > 1 else "all pairs") + f"{what} steps"
+                reporter.progress["unit"] = f"steps ({f'fold {f + 1} of {k}' if k > 1 else 'all pairs'}{what})"
 
             runs.append({"fold": f, "held_out": sizes[f], **({"model": "fuse"} if what else {}), **fine_tune(
                 model, [pairs[i] for i in idx], texts, [negatives[i] for i in idx], espec, on_progress=progress,

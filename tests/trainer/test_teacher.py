@@ -569,7 +569,7 @@ def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa
 def test_a_counted_stage_replaces_stale_progress_reports_an_eta_and_cancels():
     stop = [False]
     reporter = Reporter(should_stop=lambda: stop[0])
-    reporter.progress = {"step": 16, "total_steps": 16, "loss": 1.0, "eta_s": 0.0, "unit": "fold 2 of 2 steps"}
+    reporter.progress = {"step": 16, "total_steps": 16, "loss": 1.0, "eta_s": 0.0, "unit": "steps (fold 2 of 2)"}
     update = reporter.count("evaluation queries reranked")
     assert reporter.progress == {"step": 0, "total_steps": 0, "loss": None, "eta_s": None,
                                  "unit": "evaluation queries reranked"}
