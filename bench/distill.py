@@ -99,18 +99,20 @@ def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int |
             "unlabelled": [p["query"] for p in unlabelled], "unlabelled_pairs": unlabelled}
 
 
-def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[float]) -> str:
+def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[float],
+                 lexical: tuple[float, ...] = (0.0,)) -> str:
     """How right the teacher's pseudo-labels are: the job's own code (snapshot of the base version,
     its encoder, ``trainer.teaching.pseudo_label`` with the collection's teacher) run on the
     unlabelled queries, scored against the answers the bench kept back. A table of coverage and
-    precision per confidence threshold, against the base bi-encoder's own top 1."""
+    precision per confidence threshold (and per ``pseudo.lexical`` weight), against the base
+    bi-encoder's own top 1."""
     from index.store import DocumentStore
     from index.teacher import load_teacher
     from index.versions import VersionStore
     from trainer.contract import JobSpec
     from trainer.data import snapshot
     from trainer.pipeline import Reporter, current_embeddings
-    from trainer.teaching import TeacherCache, pseudo_label
+    from trainer.teaching import TeacherCache, pick_label, pseudo_label
     from trainer.train import inference_encoder, load_model
 
     store = DocumentStore(data_dir / "strop.db")
@@ -124,29 +126,32 @@ def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[f
     truth = {p["query"]: snap.pos[p["positive_id"]] for p in data["unlabelled_pairs"]}
     qv = enc.encode(queries).vectors
     student_top1 = np.argmax(qv @ corpus.T, axis=1)
-    spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "-", "positive_ids": ["-"]}]},
-                                   "pseudo": {"candidates": candidates, "min_confidence": max(min(thresholds), 1e-6)}})
+
+    def spec(w: float) -> JobSpec:
+        return JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "-", "positive_ids": ["-"]}]},
+                                       "pseudo": {"candidates": candidates, "min_confidence": 1e-6, "lexical": w}})
+
     cache = TeacherCache(load_teacher(snap.teacher, "cpu", cache_dir=data_dir / TEACHER_CACHE_DIR))
-    pairs, _ = pseudo_label(cache, queries, qv, corpus, snap.texts, spec, 0)
-    scale = 1.0 / spec.loss.temperature if cache.teacher.kind == "bi-encoder" else 1.0
+    pairs, _ = pseudo_label(cache, queries, qv, corpus, snap.texts, spec(0.0), 0)  # every query, its scores cached
     by_pair: dict[int, dict[int, float]] = {}
-    for (i, r), v in cache.scores.items():
+    for (i, r), v in cache.scores.items():  # candidate order: the student's first is first
         by_pair.setdefault(i, {})[r] = v
-    conf = []
-    for i, p in enumerate(pairs):
-        rows = list(by_pair[i])
-        t = np.array([by_pair[i][r] for r in rows]) * scale
-        w = np.exp(t - t.max())
-        w /= w.sum()
-        conf.append(sum(wi for r, wi in zip(rows, w, strict=True) if r in (p.positive, *p.extra_positives)))
-    right = [truth[p.query] in (p.positive, *p.extra_positives) for p in pairs]
     n = len(queries)
     out = [f"\npseudo-labels of {n} unlabelled queries (teacher over the base model's top {candidates}); "
            f"the base model's own top 1 is right for {np.mean([truth[q] == r for q, r in zip(queries, student_top1, strict=True)]):.3f}",
-           "| min_confidence | labelled | share of queries | precision |", "|---|---|---|---|"]
-    for th in sorted(thresholds):
-        sel = [ok for ok, c in zip(right, conf, strict=True) if c >= th]
-        out.append(f"| {th:g} | {len(sel)} | {len(sel) / n:.3f} | {np.mean(sel) if sel else float('nan'):.3f} |")
+           "| pseudo.lexical | min_confidence | labelled | share of queries | precision | not the student's first |",
+           "|---|---|---|---|---|---|"]
+    for w in lexical:
+        picked = []
+        for i, p in enumerate(pairs):
+            rows = list(by_pair[i])
+            best, same, conf = pick_label(p.query, rows, np.array([by_pair[i][r] for r in rows]), snap.texts, spec(w),
+                                          cache.teacher.kind)
+            picked.append((truth[p.query] in [rows[b] for b in same], conf, best != 0))
+        for th in sorted(thresholds):
+            sel = [(ok, moved) for ok, c, moved in picked if c >= th]
+            out.append(f"| {w:g} | {th:g} | {len(sel)} | {len(sel) / n:.3f} | "
+                       f"{np.mean([ok for ok, _ in sel]) if sel else float('nan'):.3f} | {sum(m for _, m in sel)} |")
     return "\n".join(out)
 
 
@@ -173,6 +178,8 @@ def main() -> None:
                          "named '... + pseudo' give them to the job as train.queries, for the teacher to label")
     ap.add_argument("--pseudo-candidates", type=int, default=20, help="pseudo rows: pseudo.candidates")
     ap.add_argument("--pseudo-confidence", type=float, default=0.5, help="pseudo rows: pseudo.min_confidence")
+    ap.add_argument("--pseudo-lexical", default="0", metavar="W[,W...]",
+                    help="pseudo rows: pseudo.lexical (the first weight); --pseudo-check: a table per weight")
     ap.add_argument("--pseudo-check", default=None, metavar="THRESHOLDS",
                     help="after the rows, score the teacher's pseudo-labels of the --unlabelled queries against "
                          "their answers at these min_confidence values (comma-separated, e.g. 0,0.5,0.8)")
@@ -326,7 +333,8 @@ def main() -> None:
                 if not data["unlabelled"]:
                     raise SystemExit(f"row {row!r} needs unlabelled queries: give --unlabelled N")
                 train["queries"] = data["unlabelled"]
-                spec["pseudo"] = {"candidates": args.pseudo_candidates, "min_confidence": args.pseudo_confidence}
+                spec["pseudo"] = {"candidates": args.pseudo_candidates, "min_confidence": args.pseudo_confidence,
+                                  "lexical": float(args.pseudo_lexical.split(",")[0])}
             body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec, "seed": seed,
                     "train": train}
             j, wall = job(c, "set", body)
@@ -363,7 +371,8 @@ def main() -> None:
     print(seed_table(args.set, seeded))
     if args.pseudo_check:
         print(pseudo_check(tmp / "data", data, args.pseudo_candidates,
-                           [float(x) for x in args.pseudo_check.split(",")]), flush=True)
+                           [float(x) for x in args.pseudo_check.split(",")],
+                           tuple(float(x) for x in args.pseudo_lexical.split(","))), flush=True)
 
 
 def seed_table(set_name: str, seeded: list[tuple[str, int, dict, float]]) -> str:

@@ -187,6 +187,11 @@ class PseudoSpec(Strict):
         "keep a query only when the teacher's softmax over its candidates (logits: a bi-encoder teacher's "
         "cosine / loss.temperature) gives its best document at least this probability; documents with the "
         "same text count as one"))
+    lexical: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "fuse BM25 into the labelling, as search's `lexical` fuses it into a cosine: each candidate's "
+        "teacher logit gets + lexical x BM25 / (the best candidate's BM25) / loss.temperature (for a "
+        "bi-encoder teacher: its cosine + lexical x scaled BM25). Picks the positive and its confidence; "
+        "distillation still reads the teacher's own scores"))
 
 
 class MixSpec(Strict):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from index.lexical import fuse
 from index.teacher import Scorer
 from trainer.contract import JobSpec
 from trainer.data import Pair, positive_text
@@ -122,6 +123,24 @@ def score_pairs(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int
     return cache.scores
 
 
+def pick_label(query: str, rows: list[int], scores: np.ndarray, texts: list[str], spec: JobSpec,
+               teacher_kind: str) -> tuple[int, list[int], float]:
+    """(best candidate, candidates with its text, their softmax mass) for one unlabelled query.
+
+    ``scores`` are the teacher's over ``rows``; the softmax is on the logit scale distillation reads
+    (a bi-encoder's cosines over the InfoNCE temperature), plus ``pseudo.lexical`` x BM25 / max over T.
+    """
+    logits = np.asarray(scores, np.float64) / (spec.loss.temperature if teacher_kind == "bi-encoder" else 1.0)
+    if spec.pseudo.lexical:  # search's lexical fusion (cos + w x bm25 / max), on the same scale
+        lex = fuse(query, [texts[r] for r in rows], np.zeros(len(rows)), spec.pseudo.lexical)[0]
+        logits = logits + lex / spec.loss.temperature
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    best = int(np.argmax(logits))
+    same = [b for b, r in enumerate(rows) if texts[r] == texts[rows[best]]]
+    return best, same, float(p[same].sum())
+
+
 def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray, corpus_emb: np.ndarray,
                  texts: list[str], spec: JobSpec, offset: int, skip: set[str] = frozenset(),
                  progress: Callable[[int, int], None] | None = None) -> tuple[list[Pair], dict]:
@@ -130,7 +149,9 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
     The live bi-encoder retrieves each query's top ``pseudo.candidates`` documents, the teacher
     scores them, and a query becomes a training pair, its positive the teacher's best document,
     when the teacher's softmax over the candidates gives that document (and any copy of its text)
-    at least ``pseudo.min_confidence``. The teacher's scores are stored in ``cache`` under the
+    at least ``pseudo.min_confidence``. With ``pseudo.lexical`` the softmax is over the teacher's
+    logits plus BM25 over the candidates, fused as search fuses ``lexical``: exact words (names,
+    identifiers) that a teacher trained on a thousand pairs misses. The teacher's scores are stored in ``cache`` under the
     pairs' final indices (``offset + j``), so denoising and distillation read them for free.
     Queries in ``skip`` (labelled or evaluation queries) are left out: they have labels already,
     or must not be trained on.
@@ -153,8 +174,6 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
         cache.scored += len(items[start : start + batch])
         if progress:
             progress(min(start + batch, len(items)), len(items))
-    # logits as distillation reads them: a bi-encoder's cosines over the InfoNCE temperature
-    scale = 1.0 / spec.loss.temperature if cache.teacher.kind == "bi-encoder" else 1.0
     out: list[Pair] = []
     confidences: list[float] = []
     at = 0
@@ -162,11 +181,7 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
         rows = [int(r) for r in rows if r >= 0]
         s = scores[at : at + len(rows)]
         at += len(rows)
-        p = np.exp(scale * (s - s.max()))
-        p /= p.sum()
-        best = int(np.argmax(s))
-        same = [b for b, r in enumerate(rows) if texts[r] == texts[rows[best]]]
-        conf = float(p[same].sum())
+        best, same, conf = pick_label(queries[j], rows, s, texts, spec, cache.teacher.kind)
         if conf < ps.min_confidence:
             info["low_confidence"] += 1
             continue

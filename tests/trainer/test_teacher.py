@@ -14,6 +14,7 @@ import torch
 from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
 from index.encoder import Encoder, resolve_spec
+from index.lexical import bm25
 from index.teacher import (
     BiEncoderScorer,
     CrossEncoderScorer,
@@ -192,6 +193,38 @@ def test_pseudo_labels_take_the_teachers_confident_best_and_skip_the_unsure_and_
     pairs, info = pseudo_label(TeacherCache(minilm_teacher), queries[:1], qv[:1], emb, texts, one, 0)
     top2 = np.argsort(-(emb @ qv[0]))[:2]
     assert len(pairs) == 1 and pairs[0].positive in top2
+
+
+def test_pseudo_lexical_fuses_bm25_into_the_label_and_leaves_the_teachers_scores(minilm_teacher):
+    # "bread" is a word only row 1 shares with both queries; row 0 says "220 degrees"
+    queries = ["what temperature to bake bread", QUERY]
+    rng = np.random.default_rng(0)
+    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    emb, qv = unit(rng.normal(size=(len(TEXTS), 16))), unit(rng.normal(size=(len(queries), 16)))
+
+    def label(lexical: float, min_confidence: float = 0.5) -> tuple[list[Pair], dict, TeacherCache]:
+        spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "e", "positive_ids": ["x"]}]},
+                                       "pseudo": {"candidates": len(TEXTS), "min_confidence": min_confidence,
+                                                  "lexical": lexical}})
+        cache = TeacherCache(minilm_teacher)
+        return *pseudo_label(cache, queries, qv, emb, TEXTS, spec, 0), cache
+
+    plain, _, plain_cache = label(0.0)
+    fused, info, fused_cache = label(0.5)
+    assert [p.positive for p in plain] == [0, 1]  # the teacher reads "temperature" as "220 degrees"
+    assert [p.positive for p in fused] == [1, 1]  # the shared word outweighs it at 0.5, as it would in search
+    assert fused_cache.scores == plain_cache.scores  # distillation still reads the teacher's own scores
+    # the confidence is the softmax of teacher cosine / T + 0.5 x BM25 / max / T, search's fused score over T
+    cos = minilm_teacher.score([(QUERY, x) for x in TEXTS])
+    lex = bm25(QUERY, TEXTS)
+    z = (cos + 0.5 * lex / lex.max()) / 0.05
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    assert 0.7 < p[1] < 0.9 and info["labelled"] == 2
+    # the split bread vote (0.64 for row 1 alone) clears 0.7 only with the lexical evidence
+    assert [q.query for q in label(0.0, 0.7)[0]] == [queries[0]]
+    assert [q.query for q in label(0.5, 0.7)[0]] == queries
+    with pytest.raises(ValueError, match="lexical"):
+        JobSpec.model_validate({"train": {"queries": queries}, "pseudo": {"lexical": 2}})
 
 
 def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
