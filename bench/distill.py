@@ -29,6 +29,8 @@ R@10 on the held-out queries and wall time.
     python -m bench.distill --set stdlib --resume /tmp/strop-distill-XXXX/data --seeds 43,44 \
         --rows "hard negatives,hard negatives + listwise@0.3~2"
                                                 # more rows over an earlier run's teacher, two seeds each
+    python -m bench.distill --set debian ... --unlabelled 1500 --pseudo-lexical 0.2,0 --pseudo-check 0,0.5
+                                                # pseudo rows fuse BM25 into the labels; the check compares weights
 """
 
 from __future__ import annotations
