@@ -196,6 +196,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="encoder jobs' learning rate (default: strop's)")
     ap.add_argument("--negatives", type=int, default=BASE_MINING["negatives_per_query"],
                     help="mined negatives per query in every row (cprd needs >= 2)")
+    ap.add_argument("--teacher-from-first-row", action="store_true",
+                    help="no teacher job: after each seed's first row, that row's fine-tuned encoder becomes the "
+                         "collection's (bi-encoder) teacher for the seed's other rows (self-training)")
     ap.add_argument("--teacher", default=None, help="name this teacher (a path: a cross-encoder or a "
                     "sentence-transformers model such as all-mpnet-base-v2) instead of training one")
     ap.add_argument("--teacher-weight", default="0.5", help="also report the teacher fused with the bi-encoder "
@@ -310,7 +313,7 @@ def main() -> None:
                 teacher_extra["folds"] = args.teacher_folds
             if args.teacher_tune_fuse:
                 teacher_extra["tune_fuse"] = True
-        if not (args.no_teacher or args.teacher or args.resume) and args.teacher_over == "base":
+        if not (args.no_teacher or args.teacher or args.resume or args.teacher_from_first_row) and args.teacher_over == "base":
             teacher_ok = teacher_job("base")
         # seed-major: every row's first seed before any second one, so a cut-short run still compares rows
         for seed, row in ((sd, r) for sd in seeds for r in args.rows.split(",") if r):
@@ -344,6 +347,12 @@ def main() -> None:
                 print(row, seed, j["state"], j["error"], flush=True)
                 continue
             seeded.append((row, seed, j["metrics"]["after"], wall))
+            if args.teacher_from_first_row and row == args.rows.split(",")[0]:
+                encoder = tmp / "data" / "collections" / "set" / "versions" / j["version"] / "encoder"
+                c.put("/collections/set/teacher", json={"teacher": str(encoder)}).raise_for_status()
+                for w in sorted({float(x) for x in args.pseudo_lexical.split(",")} - {0.0}):  # what BM25 adds to it
+                    c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
+                    print(f"{row} seed {seed} + lexical {w:g}", json.dumps(evaluate(c, "set", evals, lexical=w)), flush=True)
             print(row, f"seed {seed}", json.dumps(j["metrics"]["after"]), round(wall),
                   json.dumps(j["details"].get("stage_seconds")),
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives", "pseudo_labels",
