@@ -70,6 +70,9 @@ ROWS: dict[str, dict[str, Any]] = {
     # train.queries: the --unlabelled queries, labelled by the teacher (pseudo-labels, GPL-style)
     "hard negatives + pseudo": {"queries": True},
     "hard negatives + pseudo + listwise": {"queries": True, "distill": {"loss": "listwise", "weight": 1.0}},
+    # pseudo.unsure "distill": the queries below min_confidence stay, as listwise-only rows
+    "hard negatives + pseudo + soft listwise": {"queries": True, "unsure": "distill",
+                                                "distill": {"loss": "listwise", "weight": 1.0}},
     "pseudo only": {"queries": True, "no_pairs": True},
     "+ mixing": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
                  "mix_hard_negatives": {"count": 4, "hardest": 8}},
@@ -334,12 +337,13 @@ def main() -> None:
                 spec["distill"] = {**spec["distill"], "teacher_temperature": float(temp)}
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
             train = {} if spec.pop("no_pairs", False) else {"pairs": data["train"]}
+            unsure = spec.pop("unsure", "drop")
             if spec.pop("queries", False):
                 if not data["unlabelled"]:
                     raise SystemExit(f"row {row!r} needs unlabelled queries: give --unlabelled N")
                 train["queries"] = data["unlabelled"]
                 spec["pseudo"] = {"candidates": args.pseudo_candidates, "min_confidence": args.pseudo_confidence,
-                                  "lexical": float(args.pseudo_lexical.split(",")[0])}
+                                  "lexical": float(args.pseudo_lexical.split(",")[0]), "unsure": unsure}
             body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec, "seed": seed,
                     "train": train}
             j, wall = job(c, "set", body)

@@ -192,6 +192,15 @@ class PseudoSpec(Strict):
         "teacher logit gets + lexical x BM25 / (the best candidate's BM25) / loss.temperature (for a "
         "bi-encoder teacher: its cosine + lexical x scaled BM25). Picks the positive and its confidence; "
         "distillation still reads the teacher's own scores"))
+    unsure: Literal["drop", "distill"] = Field("drop", description=(
+        "queries whose best candidate falls short of min_confidence: drop them, or keep them as "
+        "distillation-only rows (needs distill; listwise reads the most): the teacher's best candidate stands "
+        "as their positive and its next `runners_up` candidates ride along as their negatives, so the row "
+        "holds the answers the teacher hesitated between; InfoNCE skips these rows (no hard label) and only "
+        "the distillation loss trains on them, with the teacher's soft scores"))
+    runners_up: int = Field(3, ge=0, le=50, description=(
+        "unsure \"distill\": the teacher's next best candidates (other texts than its best) kept as each "
+        "unsure query's negatives"))
 
 
 class MixSpec(Strict):
@@ -307,6 +316,9 @@ class JobSpec(Strict):
             raise ValueError("folds cross-fits a fused teacher: give fuse (a stronger bi-encoder) too")
         if self.tune_fuse and self.fuse is None:
             raise ValueError("tune_fuse fine-tunes the fuse bi-encoder: give fuse (a stronger bi-encoder) too")
+        if self.pseudo.unsure == "distill" and self.distill is None:
+            raise ValueError("pseudo.unsure \"distill\" trains unsure queries only through distillation: "
+                             "give distill (e.g. {\"loss\": \"listwise\"})")
         if self.train.queries and self.kind != "encoder":
             raise ValueError("train.queries (pseudo-labelled by the teacher) is for encoder jobs")
         if self.train.queries and self.train.pairs is None and self.train.source in (None, "pairs") \

@@ -50,6 +50,7 @@ class Pair:
     negatives: list[int] = field(default_factory=list)  # given (feedback) negatives
     group: str = ""
     positive_text: str | None = None  # train on this instead of the stored text (docstrings: code without it)
+    weight: float = 1.0  # InfoNCE weight; 0: a distillation-only row (an unsure pseudo-label)
 
 
 def positive_text(p: Pair, texts: list[str]) -> str:

@@ -111,7 +111,7 @@ def semantic_positives(cache: TeacherCache, pairs: list[Pair], corpus_emb: np.nd
         if scale * (cache.scores[(i, r)] - cache.scores[(i, pairs[i].positive)]) >= floor:
             p = pairs[i]
             p.extra_positives.append(r)
-            added.append(Pair(p.query, r, extra_positives=[p.positive], group=p.group))
+            added.append(Pair(p.query, r, extra_positives=[p.positive], group=p.group, weight=p.weight))
             per_query[i] = per_query.get(i, 0) + 1
     return added, {"checked": len(candidates), "added": len(added), "queries_with_added": len(per_query)}
 
@@ -155,11 +155,18 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
     pairs' final indices (``offset + j``), so denoising and distillation read them for free.
     Queries in ``skip`` (labelled or evaluation queries) are left out: they have labels already,
     or must not be trained on.
+
+    With ``pseudo.unsure: "distill"`` a query below the threshold is kept as a distillation-only
+    row (``Pair.weight`` 0): InfoNCE skips it, and the distillation loss matches the student to the
+    teacher's soft scores over its best candidate, its ``pseudo.runners_up`` next ones (kept as the
+    row's negatives) and whatever else the batch holds. A label that is wrong half the time would
+    teach the wrong answer; the teacher's hesitation between two answers still teaches their order
+    against the rest.
     """
     ps = spec.pseudo
     keep = [j for j, q in enumerate(queries) if q not in skip]
     info = {"queries": len(queries), "known": len(queries) - len(keep), "labelled": 0, "low_confidence": 0,
-            "teacher_disagreed": 0, "mean_confidence": None}
+            "distill_only": 0, "teacher_disagreed": 0, "mean_confidence": None}
     if not keep:
         return [], info
     index = faiss.IndexFlatIP(corpus_emb.shape[1])
@@ -182,17 +189,31 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
         s = scores[at : at + len(rows)]
         at += len(rows)
         best, same, conf = pick_label(queries[j], rows, s, texts, spec, cache.teacher.kind)
-        if conf < ps.min_confidence:
+        sure = conf >= ps.min_confidence
+        if not sure:
             info["low_confidence"] += 1
-            continue
+            if ps.unsure != "distill":
+                continue
         i = offset + len(out)
-        out.append(Pair(queries[j], rows[best], extra_positives=[rows[b] for b in same if b != best],
-                        group="pseudo"))
+        pair = Pair(queries[j], rows[best], extra_positives=[rows[b] for b in same if b != best], group="pseudo")
+        if not sure:  # no hard label: the teacher's runners-up ride along for the distillation loss
+            order = np.argsort(-np.asarray(s, np.float64), kind="stable")
+            seen = {texts[rows[best]]}
+            for b in order:
+                if len(pair.negatives) >= ps.runners_up:
+                    break
+                if texts[rows[b]] not in seen:
+                    seen.add(texts[rows[b]])
+                    pair.negatives.append(rows[b])
+            pair.weight = 0.0
+            info["distill_only"] += 1
+        out.append(pair)
         for r, v in zip(rows, s, strict=True):
             cache.scores[(i, r)] = float(v)
-        confidences.append(conf)
-        info["teacher_disagreed"] += best != 0  # the student ranked another document first
-    info["labelled"] = len(out)
+        if sure:
+            confidences.append(conf)
+            info["teacher_disagreed"] += best != 0  # the student ranked another document first
+    info["labelled"] = len(out) - info["distill_only"]
     if confidences:
         info["mean_confidence"] = round(float(np.mean(confidences)), 4)
     return out, info

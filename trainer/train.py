@@ -264,7 +264,14 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
     if extras is not None and extras.mix_count:
         synth = mix_negatives(q, d, mask, extras.mix_count, extras.mix_hardest, extras.generator)
         logits = torch.cat([logits, (q[:, None, :] * synth.to(q.device)).sum(-1) / temperature], 1)
-    loss = F.cross_entropy(logits, torch.arange(len(batch), device=q.device))
+    target = torch.arange(len(batch), device=q.device)
+    weights = [pairs[i].weight for i in batch]
+    if all(w == 1.0 for w in weights):
+        loss = F.cross_entropy(logits, target)
+    else:  # distillation-only rows (unsure pseudo-labels) carry no hard label: InfoNCE over the others
+        w = torch.tensor(weights, dtype=logits.dtype, device=q.device)
+        ce = F.cross_entropy(logits, target, reduction="none").masked_fill(w == 0, 0.0)
+        loss = (ce * w).sum() / w.sum().clamp_min(1e-6)
     if extras is not None and extras.teacher is not None and extras.distill_weight > 0:
         if extras.distill_loss == "listwise":
             loss = loss + extras.distill_weight * _distill_listwise(raw, batch, uniq, mask, extras)

@@ -227,6 +227,47 @@ def test_pseudo_lexical_fuses_bm25_into_the_label_and_leaves_the_teachers_scores
         JobSpec.model_validate({"train": {"queries": queries}, "pseudo": {"lexical": 2}})
 
 
+def test_unsure_pseudo_labels_become_distillation_only_rows(minilm_teacher, tiny_encoder_path):
+    texts = TEXTS + [TEXTS[2]]  # as above: the bank twice, the bread vote split between rows 0 and 1
+    queries = ["which central bank raised interest rates", "goalkeeper saves a penalty at the end of the game", QUERY]
+    rng = np.random.default_rng(0)
+    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    emb, qv = unit(rng.normal(size=(len(texts), 16))), unit(rng.normal(size=(len(queries), 16)))
+    body = {"train": {"queries": queries}, "eval": {"pairs": [{"query": "e", "positive_ids": ["x"]}]},
+            "pseudo": {"candidates": len(texts), "min_confidence": 0.7, "unsure": "distill", "runners_up": 2}}
+    with pytest.raises(ValueError, match="unsure"):  # nothing would train on those rows
+        JobSpec.model_validate(body)
+    spec = JobSpec.model_validate({**body, "distill": {"loss": "listwise"}})
+    cache = TeacherCache(minilm_teacher)
+    pairs, info = pseudo_label(cache, queries, qv, emb, texts, spec, offset=3)
+    assert [(p.query, p.weight) for p in pairs] == [(queries[0], 1.0), (queries[1], 1.0), (QUERY, 0.0)]
+    assert info["labelled"] == 2 and info["low_confidence"] == 1 and info["distill_only"] == 1
+    assert info["mean_confidence"] >= 0.7  # the unsure row's confidence is not averaged in
+    bread = pairs[2]
+    t = minilm_teacher.score([(QUERY, x) for x in texts])
+    # its positive is the teacher's best (the paraphrase); the runners-up are the next two texts, the
+    # original recipe first, and the bank's second copy is not a second runner-up
+    assert bread.positive == 1 and bread.negatives[0] == 0 and len(bread.negatives) == 2
+    assert bread.negatives[1] == int(np.argsort(-t)[2]) and not {2, 5} <= set(bread.negatives)
+    assert set(cache.scores) >= {(5, r) for r in range(len(texts))}  # the teacher's soft scores, for the loss
+    # the default drops it, as before
+    drop = JobSpec.model_validate({**body, "pseudo": {**body["pseudo"], "unsure": "drop"}})
+    assert len(pseudo_label(TeacherCache(minilm_teacher), queries, qv, emb, texts, drop, 0)[0]) == 2
+
+    # in a step, InfoNCE skips the row: the loss is the other rows' cross-entropy alone, over a batch
+    # that still holds the unsure row's positive and runners-up as documents
+    from trainer.train import _embed, _step
+    model = load_model(tiny_encoder_path).eval()
+    step_pairs = [Pair(queries[0], 2), Pair(QUERY, 1, negatives=[0], weight=0.0)]
+    with torch.no_grad():
+        loss = _step(model, step_pairs, texts, [[], []], [0, 1], 0.05, "cpu")
+        q = torch.nn.functional.normalize(_embed(model, [queries[0]], "cpu"), dim=-1)
+        d = torch.nn.functional.normalize(_embed(model, [texts[2], texts[1], texts[0]], "cpu"), dim=-1)
+        by_hand = torch.nn.functional.cross_entropy(q @ d.T / 0.05, torch.tensor([0]))
+        assert float(loss) == pytest.approx(float(by_hand), rel=1e-4)
+        assert float(_step(model, step_pairs[1:], texts, [[]], [0], 0.05, "cpu")) == 0.0
+
+
 def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
     n, agree, total = len(s), 0, 0
     for i in range(n):
