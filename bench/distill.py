@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--pseudo-confidence", type=float, default=0.5, help="pseudo rows: pseudo.min_confidence")
     ap.add_argument("--pseudo-lexical", default="0", metavar="W[,W...]",
                     help="pseudo rows: pseudo.lexical (the first weight); --pseudo-check: a table per weight")
+    ap.add_argument("--distill-lexical", type=float, default=0.0, metavar="W",
+                    help="listwise rows: distill.lexical (BM25 fused into the teacher's scores of each batch row)")
     ap.add_argument("--pseudo-check", default=None, metavar="THRESHOLDS",
                     help="after the rows, score the teacher's pseudo-labels of the --unlabelled queries against "
                          "their answers at these min_confidence values (comma-separated, e.g. 0,0.5,0.8)")
@@ -335,6 +337,9 @@ def main() -> None:
                 if "distill" not in spec:
                     raise SystemExit(f"row {row!r}: only a distillation row takes a teacher temperature")
                 spec["distill"] = {**spec["distill"], "teacher_temperature": float(temp)}
+            if args.distill_lexical and spec.get("distill", {}).get("loss") == "listwise":
+                spec["distill"] = {**spec["distill"], "lexical": args.distill_lexical}
+                row = f"{row} (BM25 {args.distill_lexical:g} in the teacher)"
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
             train = {} if spec.pop("no_pairs", False) else {"pairs": data["train"]}
             unsure = spec.pop("unsure", "drop")

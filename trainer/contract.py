@@ -176,6 +176,17 @@ class DistillSpec(Strict):
                             "embeddings are cached; a cross-encoder scores B x (B + negatives) pairs per step)")
     weight: float = Field(1.0, ge=0.0, le=100.0, description="weight against InfoNCE")
     teacher_temperature: float = Field(1.0, gt=0.0, description="cprd and listwise: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
+    lexical: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "listwise: fuse BM25 into the teacher's scores as search's `lexical` fuses it into a cosine: each "
+        "document of a query's batch row gets + lexical x BM25 / (the row's best BM25) / loss.temperature on "
+        "the teacher's logit, BM25's document frequencies taken over the row. The student is asked to rank "
+        "like the teacher with exact words (names, identifiers) weighed in, as pseudo.lexical labels"))
+
+    @model_validator(mode="after")
+    def _lexical(self) -> DistillSpec:
+        if self.lexical and self.loss != "listwise":
+            raise ValueError("distill.lexical fuses BM25 into each batch row's teacher scores: it needs loss \"listwise\"")
+        return self
 
 
 class PseudoSpec(Strict):

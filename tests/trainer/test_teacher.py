@@ -341,6 +341,30 @@ def test_listwise_distillation_grades_the_positive_and_in_batch_documents_and_sk
     assert float(_distill_listwise(raw, batch, uniq, mask, StepExtras(teacher=missing))) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_listwise_distill_lexical_adds_each_rows_scaled_bm25_to_the_teacher():
+    """distill.lexical: the teacher's row for a query is its logits plus w x BM25 / the row's best
+    BM25 / temperature, as search fuses BM25 into a cosine; a teacher that scores every document
+    alike is then matched by a student that ranks the shared words first."""
+    from trainer.train import StepExtras, _distill_listwise
+
+    queries = ["bake bread at home", "interest rates of the central bank"]
+    docs = [TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[3]]  # row 1 says bread, row 2 the bank and its rates
+    uniq, batch, mask = [0, 1, 2, 3], [0, 1], torch.zeros(2, 4, dtype=torch.bool)
+    flat = {(i, r): 0.5 for i in batch for r in uniq}  # cosine 0.5 for every pair: no preference
+    lex = np.stack([bm25(q, docs) / bm25(q, docs).max() for q in queries])
+    assert lex[0].argmax() == 1 and lex[1].argmax() == 2
+    extras = StepExtras(teacher=flat, distill_loss="listwise", distill_weight=1.0, teacher_scale=1 / 0.05,
+                        lexical=0.3 / 0.05)
+    fused = torch.tensor(0.5 / 0.05 + 0.3 * lex / 0.05, dtype=torch.float32)
+    assert float(_distill_listwise(fused, batch, uniq, mask, extras, queries, docs)) == pytest.approx(0.0, abs=1e-5)
+    plain = torch.full((2, 4), 0.5 / 0.05)  # what the teacher alone would ask for now costs
+    assert float(_distill_listwise(plain, batch, uniq, mask, extras, queries, docs)) > 0.01
+    assert float(_distill_listwise(plain, batch, uniq, mask, StepExtras(teacher=flat, teacher_scale=1 / 0.05))) \
+        == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="listwise"):
+        JobSpec.model_validate({"train": {"source": "feedback"}, "distill": {"loss": "cprd", "lexical": 0.2}})
+
+
 def test_bi_encoder_teacher_scores_are_scaled_like_the_student_logits():
     """A bi-encoder teacher's cosines are put on the student's logit scale (cos / temperature): a
     student whose cosines equal the teacher's has nothing left to distill, for both losses."""
