@@ -330,6 +330,9 @@ class JobSpec(Strict):
         if self.pseudo.unsure == "distill" and self.distill is None:
             raise ValueError("pseudo.unsure \"distill\" trains unsure queries only through distillation: "
                              "give distill (e.g. {\"loss\": \"listwise\"})")
+        if self.pseudo != PseudoSpec() and not self.train.queries:  # (a stored spec carries the defaults)
+            raise ValueError("pseudo sets how the teacher labels train.queries: give train.queries "
+                             "(unlabelled queries), or leave pseudo out")
         if self.train.queries and self.kind != "encoder":
             raise ValueError("train.queries (pseudo-labelled by the teacher) is for encoder jobs")
         if self.train.queries and self.train.pairs is None and self.train.source in (None, "pairs") \
