@@ -31,6 +31,9 @@ R@10 on the held-out queries and wall time.
                                                 # more rows over an earlier run's teacher, two seeds each
     python -m bench.distill --set debian ... --unlabelled 1500 --pseudo-lexical 0.2,0 --pseudo-check 0,0.5
                                                 # pseudo rows fuse BM25 into the labels; the check compares weights
+    python -m bench.distill --set debian ... --teacher-from-first-row --unlabelled 1500 \
+        --rows "hard negatives,hard negatives + pseudo + listwise" --pseudo-lexical 0.2 --distill-lexical 0.2
+                                                # ... and into the listwise teacher's scores (distill.lexical)
 """
 
 from __future__ import annotations
