@@ -134,8 +134,8 @@ _ENCODERS: dict[str, Any] = {}
 
 
 def encoder(precision: str = "auto") -> Any:
-    """The packaged MiniLM (``index.encoder.Encoder``) at ``precision``, loaded once per process."""
-    from index.encoder import Encoder
+    """The packaged MiniLM (``strop.index.encoder.Encoder``) at ``precision``, loaded once per process."""
+    from strop.index.encoder import Encoder
 
     if precision not in _ENCODERS:
         _ENCODERS[precision] = Encoder.load(None, precision=precision)

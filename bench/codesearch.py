@@ -109,7 +109,7 @@ def _stop_with_us(p: subprocess.Popen) -> None:
 def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = _port()
     log = open(data_dir.parent / "serve.log", "a")
-    p = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
+    p = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "serve", "--port", str(port), "--data-dir",
                           str(data_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _stop_with_us(p)
     url = f"http://127.0.0.1:{port}"
@@ -183,7 +183,7 @@ def ingest_stdlib(url: str, root: str) -> str:
     """`strop ingest code` the stdlib (the same files stdlib_pairs parses) into "stdlib"; its base version."""
     from bench.datasets import STDLIB_EXCLUDE
 
-    cmd = [sys.executable, "-m", "service.cli", "ingest", "code", root, "--collection", "stdlib", "--url", url]
+    cmd = [sys.executable, "-m", "strop.service.cli", "ingest", "code", root, "--collection", "stdlib", "--url", url]
     for pattern in STDLIB_EXCLUDE:
         cmd += ["--exclude", pattern]
     t = time.perf_counter()
@@ -204,7 +204,7 @@ def main() -> None:
                     help="also evaluate every row with this lexical fusion weight (index/lexical.py)")
     ap.add_argument("--context", action="store_true",
                     help="send each function's module and qualname as metadata, so strop embeds it after a "
-                         "location comment (index.codeparse.context_header), as `strop ingest code` does")
+                         "location comment (strop.index.code.parse.context_header), as `strop ingest code` does")
     ap.add_argument("--root", default=None, help="another Python tree instead of the stdlib (smoke runs)")
     ap.add_argument("--teacher", default=None, help="also rerank every trained row with this teacher (a path, "
                     "e.g. all-mpnet-base-v2), alone and fused with --teacher-weight")

@@ -29,7 +29,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from index.codeparse import module_name, parse_tree, split_docstring, usable_docstring
+from strop.index.code.parse import module_name, parse_tree, split_docstring, usable_docstring
 
 __all__ = [
     "STDLIB_EXCLUDE",
@@ -40,7 +40,7 @@ __all__ = [
     "stdlib_pairs",
 ]
 
-# gitignore-style patterns (see index.codeparse.iter_python_files): match at any depth.
+# gitignore-style patterns (see strop.index.code.parse.iter_python_files): match at any depth.
 STDLIB_EXCLUDE: tuple[str, ...] = (
     "test/",
     "tests/",
@@ -98,7 +98,7 @@ def stdlib_pairs(root: Path | None = None, seed: int = 0, test_fraction: float =
     Parses every ``.py`` under ``root`` (default ``sysconfig.get_paths()["stdlib"]``) except
     :data:`STDLIB_EXCLUDE` directories. Every function and method (classes are not used) goes
     into ``corpus_all`` as ``{"id", "text"}`` with ``text`` = its source minus the docstring;
-    those whose docstring summary passes :func:`index.codeparse.usable_docstring` become pairs
+    those whose docstring summary passes :func:`strop.index.code.parse.usable_docstring` become pairs
     ``{"query", "positive_id", "code", "module", "path"}``. Pairs are split by source file
     (:func:`group_split`, deterministic for a given ``seed``); ``corpus_test`` holds only the
     test pairs' functions. ``contexts`` maps each id to its ``{"module", "qualname"}`` metadata

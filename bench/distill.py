@@ -53,8 +53,8 @@ import numpy as np
 
 from bench.codesearch import evaluate, put_all, start_server
 from bench.datasets import debian_pairs, stdlib_pairs
-from index.embcache import TEACHER_CACHE_DIR
-from trainer.contract import ENCODER_LR
+from strop.index.embcache import TEACHER_CACHE_DIR
+from strop.trainer.contract import ENCODER_LR
 
 # random batches (neighbour_group 0), as in every ablation row measured before neighbour batches became the default
 BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relative_margin": 0.05,
@@ -110,18 +110,18 @@ def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int |
 def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[float],
                  lexical: tuple[float, ...] = (0.0,)) -> str:
     """How right the teacher's pseudo-labels are: the job's own code (snapshot of the base version,
-    its encoder, ``trainer.teaching.pseudo_label`` with the collection's teacher) run on the
+    its encoder, ``strop.trainer.teaching.pseudo_label`` with the collection's teacher) run on the
     unlabelled queries, scored against the answers the bench kept back. A table of coverage and
     precision per confidence threshold (and per ``pseudo.lexical`` weight), against the base
     bi-encoder's own top 1."""
-    from index.store import DocumentStore
-    from index.teacher import load_teacher
-    from index.versions import VersionStore
-    from trainer.contract import JobSpec
-    from trainer.data import snapshot
-    from trainer.pipeline import Reporter, current_embeddings
-    from trainer.teaching import TeacherCache, pick_label, pseudo_label
-    from trainer.train import inference_encoder, load_model
+    from strop.index.store import DocumentStore
+    from strop.index.teacher import load_teacher
+    from strop.index.versions import VersionStore
+    from strop.trainer.contract import JobSpec
+    from strop.trainer.data import snapshot
+    from strop.trainer.pipeline import Reporter, current_embeddings
+    from strop.trainer.teaching import TeacherCache, pick_label, pseudo_label
+    from strop.trainer.train import inference_encoder, load_model
 
     store = DocumentStore(data_dir / "strop.db")
     snap = snapshot(store, str(data_dir), "set")

@@ -1,6 +1,6 @@
 """Index kinds on real MiniLM embeddings: build time, latency and recall@10 against exact search.
 
-Justifies two defaults of ``index.faiss_index.IndexSpec``: the ``auto`` threshold (flat below
+Justifies two defaults of ``strop.index.faiss_index.IndexSpec``: the ``auto`` threshold (flat below
 50,000 vectors, HNSW at and above) and the HNSW parameters (M=32, efConstruction=80,
 efSearch=128).
 
@@ -11,7 +11,7 @@ the 60,826 descriptions; 100k is all descriptions plus 39,174 *train-split* syno
 but a mix of long descriptions and one-line synopses; labelled ``100k*``). Queries are synopses
 of the *test* split (never in the 100k corpus). Ground truth is ``flat`` (exact inner product).
 
-Every index is built and searched with ``index.faiss_index.build`` / ``search`` and an
+Every index is built and searched with ``strop.index.faiss_index.build`` / ``search`` and an
 ``IndexSpec``, i.e. exactly the code the service runs. Latency: ms per query at batch 1 (one
 ``search`` call per query, median over ``--single`` queries) and at batch 32 (one call per 32
 queries, median over the blocks, divided by 32). Builds and searches use ``--threads`` faiss
@@ -40,8 +40,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench._util import cached_embeddings, debian_data, log, machine_line, median, table  # noqa: E402
-from index import faiss_index as fi  # noqa: E402
-from index.faiss_index import IndexSpec  # noqa: E402
+from strop.index import faiss_index as fi  # noqa: E402
+from strop.index.faiss_index import IndexSpec  # noqa: E402
 
 K = 10
 

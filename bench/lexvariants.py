@@ -4,7 +4,7 @@ bench/lexical.py measures strop's fusion through the REST API; this screen asks 
 BM25 would do better, without a server: the base MiniLM embeds the test queries, 1,000 training
 queries, the 1,159 test functions and all 14,315 functions once (bf16, cached under
 bench/.cache/lexvariants/), the dense top 50 of each query is fused exactly as
-``index.lexical.fuse`` does, and only the BM25 part changes:
+``strop.index.lexical.fuse`` does, and only the BM25 part changes:
 
 * ``candidates``: strop's BM25, document frequencies over the 50 candidates;
 * ``corpus``: document frequencies and average length over the whole corpus;
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from bench.datasets import stdlib_pairs
-from index import lexical
-from index.codeparse import context_header
+from strop.index import lexical
+from strop.index.code.parse import context_header
 
 CACHE = Path(__file__).parent / ".cache" / "lexvariants"
 
@@ -76,7 +76,7 @@ def main() -> None:
     weights = [float(w) for w in args.weights.split(",")]
     from sentence_transformers import SentenceTransformer
 
-    from index.encoder import resolve_spec
+    from strop.index.encoder import resolve_spec
 
     data = stdlib_pairs()
     model = SentenceTransformer(resolve_spec(None), device="cpu").eval().to(torch.bfloat16)

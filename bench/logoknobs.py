@@ -8,7 +8,7 @@ ways, top-1 over the subset:
 
 * ``plain``: query embedded whole against the clean reference;
 * ``proto``: against gallery prototypes (reference + 8 train-family views, summed and normalised);
-* ``crops``: query as crops (``index.logo.crop_grid`` at 1, 0.75, 0.5), best crop;
+* ``crops``: query as crops (``strop.index.image.logo.crop_grid`` at 1, 0.75, 0.5), best crop;
 * ``proto+crops``: both.
 
 The frozen backbone is scored the same way first. A screen, not the benchmark: ``bench.logos``
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from bench.logos import icons, render
-    from index.logo import VisualConfig, VisualEncoder, crop_grid, crop_to_content
-    from trainer.views import make_view, make_views, topk_accuracy, train_views, view_rng
+    from strop.index.image.logo import VisualConfig, VisualEncoder, crop_grid, crop_to_content
+    from strop.trainer.image.views import make_view, make_views, topk_accuracy, train_views, view_rng
 
     n, size = args.brands, args.size
     rng = np.random.default_rng(0)

@@ -1,9 +1,9 @@
 """One-shot, open-set logo identification on all simple-icons brands (issue 6).
 
 ``python -m bench.logos`` renders every brand of ``simple-icons-pack`` with cairosvg (through
-``index.images.decode_image``, in the brand's colour; near-white colours are drawn black), one
+``strop.index.image.decode.decode_image``, in the brand's colour; near-white colours are drawn black), one
 reference per brand. A fixed-seed permutation puts 80% of brands in the gallery and holds 20% out
-as unseen. Queries are ``"wild"`` views (``trainer.views.make_view``): background generators,
+as unseen. Queries are ``"wild"`` views (``strop.trainer.image.views.make_view``): background generators,
 illumination and blur that training never uses.
 
 Query sets (disjoint):
@@ -14,7 +14,7 @@ Query sets (disjoint):
 Fusion weights and the open-set threshold are fitted on the calibration sets only.
 
 Models: the frozen backbone (EfficientNet-Lite0 average-pooled features, no training); the
-fine-tuned visual encoder (``trainer.views.train_views`` on ``--views`` train-family views per
+fine-tuned visual encoder (``strop.trainer.image.views.train_views`` on ``--views`` train-family views per
 gallery reference); the same plus the text view (OCR + MiniLM, fused). Each row reports top-1
 and top-5 over the gallery, open-set AUROC, the false-accept rate at 95% true-accept, the
 false/true-accept rates at the threshold calibrated for 5% false accepts, wall time and peak
@@ -64,7 +64,7 @@ def brand_svg(icon: Any) -> bytes:
 
 
 def render(icon: Any, side: int = 256) -> Image.Image:
-    from index.images import decode_image
+    from strop.index.image.decode import decode_image
 
     return decode_image(brand_svg(icon), svg_side=side)
 
@@ -115,8 +115,8 @@ def stage(name: str, fn: Callable[[], Any], rows: dict[str, dict[str, float]]) -
 # -- evaluation -----------------------------------------------------------------------------------
 def evaluate(gallery: Any, sets: dict[str, Any], labels: dict[str, np.ndarray], w_text: float,
              max_false_accept: float) -> dict[str, float]:
-    from index.logo import fused_scores
-    from trainer.views import calibrate_threshold, open_set_metrics
+    from strop.index.image.logo import fused_scores
+    from strop.trainer.image.views import calibrate_threshold, open_set_metrics
 
     ck = fused_scores(gallery, sets["calib_known"], w_text)[0]
     cu = fused_scores(gallery, sets["calib_unknown"], w_text)[0]
@@ -129,7 +129,7 @@ def evaluate(gallery: Any, sets: dict[str, Any], labels: dict[str, np.ndarray], 
     m["_pred"] = tk.argmax(1).tolist()
     # alternatives to the raw best score as the open-set statistic (read, not served): the margin over the
     # runner-up, and the best score standardised against the query's own top 20 (a per-query z-score)
-    from trainer.views import auroc, far_at_tar
+    from strop.trainer.image.views import auroc, far_at_tar
 
     def stats(f: np.ndarray) -> dict[str, np.ndarray]:
         top = -np.sort(-f, axis=1)[:, :20]
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, default=600, help="calibration views of gallery brands")
     ap.add_argument("--max-false-accept", type=float, default=0.05)
     ap.add_argument("--query-crops", default="1,0.75,0.5",
-                    help="crop scales a query is embedded at (index.logo.crop_grid); '1' = whole image only")
+                    help="crop scales a query is embedded at (strop.index.image.logo.crop_grid); '1' = whole image only")
     ap.add_argument("--gallery-views", type=int, default=8,
                     help="embed each reference with this many train-family views of it (0 = reference alone)")
     ap.add_argument("--frozen-crops", action="store_true", help="also report the frozen backbone with query crops")
@@ -193,8 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from index.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, check_crops, crop_to_content
-    from trainer.views import fit_fusion, make_view, train_views, view_rng
+    from strop.index.image.logo import (
+        Embedded,
+        LogoModel,
+        VisualConfig,
+        VisualEncoder,
+        check_crops,
+        crop_to_content,
+    )
+    from strop.trainer.image.views import fit_fusion, make_view, train_views, view_rng
 
     t_all = time.perf_counter()
     rng = np.random.default_rng(args.seed)
@@ -295,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. fine-tuned + text view ------------------------------------------------------------------
     if not args.no_text:
-        from index.encoder import Encoder
-        from index.logo import OcrReader, reference_text
+        from strop.index.encoder import Encoder
+        from strop.index.image.logo import OcrReader, reference_text
 
         def _text() -> tuple[Embedded, dict[str, Embedded], float, list[dict[str, float]], float]:
             reader = OcrReader()

@@ -9,11 +9,11 @@ for ``--duration`` seconds per level (after ``--warmup`` seconds that are not re
 Phases (docs/benchmarks.md has the numbers and the reading):
 
 1. Bulk load of ``--docs`` documents into a fresh data dir with the library the service itself
-   uses (``DocumentStore.upsert`` + ``index.collection.build_version`` + ``activate``), with
+   uses (``DocumentStore.upsert`` + ``strop.index.collection.build_version`` + ``activate``), with
    MiniLM bf16 vectors from ``bench/.cache`` (``python -m bench._util`` fills it), so a 50k
    corpus is not re-encoded on every run. The service opens it like any restarted server.
 2. Three servers side by side, idle unless measured: strop
-   (``service.app.create_app(Settings(data_dir, precision))`` under uvicorn), and a naive
+   (``strop.service.app.create_app(Settings(data_dir, precision))`` under uvicorn), and a naive
    FastAPI server (the same SentenceTransformer in fp32, ``model.encode([q])`` per request
    inside the handler, ``faiss.IndexFlatIP`` over the same vectors) once with an ``async def``
    handler (blocks the event loop) and once with a ``def`` handler (Starlette's threadpool).
@@ -74,8 +74,8 @@ ENCODER_NAME = "all-MiniLM-L6-v2"
 def serve_strop(data_dir: str, port: int, precision: str) -> None:
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from strop.service.app import create_app
+    from strop.service.settings import Settings
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("strop").setLevel(logging.INFO)
@@ -95,7 +95,7 @@ def naive_app(vectors_path: str, docs_path: str, handler: str) -> Any:
     from fastapi import FastAPI
     from sentence_transformers import SentenceTransformer
 
-    from index.encoder import resolve_spec
+    from strop.index.encoder import resolve_spec
 
     model = SentenceTransformer(resolve_spec(None), device="cpu")  # fp32, as loaded
     vecs = np.load(vectors_path)
@@ -369,10 +369,10 @@ def _batch_metrics(url: str) -> tuple[float, float]:
 def bulk_load(data_dir: Path, ids: Sequence[str], texts: Sequence[str], vecs: np.ndarray,
               auto_threshold: int) -> dict[str, Any]:
     """Write documents + an active version the way the service would build one (vectors cached)."""
-    from index.collection import build_version
-    from index.faiss_index import IndexSpec
-    from index.store import Document, DocumentStore
-    from index.versions import VersionStore, new_version_id
+    from strop.index.collection import build_version
+    from strop.index.faiss_index import IndexSpec
+    from strop.index.store import Document, DocumentStore
+    from strop.index.versions import VersionStore, new_version_id
 
     t0 = time.perf_counter()
     store = DocumentStore(data_dir / "strop.db")
@@ -449,7 +449,7 @@ def plain_model(bf16: bool) -> Any:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from index.encoder import resolve_spec
+    from strop.index.encoder import resolve_spec
 
     model = SentenceTransformer(resolve_spec(None), device="cpu")
     if bf16:
@@ -458,7 +458,7 @@ def plain_model(bf16: bool) -> Any:
 
 
 def precision_compare(queries: Sequence[str], docs: Sequence[str], repeat: int) -> dict[str, Any]:
-    from index.encoder import CALIBRATION_TEXTS, Encoder
+    from strop.index.encoder import CALIBRATION_TEXTS, Encoder
 
     e32 = Encoder.load(None, precision="fp32")
     e16 = e32.with_precision("bf16")
@@ -606,9 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res[f"naive_{h}_rss_mib"] = nv.rss_mib()
                 systems.append(f"naive_{h}")
 
-        from index.collection import load_index
-        from index.encoder import Encoder
-        from index.versions import VersionStore
+        from strop.index.collection import load_index
+        from strop.index.encoder import Encoder
+        from strop.index.versions import VersionStore
 
         prec = res["strop_precision"] if res["strop_precision"] in ("fp32", "bf16") else args.precision
         enc = Encoder.load(None, precision=prec)

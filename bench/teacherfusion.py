@@ -7,14 +7,14 @@ student's cosine may still win, because the two models make different mistakes. 
 how much, without a server:
 
 1. MiniLM is fine-tuned on the stdlib training pairs exactly as a job's train stage does
-   (``trainer.train.fine_tune``, in-batch negatives, the job defaults; documents carry their
+   (``strop.trainer.train.fine_tune``, in-batch negatives, the job defaults; documents carry their
    location header as strop embeds them); the model is cached under bench/.cache/teacherfusion/.
 2. The student (served precision and length) and the teacher embed the test queries and the
    1,159 test functions (cached). Each query's student top ``--depth`` candidates are reordered by
 
        fused = student cosine + w_lex * lexical + w_t * teacher cosine
 
-   (``lexical`` is strop's BM25 fusion part, ``index.lexical.fuse``).
+   (``lexical`` is strop's BM25 fusion part, ``strop.index.lexical.fuse``).
 3. Weights are chosen by two-fold cross-fitting over modules: the test queries are split into two
    halves by module, the weight that maximises MRR@10 on one half is scored on the other, and the
    two held-out halves are pooled. The full grid is printed too (the in-sample best, for reading).
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets import stdlib_pairs
-from index import lexical
-from index.codeparse import context_header
+from strop.index import lexical
+from strop.index.code.parse import context_header
 
 CACHE = Path(__file__).parent / ".cache" / "teacherfusion"
 
@@ -48,8 +48,8 @@ def mrr10(ranks: np.ndarray) -> np.ndarray:
 def student(spec: dict, texts: list[str], pairs: list, key: str):
     import torch
 
-    from trainer.contract import JobSpec
-    from trainer.train import fine_tune, load_model
+    from strop.trainer.contract import JobSpec
+    from strop.trainer.train import fine_tune, load_model
 
     path = CACHE / f"student-{key}"
     if (path / "modules.json").exists():
@@ -91,9 +91,9 @@ def main() -> None:
     ap.add_argument("--teacher-weights", default="0,0.1,0.2,0.3,0.5,0.75,1,1.5")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
-    from index.encoder import Encoder
-    from trainer.data import Pair
-    from trainer.train import inference_encoder
+    from strop.index.encoder import Encoder
+    from strop.trainer.data import Pair
+    from strop.trainer.train import inference_encoder
 
     data = stdlib_pairs()
 

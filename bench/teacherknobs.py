@@ -1,6 +1,6 @@
 """In-process screen of the teacher (cross-encoder) recipe on Debian descriptions (or ``--set stdlib``).
 
-Trains ``trainer.teacher_job.train_cross_encoder`` exactly as a teacher job does (a fresh
+Trains ``strop.trainer.teacher.job.train_cross_encoder`` exactly as a teacher job does (a fresh
 cross-encoder on the packaged MiniLM, listwise over the positive and 3 negatives mined by the base
 bi-encoder) for each spec, then reranks the base bi-encoder's top 20 of held-out queries. A
 minutes-long screen instead of a 30-minute REST teacher job.
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from bench.distill import load_set
-from index.encoder import Encoder
-from index.teacher import BiEncoderScorer, CrossEncoderScorer
-from trainer.contract import JobSpec
-from trainer.data import Pair
-from trainer.mining import mine
-from trainer.teacher_job import fit_logit_weight, prior_vectors, train_cross_encoder
-from trainer.train import fine_tune, inference_encoder, load_model
+from strop.index.encoder import Encoder
+from strop.index.teacher import BiEncoderScorer, CrossEncoderScorer
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import Pair
+from strop.trainer.mining import mine
+from strop.trainer.teacher.job import fit_logit_weight, prior_vectors, train_cross_encoder
+from strop.trainer.train import fine_tune, inference_encoder, load_model
 
 
 def mrr10(ranked: list[list[int]], gold: list[int]) -> float:

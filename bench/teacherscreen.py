@@ -4,7 +4,7 @@ Issue 4's distillation goal needs a teacher that out-ranks the fine-tuned studen
 trained on (docs/benchmarks.md, "Issue 4, where it stands"). This trains each named bi-encoder on the
 same training pairs and mined negatives as the hard-negatives row of ``bench.distill`` (1 epoch,
 lr 1e-4, batch 32, negatives mined by the base MiniLM from ranks 0-50 with margin 0.05, random
-batches), with ``trainer.train.fine_tune`` exactly as a job's train stage does, then ranks the held-out
+batches), with ``strop.trainer.train.fine_tune`` exactly as a job's train stage does, then ranks the held-out
 queries over the same corpus. ``--fraction`` trains on the first part of the pairs only: what one fold
 model of a K-fold teacher sees is a fraction (K-1)/K. Rows: each model zero-shot and fine-tuned, and
 the fine-tuned models fused (cos_a + w cos_b, w cross-fitted on halves of the queries).
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from bench.distill import BASE_MINING, load_set
-from trainer.contract import ENCODER_LR, JobSpec
-from trainer.data import Pair
-from trainer.mining import mine
-from trainer.train import fine_tune, inference_encoder, load_model
+from strop.trainer.contract import ENCODER_LR, JobSpec
+from strop.trainer.data import Pair
+from strop.trainer.mining import mine
+from strop.trainer.train import fine_tune, inference_encoder, load_model
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 

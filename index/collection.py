@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from index import faiss_index as fi
-from index.codeparse import context_header
-from index.faiss_index import IndexSpec
-from index.live import LiveIndex
-from index.store import Change, Document, DocumentStore
-from index.versions import ENCODER_DIR, INDEX_FILE, VersionStore
+from strop.index import faiss_index as fi
+from strop.index.code.parse import context_header
+from strop.index.faiss_index import IndexSpec
+from strop.index.live import LiveIndex
+from strop.index.store import Change, Document, DocumentStore
+from strop.index.versions import ENCODER_DIR, INDEX_FILE, VersionStore
 
 log = logging.getLogger("strop.collection")
 
@@ -31,7 +31,7 @@ EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 def doc_text(doc: Document) -> Any:
     """What a document is embedded from: the stored text verbatim, after a location comment for code
-    documents whose metadata names their ``qualname`` (:func:`index.codeparse.context_header`), or
+    documents whose metadata names their ``qualname`` (:func:`strop.index.code.parse.context_header`), or
     ``(image bytes, text)`` for image documents (the image encoder reads both views)."""
     if doc.image is not None:
         return (doc.image, doc.text or "")

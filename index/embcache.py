@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.store import _enable_wal
+from strop.index.store import _enable_wal
 
 log = logging.getLogger(__name__)
 

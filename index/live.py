@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from index import faiss_index as fi
-from index.faiss_index import IndexSpec
+from strop.index import faiss_index as fi
+from strop.index.faiss_index import IndexSpec
 
 # Below this many allowed ids, a filtered search is answered exactly by scoring
 # just those vectors; above it, by the index with an id selector (checked for

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from index.embcache import EmbeddingCache, max_entries_from_env, model_fingerprint, text_key
-from index.encoder import EncodeResult, bf16_supported, resolve_spec
+from strop.index.embcache import EmbeddingCache, max_entries_from_env, model_fingerprint, text_key
+from strop.index.encoder import EncodeResult, bf16_supported, resolve_spec
 
 DOC_CACHE_SIZE = 20_000  # document embeddings a bi-encoder teacher keeps in memory (LRU)
 
@@ -171,9 +171,9 @@ class BiEncoderScorer:
     @classmethod
     def load(cls, spec: str, device: str = "cpu", precision: str = "auto",
              cache_dir: str | Path | None = None) -> BiEncoderScorer:
-        """``cache_dir``: keep document embeddings on disk there too (``index.embcache``), shared with
+        """``cache_dir``: keep document embeddings on disk there too (``strop.index.embcache``), shared with
         every other process that loads the same weights at the same precision."""
-        from index.encoder import Encoder
+        from strop.index.encoder import Encoder
 
         encoder = Encoder.load(spec, precision=precision, device=device)
         disk = None
@@ -475,7 +475,7 @@ def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", cache_
 
 
 class ScorerAdapter:
-    """Lets ``service.batching.EncodeBatcher`` drive a teacher: items are (query, doc) pairs, output (n, 1)."""
+    """Lets ``strop.service.batching.EncodeBatcher`` drive a teacher: items are (query, doc) pairs, output (n, 1)."""
 
     dim = 1
 

@@ -16,16 +16,16 @@ from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from index.embcache import TEACHER_CACHE_DIR
-from index.store import DocumentStore
-from service import errors
-from service.batching import Overloaded
-from service.errors import error_response
-from service.manager import CollectionManager
-from service.models import ModelRegistry
-from service.routes import collections, documents, embeddings, health, ingest, jobs, search
-from service.settings import Settings
-from service.telemetry import Telemetry, Timer
+from strop.index.embcache import TEACHER_CACHE_DIR
+from strop.index.store import DocumentStore
+from strop.service import errors
+from strop.service.batching import Overloaded
+from strop.service.errors import error_response
+from strop.service.manager import CollectionManager
+from strop.service.models import ModelRegistry
+from strop.service.routes import collections, documents, embeddings, health, ingest, jobs, search
+from strop.service.settings import Settings
+from strop.service.telemetry import Telemetry, Timer
 
 log = logging.getLogger("strop.app")
 
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One OpenMP thread per FAISS search: searches already run two at a time in the search pool,
         # and on a busy 2-core machine a 2-thread batch-1 search spin-waits for ~12 ms
         # (bench/index_kinds.py: 0.23 ms with 1 thread vs 12 ms with 2 on HNSW at 50k).
-        from index.faiss_index import set_threads
+        from strop.index.faiss_index import set_threads
 
         set_threads(1)
         telemetry: Telemetry = app.state.telemetry
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await to_thread.run_sync(importlib.import_module, "sentence_transformers")
         queue = None
         if settings.redis_url:
-            from service.queue import JobQueue
+            from strop.service.queue import JobQueue
 
             queue = JobQueue(settings.redis_url, settings.redis_prefix, store)
         manager = CollectionManager(store, models, settings.data_dir, settings.index_auto_threshold,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from index.encoder import Encoder
+from strop.index.encoder import Encoder
 
 log = logging.getLogger("strop.batching")
 

@@ -55,8 +55,8 @@ def start_embedded_redis(data_dir: Path) -> tuple[Any, str]:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from strop.service.app import create_app
+    from strop.service.settings import Settings
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port, "data_dir": Path(args.data_dir)}
     if args.redis_url:
@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.no_worker:
         env = {**os.environ, "STROP_REDIS_URL": settings.redis_url or "",
                "STROP_DATA_DIR": str(settings.data_dir.resolve()), "STROP_REDIS_PREFIX": settings.redis_prefix}
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+        worker = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "worker"], env=env)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with this handler in place that
     # becomes SystemExit, so the worker and the embedded Redis below are always stopped too.
     def _exit(signum: int, _frame: Any) -> None:
@@ -98,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     import redis
     from rq import Queue, Worker
 
-    from trainer.contract import queue_name
+    from strop.trainer.contract import queue_name
 
     url = args.redis_url or _env("REDIS_URL")
     if not url:
@@ -222,7 +222,7 @@ def follow(c: Any, job_id: str, interval: float = 1.0) -> dict:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from service.ingest import ingest_code
+    from strop.service.ingest import ingest_code
 
     if args.kind != "code":
         print("only `strop ingest code PATH` is supported", file=sys.stderr)

@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.store import Conflict, NotFound
-from index.versions import VersionError
+from strop.index.store import Conflict, NotFound
+from strop.index.versions import VersionError
 
 log = logging.getLogger("strop.api")
 
@@ -29,7 +29,7 @@ _IMAGE_STATUS = {"image_too_large": 413, "image_too_many_pixels": 413}
 
 
 def image_error(e: Exception, where: str) -> ApiError:
-    """An ``index.images.ImageError`` as a 4xx: 413 for size limits, 422 for everything else."""
+    """An ``strop.index.image.decode.ImageError`` as a 4xx: 413 for size limits, 422 for everything else."""
     code = getattr(e, "code", "invalid_image")
     message = getattr(e, "message", str(e))
     return ApiError(_IMAGE_STATUS.get(code, 422), code, f"{where}: {message}")

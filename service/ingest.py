@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from index.codeparse import parse_tree
-from index.codesync import plan_sync
+from strop.index.code.parse import parse_tree
+from strop.index.code.sync import plan_sync
 
 
 def _bar(done: int, total: int, what: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from index.collection import (
+from strop.index.collection import (
     ServedVersion,
     apply_changes,
     build_version,
@@ -30,11 +30,11 @@ from index.collection import (
     encoder_source,
     load_index,
 )
-from index.faiss_index import IndexSpec
-from index.live import LiveIndex
-from index.store import CollectionRecord, Conflict, Document, DocumentStore, NotFound
-from index.versions import VersionStore, new_version_id
-from service.models import LoadedModel, ModelRegistry
+from strop.index.faiss_index import IndexSpec
+from strop.index.live import LiveIndex
+from strop.index.store import CollectionRecord, Conflict, Document, DocumentStore, NotFound
+from strop.index.versions import VersionStore, new_version_id
+from strop.service.models import LoadedModel, ModelRegistry
 
 log = logging.getLogger("strop.manager")
 
@@ -343,7 +343,7 @@ class CollectionManager:
 
     def _compact(self, name: str, st: CollectionState) -> None:
         """Rebuild the main index off the request path, then swap (writes meanwhile are replayed)."""
-        from index import faiss_index as fi
+        from strop.index import faiss_index as fi
 
         try:
             served = st.served

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from index.encoder import Encoder, resolve_spec
-from index.image_encoder import ImageEncoder, is_image_spec
-from service.batching import EncodeBatcher
+from strop.index.encoder import Encoder, resolve_spec
+from strop.index.image.encoder import ImageEncoder, is_image_spec
+from strop.service.batching import EncodeBatcher
 
 log = logging.getLogger("strop.models")
 
@@ -71,7 +71,7 @@ class ModelRegistry:
 
     def acquire_teacher(self, source: str) -> LoadedModel:
         """Load (or share) a teacher scorer behind its own micro-batching thread."""
-        from index.teacher import ScorerAdapter, load_teacher
+        from strop.index.teacher import ScorerAdapter, load_teacher
 
         def load() -> tuple[Any, EncodeBatcher]:
             adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision, self.teacher_cache_dir))

@@ -15,8 +15,8 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from index.store import DocumentStore
-from trainer.contract import JOB_FUNCTION, TERMINAL, cancel_key, events_channel, queue_name
+from strop.index.store import DocumentStore
+from strop.trainer.contract import JOB_FUNCTION, TERMINAL, cancel_key, events_channel, queue_name
 
 log = logging.getLogger("strop.queue")
 

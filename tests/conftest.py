@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_encoder_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 64-d random BERT sentence encoder with the MiniLM tokenizer, built once per run."""
-    from index.encoder import build_tiny_encoder
+    from strop.index.encoder import build_tiny_encoder
 
     return str(build_tiny_encoder(tmp_path_factory.mktemp("tiny") / "encoder"))
 
@@ -34,8 +34,8 @@ def make_client(data_dir: Path, tiny_encoder_path: str):
     """Build a TestClient (real HTTP through the ASGI app, lifespan included) over ``data_dir``."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.settings import Settings
+    from strop.service.app import create_app
+    from strop.service.settings import Settings
 
     clients: list[TestClient] = []
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-JOB_FUNCTION = "trainer.worker.run_job"
+JOB_FUNCTION = "strop.trainer.worker.run_job"
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
 STAGES = ("queued", "waiting", "snapshot", "pairs", "evaluate_before", "mine", "train", "evaluate_after", "publish", "done")
@@ -251,7 +251,7 @@ class ViewsSpec(Strict):
     @field_validator("query_crops")
     @classmethod
     def _crops(cls, v: list[float]) -> list[float]:
-        from index.images import check_crops  # PIL only, no torch
+        from strop.index.image.decode import check_crops  # PIL only, no torch
 
         return list(check_crops(v))
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from index.collection import doc_text, encoder_source
-from index.store import DocumentStore
-from index.versions import VersionStore
-from trainer.contract import JobSpec
+from strop.index.collection import doc_text, encoder_source
+from strop.index.store import DocumentStore
+from strop.index.versions import VersionStore
+from strop.trainer.contract import JobSpec
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _group(snap: Snapshot, row: int, key: str | None) -> str:
 
 def docstring_pairs(snap: Snapshot) -> list[Pair]:
     """(docstring summary -> code without the docstring) for every function and method that has one."""
-    from index.codeparse import split_docstring, usable_docstring
+    from strop.index.code.parse import split_docstring, usable_docstring
 
     out = []
     for row, (text, meta) in enumerate(zip(snap.texts, snap.metadata, strict=True)):
@@ -176,7 +176,7 @@ def docstring_pairs(snap: Snapshot) -> list[Pair]:
 
 def stripped_texts(snap: Snapshot) -> list[str]:
     """Every function and method with a docstring as code without it; other rows unchanged."""
-    from index.codeparse import split_docstring
+    from strop.index.code.parse import split_docstring
 
     out = list(snap.texts)
     for row, meta in enumerate(snap.metadata):

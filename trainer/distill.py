@@ -10,7 +10,7 @@
   over the negatives; the positive is left to InfoNCE, so the two scores' different
   distributions never have to agree in absolute terms.
 * Listwise (``distill.loss: "listwise"``): the same KL over each query's whole batch row, the
-  positive and every in-batch document included (``trainer.train._distill_listwise``).
+  positive and every in-batch document included (``strop.trainer.train._distill_listwise``).
 * MoCHi: synthetic negatives mixed in feature space from each query's hardest negatives.
 """
 

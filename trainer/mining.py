@@ -9,7 +9,7 @@ the job record says which setting to loosen. With ``fallback="hardest"`` a query
 the filters leave empty-handed gets the top-ranked candidate in the window that
 is not the positive's text, although it outscores the positive. With
 ``fallback="teacher"`` those queries' top-ranked margin-removed candidates go to the
-teacher instead (:func:`trainer.teaching.teacher_fallback`), which keeps the first one it
+teacher instead (:func:`strop.trainer.teaching.teacher_fallback`), which keeps the first one it
 scores below the positive: a negative from above the positive, vetted against false negatives.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from trainer.contract import MiningSpec
-from trainer.data import Pair
+from strop.trainer.contract import MiningSpec
+from strop.trainer.data import Pair
 
 log = logging.getLogger("strop.mining")
 

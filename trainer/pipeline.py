@@ -1,7 +1,7 @@
 """The encoder job: snapshot -> pairs -> evaluate before -> mine -> train -> evaluate after -> gate -> publish.
 
-Each stage is a plain function (``trainer.data``, ``trainer.mining``,
-``trainer.train``, below); ``run_encoder_job`` chains them and reports stage and
+Each stage is a plain function (``strop.trainer.data``, ``strop.trainer.mining``,
+``strop.trainer.train``, below); ``run_encoder_job`` chains them and reports stage and
 progress through a ``Reporter``. Nothing becomes visible to the service until
 ``publish`` renames a complete version into place and replaces the active pointer.
 """
@@ -18,18 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from index.collection import doc_text, version_vectors, write_version
-from index.embcache import TEACHER_CACHE_DIR
-from index.encoder import Encoder
-from index.faiss_index import IndexSpec
-from index.metrics import evaluate_rankings
-from index.store import DocumentStore
-from index.teacher import load_teacher
-from index.versions import VersionStore, new_version_id
-from trainer.contract import JobSpec
-from trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
-from trainer.mining import MiningStats, mine
-from trainer.teaching import (
+from strop.index.collection import doc_text, version_vectors, write_version
+from strop.index.embcache import TEACHER_CACHE_DIR
+from strop.index.encoder import Encoder
+from strop.index.faiss_index import IndexSpec
+from strop.index.metrics import evaluate_rankings
+from strop.index.store import DocumentStore
+from strop.index.teacher import load_teacher
+from strop.index.versions import VersionStore, new_version_id
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
+from strop.trainer.mining import MiningStats, mine
+from strop.trainer.teaching import (
     TeacherCache,
     denoise,
     pseudo_label,
@@ -37,7 +37,7 @@ from trainer.teaching import (
     semantic_positives,
     teacher_fallback,
 )
-from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
+from strop.trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
 
 log = logging.getLogger("strop.pipeline")
 

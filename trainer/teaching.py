@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from index.lexical import fuse
-from index.teacher import Scorer
-from trainer.contract import JobSpec
-from trainer.data import Pair, positive_text
-from trainer.mining import MiningStats
+from strop.index.lexical import fuse
+from strop.index.teacher import Scorer
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import Pair, positive_text
+from strop.trainer.mining import MiningStats
 
 
 @dataclass

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from index.encoder import Encoder, bf16_supported
-from index.lexical import fuse
-from trainer.augment import augment_code
-from trainer.contract import JobSpec
-from trainer.data import Pair, positive_text
-from trainer.distill import cprd, listwise_kl, margin_mse, mix_negatives
-from trainer.mining import neighbour_batches
+from strop.index.encoder import Encoder, bf16_supported
+from strop.index.lexical import fuse
+from strop.trainer.augment import augment_code
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import Pair, positive_text
+from strop.trainer.distill import cprd, listwise_kl, margin_mse, mix_negatives
+from strop.trainer.mining import neighbour_batches
 
 log = logging.getLogger("strop.train")
 
@@ -45,7 +45,7 @@ class Progress:
 def load_model(source: str, device: str = "cpu", max_seq_length: int | None = None):
     from sentence_transformers import SentenceTransformer
 
-    from index.encoder import resolve_spec
+    from strop.index.encoder import resolve_spec
 
     model = SentenceTransformer(resolve_spec(source), device=device)
     model.serving_max_seq_length = model.max_seq_length  # restored before the model is saved

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import redis
 
-from index.store import DocumentStore
-from trainer.contract import TERMINAL, JobSpec, cancel_key, events_channel, lock_key
-from trainer.pipeline import Reporter, run_encoder_job
-from trainer.teacher_job import run_teacher_job
-from trainer.train import Cancelled
+from strop.index.store import DocumentStore
+from strop.trainer.contract import TERMINAL, JobSpec, cancel_key, events_channel, lock_key
+from strop.trainer.pipeline import Reporter, run_encoder_job
+from strop.trainer.teacher.job import run_teacher_job
+from strop.trainer.train import Cancelled
 
 log = logging.getLogger("strop.worker")
 
@@ -98,7 +98,7 @@ def run_job(job_id: str) -> str:
             time.sleep(0.5)
         reporter.details["lock_acquired_at"] = time.time()
         if spec.train.source == "views":
-            from trainer.views_job import run_views_job
+            from strop.trainer.image.job import run_views_job
 
             run = run_views_job
         else:

@@ -7,11 +7,11 @@ from pathlib import Path
 from anyio import to_thread
 from fastapi import APIRouter, status
 
-from index.image_encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
-from service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
-from service.errors import ApiError
-from service.manager import CollectionState, check_name
-from service.schemas import CollectionCreate, CollectionInfo, TeacherSet, VersionInfo
+from strop.index.image.encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
+from strop.service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
+from strop.service.errors import ApiError
+from strop.service.manager import CollectionState, check_name
+from strop.service.schemas import CollectionCreate, CollectionInfo, TeacherSet, VersionInfo
 
 router = APIRouter(tags=["collections"])
 

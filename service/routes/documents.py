@@ -9,12 +9,12 @@ import json
 from anyio import to_thread
 from fastapi import APIRouter
 
-from index.images import ImageError, decode_image
-from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
-from service.errors import ApiError, image_error
-from service.manager import make_documents
-from service.schemas import DocumentOut, DocumentsPut, UpsertResult
-from service.settings import Settings
+from strop.index.image.decode import ImageError, decode_image
+from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
+from strop.service.errors import ApiError, image_error
+from strop.service.manager import make_documents
+from strop.service.schemas import DocumentOut, DocumentsPut, UpsertResult
+from strop.service.settings import Settings
 
 router = APIRouter(tags=["documents"])
 

@@ -8,11 +8,11 @@ import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Request
 
-from index.encoder import _ALIASES
-from service.deps import ManagerDep, Read, SettingsDep
-from service.errors import ApiError
-from service.models import LoadedModel
-from service.schemas import EmbeddingsRequest
+from strop.index.encoder import _ALIASES
+from strop.service.deps import ManagerDep, Read, SettingsDep
+from strop.service.errors import ApiError
+from strop.service.models import LoadedModel
+from strop.service.schemas import EmbeddingsRequest
 
 router = APIRouter(tags=["embeddings"])
 

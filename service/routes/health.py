@@ -6,7 +6,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.errors import error_response
+from strop.service.errors import error_response
 
 router = APIRouter(tags=["health"])
 

@@ -12,11 +12,11 @@ from pathlib import Path, PurePosixPath
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 
-from index.codeparse import parse_tree
-from index.codesync import plan_sync
-from service.deps import CollectionDep, ManagerDep, Read, Write
-from service.errors import ApiError
-from service.manager import CollectionManager, make_documents
+from strop.index.code.parse import parse_tree
+from strop.index.code.sync import plan_sync
+from strop.service.deps import CollectionDep, ManagerDep, Read, Write
+from strop.service.errors import ApiError
+from strop.service.manager import CollectionManager, make_documents
 
 router = APIRouter(tags=["documents"])
 

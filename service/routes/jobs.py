@@ -7,10 +7,10 @@ from typing import Any
 from anyio import to_thread
 from fastapi import APIRouter, Request, status
 
-from service.deps import Admin, CollectionDep, ManagerDep, Read
-from service.errors import ApiError
-from service.routes.validation import check_job
-from trainer.contract import JobSpec
+from strop.service.deps import Admin, CollectionDep, ManagerDep, Read
+from strop.service.errors import ApiError
+from strop.service.routes.validation import check_job
+from strop.trainer.contract import JobSpec
 
 router = APIRouter(tags=["jobs"])
 

@@ -11,17 +11,17 @@ from anyio import to_thread
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
 
-from index.collection import doc_text
-from index.images import ImageError, decode_image
-from index.lexical import fuse
-from index.metrics import evaluate_rankings
-from index.store import Document, DocumentStore
-from service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
-from service.errors import ApiError, image_error
-from service.manager import CollectionManager, CollectionState, Served
-from service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
-from service.settings import Settings
-from service.telemetry import Timer
+from strop.index.collection import doc_text
+from strop.index.image.decode import ImageError, decode_image
+from strop.index.lexical import fuse
+from strop.index.metrics import evaluate_rankings
+from strop.index.store import Document, DocumentStore
+from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
+from strop.service.errors import ApiError, image_error
+from strop.service.manager import CollectionManager, CollectionState, Served
+from strop.service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
+from strop.service.settings import Settings
+from strop.service.telemetry import Timer
 
 router = APIRouter(tags=["search"])
 

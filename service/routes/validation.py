@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from index.store import CollectionRecord, DocumentStore
-from service.errors import ApiError
-from trainer.contract import JobSpec
+from strop.index.store import CollectionRecord, DocumentStore
+from strop.service.errors import ApiError
+from strop.trainer.contract import JobSpec
 
 
 def check_job(spec: JobSpec, record: CollectionRecord, store: DocumentStore) -> None:

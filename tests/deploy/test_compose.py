@@ -115,7 +115,7 @@ def argv_of(command: Any) -> list[str]:
 
 def parse_strop(argv: list[str]):
     """``strop ...`` -> the parsed argparse namespace, using the real CLI parser; fails on anything else."""
-    from service.cli import build_parser
+    from strop.service.cli import build_parser
 
     assert argv and argv[0] == "strop", f"not a strop command: {argv}"
     try:
@@ -283,7 +283,7 @@ class Cluster:
         svc = self.compose["services"][service]
         argv = argv_of(svc["command"])
         assert argv[0] == "strop"
-        out = [sys.executable, "-m", "service.cli"]
+        out = [sys.executable, "-m", "strop.service.cli"]
         it = iter(argv[1:])
         for tok in it:
             if tok == "--host":
@@ -591,12 +591,12 @@ def test_replica_opening_during_an_activation_converges(tmp_path: Path, tiny_enc
     """A replica that starts (or first opens a collection) while a trainer activates a newer version must
     end up serving the active version: the activation happens between its reading the pointer and
     finishing its catch-up (seconds with a real corpus), and polling has to notice it."""
-    import index.collection as ic
-    import service.manager as sm
-    from index.faiss_index import IndexSpec
-    from index.store import Document, DocumentStore
-    from index.versions import VersionStore, new_version_id
-    from service.models import ModelRegistry
+    import strop.index.collection as ic
+    import strop.service.manager as sm
+    from strop.index.faiss_index import IndexSpec
+    from strop.index.store import Document, DocumentStore
+    from strop.index.versions import VersionStore, new_version_id
+    from strop.service.models import ModelRegistry
 
     data = tmp_path / "data"
     store = DocumentStore(data / "strop.db")

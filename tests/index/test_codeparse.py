@@ -1,4 +1,4 @@
-"""Tests for index.codeparse: ids, positions, signatures, docstrings, .gitignore walking."""
+"""Tests for strop.index.code.parse: ids, positions, signatures, docstrings, .gitignore walking."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from index.codeparse import (
+from strop.index.code.parse import (
     CodeDoc,
     context_header,
     iter_python_files,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.embcache import EmbeddingCache, model_fingerprint, text_key
-from index.teacher import BiEncoderScorer
+from strop.index.embcache import EmbeddingCache, model_fingerprint, text_key
+from strop.index.teacher import BiEncoderScorer
 
 DIM = 8
 
@@ -25,7 +25,7 @@ class HashEncoder:
         self.seen: list[str] = []
 
     def encode(self, texts, batch_size=32):
-        from index.encoder import EncodeResult
+        from strop.index.encoder import EncodeResult
 
         self.seen.extend(texts)
         out = np.stack([np.random.default_rng(int.from_bytes(text_key(t)[:4], "little")).standard_normal(DIM)

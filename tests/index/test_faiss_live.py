@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import faiss_index as fi
-from index import live as live_mod
-from index.faiss_index import IndexSpec
-from index.live import LiveIndex
+from strop.index import faiss_index as fi
+from strop.index import live as live_mod
+from strop.index.faiss_index import IndexSpec
+from strop.index.live import LiveIndex
 
 DIM = 32
 N = 3000

@@ -1,11 +1,11 @@
-"""Lexical fusion (index.lexical): identifier tokens, BM25 over a candidate set, the fused score."""
+"""Lexical fusion (strop.index.lexical): identifier tokens, BM25 over a candidate set, the fused score."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from index.lexical import bm25, fuse, tokens
+from strop.index.lexical import bm25, fuse, tokens
 
 
 def test_tokens_split_identifiers() -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from index.images import IMAGE_LIMITS, ImageError, decode_image, sniff_format
-from index.logo import (
+from strop.index.image.decode import IMAGE_LIMITS, ImageError, decode_image, sniff_format
+from strop.index.image.logo import (
     Embedded,
     Fusion,
     LogoModel,
@@ -236,7 +236,7 @@ def test_query_crops_and_gallery_views_are_saved_with_the_model(tmp_path, _visua
 def test_a_gallery_prototype_is_deterministic_and_stands_among_the_photos(_visual, logos) -> None:
     """The prototype averages the reference with synthetic photos of it: the same pixels give the same
     vector, and fresh photos of the brand score closer to the prototype than to the clean reference."""
-    from index.views import make_view, view_rng
+    from strop.index.image.views import make_view, view_rng
 
     refs, names = list(logos.values()), list(logos)
     plain = LogoModel(_visual).embed_references(refs, names)
@@ -256,7 +256,7 @@ def test_crop_rows_search_exactly_like_the_dense_best_crop_score() -> None:
     """Packed crop rows through a real FAISS index, merged per document, equal the dense fused scores."""
     import faiss
 
-    from index.image_encoder import ImageEncoder
+    from strop.index.image.encoder import ImageEncoder
 
     rng = np.random.default_rng(3)
     gal = Embedded(_unit(rng, 50, 8), _unit(rng, 50, 6), rng.random(50) > 0.3, [""] * 50)
@@ -323,7 +323,7 @@ def test_identify_views_and_reject_an_unseen_logo(logos) -> None:
     Queries are fresh train-family views (seeds training never drew); the harder "wild" family is
     measured by bench/logos.py, where six generic shapes would make a flaky test.
     """
-    from trainer.views import calibrate_threshold, make_view, train_views, view_rng
+    from strop.trainer.image.views import calibrate_threshold, make_view, train_views, view_rng
 
     names = list(logos)
     refs = [logos[n] for n in names]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.store import Conflict, Document, DocumentStore, NotFound
+from strop.index.store import Conflict, Document, DocumentStore, NotFound
 
 
 @pytest.fixture()

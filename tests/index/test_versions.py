@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from index.versions import MANIFEST, VersionError, VersionStore, new_version_id
+from strop.index.versions import MANIFEST, VersionError, VersionStore, new_version_id
 
 
 def fill_with(payload: bytes = b"index bytes", **fields):

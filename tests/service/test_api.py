@@ -396,9 +396,9 @@ def test_feedback(docs_client) -> None:
 
 
 def test_versions_list_and_activate(docs_client) -> None:
-    from index.collection import build_version
-    from index.faiss_index import IndexSpec
-    from index.versions import new_version_id
+    from strop.index.collection import build_version
+    from strop.index.faiss_index import IndexSpec
+    from strop.index.versions import new_version_id
 
     r = docs_client.get("/collections/docs/versions")
     assert r.status_code == 200

@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from index.encoder import Encoder
-from service.batching import EncodeBatcher, Overloaded
+from strop.index.encoder import Encoder
+from strop.service.batching import EncodeBatcher, Overloaded
 
 
 @pytest.fixture(scope="module")

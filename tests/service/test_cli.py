@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 def _start(data_dir: Path, port: int, env: dict, log: Path) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+    p = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
                          env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     end = time.time() + 90
@@ -71,17 +71,17 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
         docs = [{**d, "id": f"{d['id']}-{k}"} for k, d in enumerate(docs)]
         assert c.put("/collections/notes/documents", json={"documents": docs}).json()["upserted"] == len(docs)
 
-        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "notes", "rivers and lakes",
+        out = subprocess.run([sys.executable, "-m", "strop.service.cli", "search", "notes", "rivers and lakes",
                               "--url", url, "--top-k", "3"], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.strip().splitlines()
         assert len(lines) == 3 and all(len(line.split()) >= 3 for line in lines)
-        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "notes", "rivers and lakes",
+        out = subprocess.run([sys.executable, "-m", "strop.service.cli", "search", "notes", "rivers and lakes",
                               "--url", url, "--top-k", "3", "--lexical", "1.0"], env=env, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert all("rivers and lakes" in line for line in out.stdout.strip().splitlines())  # every word matches
-        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "notes", "rivers", "--url", url,
+        out = subprocess.run([sys.executable, "-m", "strop.service.cli", "search", "notes", "rivers", "--url", url,
                               "--rerank"], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "error 409: no_teacher" in out.stderr  # says how to get a teacher
 
@@ -90,7 +90,7 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
                                    for d in docs))
         opts = json.dumps({"epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
                            "gate": {"metric": "mrr@10", "min_delta": -1.0}})
-        out = subprocess.run([sys.executable, "-m", "service.cli", "train", "notes", "--pairs", str(pairs),
+        out = subprocess.run([sys.executable, "-m", "strop.service.cli", "train", "notes", "--pairs", str(pairs),
                               "--url", url, "--options", opts], env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr[-3000:]
         result = json.loads(out.stdout)
@@ -111,12 +111,12 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
         assert c.put("/collections/brands/documents", json={"documents": logos}).status_code == 200
         photo = tmp_path / "photo.jpg"
         photo.write_bytes(render_logo(1, "JPEG"))
-        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "brands", str(photo), "--url", url],
+        out = subprocess.run([sys.executable, "-m", "strop.service.cli", "search", "brands", str(photo), "--url", url],
                              env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.strip().splitlines()
         assert lines[0].startswith(f"match: {LOGO_WORDS[1]} ") and len(lines) == 4
-        out = subprocess.run([sys.executable, "-m", "service.cli", "search", "brands", str(tmp_path / "nope.png"),
+        out = subprocess.run([sys.executable, "-m", "strop.service.cli", "search", "brands", str(tmp_path / "nope.png"),
                               "--url", url], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "image file" in out.stderr
         c.close()

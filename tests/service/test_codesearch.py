@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import format_hits
-from service.ingest import ingest_code
+from strop.service.cli import format_hits
+from strop.service.ingest import ingest_code
 
 FILES = {
     "shop/__init__.py": '"""A tiny shop."""\n',
@@ -118,7 +118,7 @@ def test_ingest_search_reingest(minilm_client, tmp_path, capsys):
     assert ingest_code(c, root, "shop")["upserted"] == 0  # idempotent
 
     # --exclude: extra gitignore-style patterns; what they exclude leaves the collection
-    from service.cli import build_parser
+    from strop.service.cli import build_parser
 
     args = build_parser().parse_args(["ingest", "code", str(root), "--collection", "shop", "--exclude", "geo.py"])
     summary = ingest_code(c, root, "shop", exclude=args.exclude)
@@ -170,11 +170,11 @@ def test_docstring_pairs_and_augmentation():
 
     import numpy as np
 
-    from trainer.augment import augment_code
-    from trainer.data import Snapshot, docstring_pairs
+    from strop.trainer.augment import augment_code
+    from strop.trainer.data import Snapshot, docstring_pairs
 
     src = textwrap.dedent(FILES["shop/money.py"]).lstrip("\n")
-    from index.codeparse import parse_source
+    from strop.index.code.parse import parse_source
 
     docs = parse_source(src, "shop.money", "shop/money.py")
     undocumented = {"id": "shop.money.nodoc", "text": "def nodoc(x):\n    return x\n",

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from index.collection import build_version
-from index.faiss_index import IndexSpec
-from index.versions import new_version_id
+from strop.index.collection import build_version
+from strop.index.faiss_index import IndexSpec
+from strop.index.versions import new_version_id
 
 
 def doc(i: int, **meta) -> dict:

@@ -6,9 +6,9 @@ import textwrap
 
 import numpy as np
 
-from index.codeparse import parse_source
-from trainer.contract import JobSpec
-from trainer.data import Snapshot, assemble_pairs
+from strop.index.code.parse import parse_source
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import Snapshot, assemble_pairs
 
 MODULES = {
     "pkg/geo.py": '''

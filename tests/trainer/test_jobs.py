@@ -53,7 +53,7 @@ class Workers:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, burst: bool = True, **extra_env: str) -> subprocess.Popen:
-        args = [sys.executable, "-m", "service.cli", "worker"] + (["--burst"] if burst else [])
+        args = [sys.executable, "-m", "strop.service.cli", "worker"] + (["--burst"] if burst else [])
         log = open(os.path.join(os.path.dirname(self.env["STROP_DATA_DIR"]), f"worker{len(self.procs)}.log"), "w")
         p = subprocess.Popen(args, env={**self.env, **extra_env}, stdout=log, stderr=log,
                              start_new_session=True)
@@ -417,8 +417,8 @@ def test_docstrings_job_with_augmentation_and_momentum_queue(client, workers):
     import email
     import json as _json
 
-    from index.codeparse import parse_tree
-    from index.codesync import to_document
+    from strop.index.code.parse import parse_tree
+    from strop.index.code.sync import to_document
 
     docs = []
     for pkg in (Path(_json.__file__).parent, Path(email.__file__).parent):
@@ -458,7 +458,7 @@ def _worker_pids(data_dir: Path) -> set[int]:
             environ = Path(f"/proc/{d}/environ").read_bytes()
         except OSError:
             continue
-        if b"service.cli\0worker" in cmd and f"STROP_DATA_DIR={data_dir}\0".encode() in environ:
+        if b"strop.service.cli\0worker" in cmd and f"STROP_DATA_DIR={data_dir}\0".encode() in environ:
             out.add(int(d))
     return out
 
@@ -470,7 +470,7 @@ def test_work_horse_exits_when_worker_and_redis_die_together(make_client, env, c
     work horse must notice its worker is gone although every Redis call now fails, fail the job, exit."""
     import socket
 
-    from index.store import DocumentStore
+    from strop.index.store import DocumentStore
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""Positive-aware mining (trainer.mining.mine) on hand-placed unit vectors and real FAISS.
+"""Positive-aware mining (strop.trainer.mining.mine) on hand-placed unit vectors and real FAISS.
 
 Each corpus row gets a chosen cosine to the single query direction, so every filter's
 effect is known exactly: positives out, the rank window, the relative margin against
@@ -12,10 +12,10 @@ import random
 import numpy as np
 import pytest
 
-from trainer.contract import JobSpec, MiningSpec
-from trainer.data import Pair
-from trainer.mining import mine, neighbour_batches
-from trainer.train import fine_tune, load_model, make_batches
+from strop.trainer.contract import JobSpec, MiningSpec
+from strop.trainer.data import Pair
+from strop.trainer.mining import mine, neighbour_batches
+from strop.trainer.train import fine_tune, load_model, make_batches
 
 
 def _rows(cosines: list[float], dim: int = 16) -> np.ndarray:

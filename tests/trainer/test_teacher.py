@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
-from index.encoder import Encoder, resolve_spec
-from index.lexical import bm25
-from index.teacher import (
+from strop.index.encoder import Encoder, resolve_spec
+from strop.index.lexical import bm25
+from strop.index.teacher import (
     BiEncoderScorer,
     CrossEncoderScorer,
     FoldedScorer,
@@ -23,13 +23,13 @@ from index.teacher import (
     fold_of,
     load_teacher,
 )
-from trainer.contract import JobSpec
-from trainer.data import Pair
-from trainer.distill import cprd, margin_mse, mix_negatives
-from trainer.mining import MiningStats, mine
-from trainer.pipeline import Reporter
-from trainer.teaching import TeacherCache, denoise, pseudo_label, semantic_positives, teacher_fallback
-from trainer.train import Cancelled, fine_tune, load_model
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import Pair
+from strop.trainer.distill import cprd, margin_mse, mix_negatives
+from strop.trainer.mining import MiningStats, mine
+from strop.trainer.pipeline import Reporter
+from strop.trainer.teaching import TeacherCache, denoise, pseudo_label, semantic_positives, teacher_fallback
+from strop.trainer.train import Cancelled, fine_tune, load_model
 
 TEXTS = [
     "Knead the dough, let it rise for an hour and bake the loaf at 220 degrees.",    # 0 positive
@@ -256,7 +256,7 @@ def test_unsure_pseudo_labels_become_distillation_only_rows(minilm_teacher, tiny
 
     # in a step, InfoNCE skips the row: the loss is the other rows' cross-entropy alone, over a batch
     # that still holds the unsure row's positive and runners-up as documents
-    from trainer.train import _embed, _step
+    from strop.trainer.train import _embed, _step
     model = load_model(tiny_encoder_path).eval()
     step_pairs = [Pair(queries[0], 2), Pair(QUERY, 1, negatives=[0], weight=0.0)]
     with torch.no_grad():
@@ -320,7 +320,7 @@ def test_distillation_moves_student_toward_teacher_order(tiny_encoder_path, loss
 def test_listwise_distillation_grades_the_positive_and_in_batch_documents_and_skips_masked_cells():
     """The listwise loss is zero when the student's batch row equals the teacher's (on the logit
     scale), counts the positive and the other queries' positives, and ignores masked cells."""
-    from trainer.train import StepExtras, _distill_listwise
+    from strop.trainer.train import StepExtras, _distill_listwise
 
     raw = torch.tensor([[16.0, 9.0, 11.0, 4.0], [7.0, 15.0, 3.0, 12.0]])
     uniq, batch = [0, 1, 2, 3], [0, 1]
@@ -345,7 +345,7 @@ def test_listwise_distill_lexical_adds_each_rows_scaled_bm25_to_the_teacher():
     """distill.lexical: the teacher's row for a query is its logits plus w x BM25 / the row's best
     BM25 / temperature, as search fuses BM25 into a cosine; a teacher that scores every document
     alike is then matched by a student that ranks the shared words first."""
-    from trainer.train import StepExtras, _distill_listwise
+    from strop.trainer.train import StepExtras, _distill_listwise
 
     queries = ["bake bread at home", "interest rates of the central bank"]
     docs = [TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[3]]  # row 1 says bread, row 2 the bank and its rates
@@ -368,7 +368,7 @@ def test_listwise_distill_lexical_adds_each_rows_scaled_bm25_to_the_teacher():
 def test_bi_encoder_teacher_scores_are_scaled_like_the_student_logits():
     """A bi-encoder teacher's cosines are put on the student's logit scale (cos / temperature): a
     student whose cosines equal the teacher's has nothing left to distill, for both losses."""
-    from trainer.train import StepExtras, _distill
+    from strop.trainer.train import StepExtras, _distill
 
     temperature = 0.05
     cos = torch.tensor([[0.80, 0.55, 0.30, 0.62], [0.40, 0.70, 0.15, 0.35]])  # rows: queries; col b: positive of b
@@ -683,8 +683,8 @@ def test_a_counted_stage_replaces_stale_progress_reports_an_eta_and_cancels():
 
 def test_teacher_head_learns_at_its_own_rate():
     """The fresh head (pooler + classifier) gets TEACHER_HEAD_LR, the pretrained body the job's lr."""
-    from trainer.contract import TEACHER_HEAD_LR, TEACHER_LR
-    from trainer.teacher_job import head_parameters, train_cross_encoder
+    from strop.trainer.contract import TEACHER_HEAD_LR, TEACHER_LR
+    from strop.trainer.teacher.job import head_parameters, train_cross_encoder
 
     ce = CrossEncoderScorer.init_from(None, max_length=64)
     body, head = head_parameters(ce.model)
@@ -784,7 +784,7 @@ def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and
     bi-encoder ranks last to the top; saved and loaded, it scores the same."""
     import shutil
 
-    from trainer.teacher_job import prior_vectors, train_cross_encoder
+    from strop.trainer.teacher.job import prior_vectors, train_cross_encoder
 
     texts = ["install a package with pip", "bake bread at home", "tune a guitar", "plant tomatoes in spring",
              "fix a flat bicycle tyre"]
@@ -918,7 +918,7 @@ def test_a_folds_job_with_an_empty_fold_fails_before_training():
     """More folds than the pairs fill: a clear error naming the empty fold, before any model is loaded."""
     from types import SimpleNamespace
 
-    from trainer.teacher_job import _train_folds
+    from strop.trainer.teacher.job import _train_folds
 
     pairs = [Pair("how do I install packages", 0), Pair("making bread", 1)]
     spec = JobSpec.model_validate({"kind": "teacher", "fuse": "x", "folds": 10,
@@ -929,7 +929,7 @@ def test_a_folds_job_with_an_empty_fold_fails_before_training():
 
 def test_teacher_training_falls_back_to_in_batch_negatives_when_mining_found_none(tiny_encoder_path):
     """A batch in which no query has a mined negative still trains: each query gets another's positive."""
-    from trainer.teacher_job import train_cross_encoder
+    from strop.trainer.teacher.job import train_cross_encoder
 
     ce = CrossEncoderScorer.init_from(tiny_encoder_path, max_length=32)
     spec = JobSpec.model_validate({"kind": "teacher", "train": {"pairs": [{"query": "q", "positive_id": "a"}]},
@@ -944,7 +944,7 @@ def test_the_correction_weight_is_chosen_on_held_out_queries():
     """``fit_logit_weight``: a correction that fixes every query gets a large weight and lifts the
     cross-fitted metrics; one that only scrambles gets the smallest; each half is scored with the
     weight chosen on the other."""
-    from trainer.teacher_job import LOGIT_WEIGHTS, fit_logit_weight
+    from strop.trainer.teacher.job import LOGIT_WEIGHTS, fit_logit_weight
 
     rng = np.random.default_rng(0)
     n, depth = 40, 5

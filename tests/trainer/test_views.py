@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from index.logo import VisualConfig, VisualEncoder
-from trainer.views import (
+from strop.index.image.logo import VisualConfig, VisualEncoder
+from strop.trainer.image.views import (
     BACKGROUNDS,
     auroc,
     calibrate_threshold,

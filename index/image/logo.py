@@ -12,7 +12,7 @@ of the one-shot logo identification literature, a reference (one image per brand
   ``head="identity"``: the backbone's 1280-d average-pooled features, L2-normalised, nothing
   learned.
 * **textual**: :class:`OcrReader` (rapidocr's PP-OCR models, inside the wheel) reads the text
-  in the image; the text encoder (MiniLM, ``index.encoder.Encoder``) embeds, for a reference,
+  in the image; the text encoder (MiniLM, ``strop.index.encoder.Encoder``) embeds, for a reference,
   its caller-given ``text`` (the brand name) plus its OCR text, and for a query its OCR text.
 
 Fusion: ``score = w_visual * visual_cos + w_text * text_cos`` with ``w_visual = 1 - w_text``.
@@ -20,7 +20,7 @@ A query in which OCR finds no text gets ``score = visual_cos`` (weight 1): missi
 evidence against any brand, and keeping the same scale lets one threshold serve both kinds of
 query. The open-set answer is ``match = best hit if best score >= threshold else None``. Both
 ``w_text`` and ``threshold`` are fitted by the training job on held-out views
-(``trainer.views.fit_fusion`` / ``calibrate_threshold``) and stored with the model.
+(``strop.trainer.image.views.fit_fusion`` / ``calibrate_threshold``) and stored with the model.
 
 **One FAISS index.** :func:`pack_gallery` stores ``[v_ref, t_ref]`` (the two unit vectors side
 by side, the text part zero when a reference has no text) and :func:`pack_query` builds
@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from index.images import check_crops
+from strop.index.image.decode import check_crops
 
 log = logging.getLogger("strop.logo")
 
@@ -113,7 +113,7 @@ def preprocess(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     out = np.full((len(images), size, size, 3), round(MEAN * 255), np.uint8)
     for i, img in enumerate(images):
         if img.mode != "RGB":
-            from index.images import to_rgb
+            from strop.index.image.decode import to_rgb
 
             img = to_rgb(img)
         w, h = img.size
@@ -478,12 +478,12 @@ def rank(gallery: Embedded, query: Embedded, fusion: Fusion, ids: Sequence[str],
 class LogoModel:
     """Visual encoder + text encoder + OCR + fitted fusion: everything a logo version needs.
 
-    ``text_encoder`` is an ``index.encoder.Encoder`` (MiniLM by default); with ``None`` or
+    ``text_encoder`` is an ``strop.index.encoder.Encoder`` (MiniLM by default); with ``None`` or
     ``ocr=None`` the model is visual-only (``w_text`` ignored). ``query_crops`` are the scales of
     :func:`crop_grid`: ``(1.0,)`` embeds a query whole; more scales embed it as several crops,
     scored by the best one (OCR always reads the whole image). ``gallery_views`` > 0 embeds a
     reference as a prototype: the normalised sum of the reference's vector and those of
-    ``gallery_views`` synthetic photos of it (``index.views``, train family, seeded by the
+    ``gallery_views`` synthetic photos of it (``strop.index.image.views``, train family, seeded by the
     pixels, so the same reference always gets the same vector). The one clean image then stands
     among the photos it will be compared with, at ``gallery_views`` + 1 encodes per reference.
     """
@@ -546,7 +546,7 @@ class LogoModel:
         return Embedded(vis, tv, has, joined)
 
     def _prototypes(self, crops: Sequence[Image.Image], vis: np.ndarray) -> np.ndarray:
-        from index.views import foreground, make_view, view_rng
+        from strop.index.image.views import foreground, make_view, view_rng
 
         k, size = self.gallery_views, self.visual.config.image_size
         views = []

@@ -14,10 +14,10 @@ metrics the gate reads are cross-fitted (each half scored with the weight chosen
 (docs/benchmarks.md, "A teacher with the bi-encoder as its prior").
 
 With ``fuse`` nothing is trained: a stronger bi-encoder's cosine takes the cross-encoder's place
-as the correction, with its weight fitted the same way (``index.teacher.FusedScorer``). With
+as the correction, with its weight fitted the same way (``strop.index.teacher.FusedScorer``). With
 ``fuse`` and ``folds`` the prior is cross-fitted instead of the live bi-encoder: K bi-encoders are
 fine-tuned from the live one, each on the training pairs outside its fold, and a query is scored
-over its own fold's (``index.teacher.FoldedScorer``), so the teacher has not seen the pairs it
+over its own fold's (``strop.index.teacher.FoldedScorer``), so the teacher has not seen the pairs it
 scores for distillation. ``tune_fuse`` fine-tunes a copy of the stronger bi-encoder in each fold too.
 ``tune_fuse`` without ``folds`` fine-tunes one copy of each on every training pair: no cross-fitting, so
 not a teacher to distil on those pairs, but the strongest one for queries that have no label (pseudo-labels,
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from index.embcache import TEACHER_CACHE_DIR
-from index.metrics import evaluate_rankings
-from index.store import DocumentStore
-from index.teacher import (
+from strop.index.embcache import TEACHER_CACHE_DIR
+from strop.index.metrics import evaluate_rankings
+from strop.index.store import DocumentStore
+from strop.index.teacher import (
     BiEncoderScorer,
     CrossEncoderScorer,
     FoldedScorer,
@@ -53,11 +53,11 @@ from index.teacher import (
     fold_of,
     load_teacher,
 )
-from index.versions import VersionStore
-from trainer.contract import TEACHER_HEAD_LR, JobSpec
-from trainer.data import EvalPair, Snapshot, positive_text
-from trainer.mining import mine
-from trainer.pipeline import (
+from strop.index.versions import VersionStore
+from strop.trainer.contract import TEACHER_HEAD_LR, JobSpec
+from strop.trainer.data import EvalPair, Snapshot, positive_text
+from strop.trainer.mining import mine
+from strop.trainer.pipeline import (
     JobResult,
     Reporter,
     current_embeddings,
@@ -65,7 +65,7 @@ from trainer.pipeline import (
     save_model,
     snapshot_and_pairs,
 )
-from trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model, make_batches
+from strop.trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model, make_batches
 
 # the weights a teacher with a prior may give its correction (score = prior + w x logit), chosen on held-out
 # pairs: on stdlib code the correction learned in 125 CPU steps hurt at full weight; a tune_fuse teacher picked

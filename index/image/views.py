@@ -7,7 +7,7 @@ evaluation is honest:
 
 * ``"train"``: linear gradients, smooth value noise, random-shape clutter and flat noisy
   colour backgrounds; Gaussian blur; moderate geometry. Training views, the views jobs'
-  held-out views, and the views a gallery prototype averages (``index.logo.LogoModel``).
+  held-out views, and the views a gallery prototype averages (``strop.index.image.logo.LogoModel``).
 * ``"wild"`` (benchmark queries and held-out calibration views only): background generators the
   training never uses (sinusoid plasma, woven/striped textile, bokeh discs, a horizon "scene"),
   uneven illumination, motion blur, stronger perspective and harsher JPEG.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from index.logo import crop_to_content
+from strop.index.image.logo import crop_to_content
 
 
 class Cancelled(Exception):

@@ -1,7 +1,7 @@
 """Logo views: multi-view training, fusion fitting and calibration.
 
 One-shot identification has one clean image per brand and must recognise photos of it. The
-trainer manufactures those photos with ``index.views.make_view`` (re-exported here): the
+trainer manufactures those photos with ``strop.index.image.views.make_view`` (re-exported here): the
 ``"train"`` family for training, the disjoint ``"wild"`` family for benchmark queries and
 held-out calibration only.
 
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from index.logo import crop_to_content
-from index.views import (  # noqa: F401 - the augmentation, re-exported for the trainer's callers
+from strop.index.image.logo import crop_to_content
+from strop.index.image.views import (  # noqa: F401 - the augmentation, re-exported for the trainer's callers
     BACKGROUNDS,
     FAMILIES,
     PARAMS,
@@ -49,7 +49,7 @@ from index.views import (  # noqa: F401 - the augmentation, re-exported for the 
     make_views,
     view_rng,
 )
-from trainer.mining import neighbour_batches
+from strop.trainer.mining import neighbour_batches
 
 log = logging.getLogger("strop.views")
 
@@ -263,12 +263,12 @@ def open_set_metrics(fused_known: np.ndarray, labels: np.ndarray, fused_unknown:
 def fit_fusion(gallery: Any, known: Any, labels: np.ndarray, unknown: Any | None = None, *,
                grid: Sequence[float] = tuple(np.round(np.linspace(0.0, 0.9, 10), 2)),
                objective: str = "top1") -> tuple[float, list[dict[str, float]]]:
-    """Choose ``w_text`` on held-out views (``index.logo.Embedded`` gallery/known/unknown).
+    """Choose ``w_text`` on held-out views (``strop.index.image.logo.Embedded`` gallery/known/unknown).
 
     ``objective`` "top1" maximises top-1 (AUROC breaks ties), "auroc" the reverse. Returns the
     best weight and the whole grid's table.
     """
-    from index.logo import fused_scores
+    from strop.index.image.logo import fused_scores
 
     table = []
     for w in grid:

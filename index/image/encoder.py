@@ -1,13 +1,13 @@
-"""The image collections' encoder: a :class:`index.logo.LogoModel` behind the text encoders' interface.
+"""The image collections' encoder: a :class:`strop.index.image.logo.LogoModel` behind the text encoders' interface.
 
 The service's micro-batcher, version builder and catch-up code all call
 ``encoder.encode(items)`` and read ``encoder.dim``; this adapter lets them drive a logo model
 unchanged. Items are
 
 * ``(image bytes or PIL image, text)``: a gallery document (its image and its brand text),
-  embedded as the packed reference row ``[v, t]`` (``index.logo.pack_gallery``);
+  embedded as the packed reference row ``[v, t]`` (``strop.index.image.logo.pack_gallery``);
 * an image alone (bytes or PIL): a query, embedded as ``[w_visual v, w_text t]``
-  (``index.logo.pack_query``) so the index's inner product is the fused score.
+  (``strop.index.image.logo.pack_query``) so the index's inner product is the fused score.
 
 Specs: ``"efficientnet-lite0"`` (also ``"logo"``, ``"image"``, ``"default"``) is the pretrained
 ImageNet EfficientNet-Lite0 from its package with no learned head (the frozen baseline an image
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from index.encoder import Encoder, EncodeResult
-from index.images import decode_image
+from strop.index.encoder import Encoder, EncodeResult
+from strop.index.image.decode import decode_image
 
 log = logging.getLogger("strop.image_encoder")
 
@@ -91,7 +91,7 @@ class ImageEncoder:
     # -- loading ------------------------------------------------------------------------
     @classmethod
     def load(cls, spec: str | None, precision: str = "auto", device: str = "cpu") -> ImageEncoder:
-        from index.logo import Fusion, LogoModel, OcrReader, VisualConfig, VisualEncoder
+        from strop.index.image.logo import Fusion, LogoModel, OcrReader, VisualConfig, VisualEncoder
 
         if spec is None or spec.lower() in _ALIASES:
             visual = VisualEncoder(VisualConfig(head="identity"))

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from index.codeparse import CodeDoc
+from strop.index.code.parse import CodeDoc
 
 SOURCE_TAG = "code-ingest"
 

@@ -2,9 +2,9 @@
 threshold -> evaluate after -> gate -> publish.
 
 One-shot logo identification has one reference image per brand, so the supervision is
-synthetic: every reference yields K augmented views (``trainer.views.make_views``) and the
+synthetic: every reference yields K augmented views (``strop.trainer.image.views.make_views``) and the
 visual encoder learns to map a brand's views onto its reference (multi-view InfoNCE, with
-batches of mutually similar brands as hard negatives, ``trainer.views.train_views``).
+batches of mutually similar brands as hard negatives, ``strop.trainer.image.views.train_views``).
 
 Held-out protocol, the same before and after training:
 
@@ -32,18 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from index.image_encoder import ImageEncoder
-from index.images import ImageError, decode_image
-from index.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, fused_scores
-from index.metrics import evaluate_rankings
-from index.store import DocumentStore
-from index.versions import VersionStore
-from trainer.contract import JobSpec
-from trainer.data import snapshot
-from trainer.pipeline import JobResult, Reporter, apply_gate, finish, publish
-from trainer.train import Cancelled, Progress
-from trainer.views import Cancelled as ViewsCancelled
-from trainer.views import calibrate_threshold, fit_fusion, make_views, open_set_metrics, train_views
+from strop.index.image.decode import ImageError, decode_image
+from strop.index.image.encoder import ImageEncoder
+from strop.index.image.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, fused_scores
+from strop.index.metrics import evaluate_rankings
+from strop.index.store import DocumentStore
+from strop.index.versions import VersionStore
+from strop.trainer.contract import JobSpec
+from strop.trainer.data import snapshot
+from strop.trainer.image.views import Cancelled as ViewsCancelled
+from strop.trainer.image.views import (
+    calibrate_threshold,
+    fit_fusion,
+    make_views,
+    open_set_metrics,
+    train_views,
+)
+from strop.trainer.pipeline import JobResult, Reporter, apply_gate, finish, publish
+from strop.trainer.train import Cancelled, Progress
 
 log = logging.getLogger("strop.views_job")
 
@@ -82,7 +88,7 @@ def run_views_job(
 ) -> JobResult:
     try:
         return _run(job_id, collection, spec, store, data_dir, reporter, device, announce)
-    except ViewsCancelled:  # raised inside trainer.views (rendering, caching): the worker's cancel
+    except ViewsCancelled:  # raised inside strop.trainer.image.views (rendering, caching): the worker's cancel
         raise Cancelled() from None
 
 

@@ -1,0 +1,1 @@
+"""Image collections: safe decoding, synthetic views, the visual encoder and the logo strop.index."""

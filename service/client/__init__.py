@@ -1,0 +1,1 @@
+"""strop's Python client (sync and async, on httpx)."""

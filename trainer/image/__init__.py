@@ -1,0 +1,1 @@
+"""Image collections' training: multi-view logo training, fusion fitting and calibration."""

@@ -1,0 +1,1 @@
+"""Teacher jobs: cross-encoder and fused bi-encoder teachers for a collection."""
