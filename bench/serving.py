@@ -75,7 +75,7 @@ def serve_strop(data_dir: str, port: int, precision: str) -> None:
     import uvicorn
 
     from strop.service.app import create_app
-    from strop.service.settings import Settings
+    from strop.index.settings import Settings
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("strop").setLevel(logging.INFO)

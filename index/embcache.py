@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,12 @@ _SAMPLE = 1 << 20  # bytes read from each end of a weights file for its fingerpr
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".onnx")
 
 
-def max_entries_from_env() -> int:
-    try:
-        return max(0, int(os.environ.get("STROP_TEACHER_CACHE_ENTRIES", DEFAULT_MAX_ENTRIES)))
-    except ValueError:
-        log.warning("STROP_TEACHER_CACHE_ENTRIES is not an integer; using %d", DEFAULT_MAX_ENTRIES)
-        return DEFAULT_MAX_ENTRIES
+@dataclass(frozen=True)
+class DiskCache:
+    """Where teachers keep document embeddings on disk, and how many (``Settings.teacher_disk_cache``)."""
+
+    dir: Path
+    max_entries: int = DEFAULT_MAX_ENTRIES
 
 
 def model_fingerprint(path: str | Path, *parts: object) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from strop.index.settings import default_device
 
 log = logging.getLogger("strop.encoder")
 
@@ -69,10 +70,6 @@ def bf16_supported(device: str) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # pragma: no cover - very old torch
         return False
-
-
-def default_device() -> str:
-    return os.environ.get("STROP_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass

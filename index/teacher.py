@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from strop.index.embcache import EmbeddingCache, max_entries_from_env, model_fingerprint, text_key
+from strop.index.embcache import DiskCache, EmbeddingCache, model_fingerprint, text_key
 from strop.index.encoder import EncodeResult, bf16_supported, resolve_spec
 
 DOC_CACHE_SIZE = 20_000  # document embeddings a bi-encoder teacher keeps in memory (LRU)
@@ -57,9 +57,9 @@ class CrossEncoderScorer:
 
     @classmethod
     def load(cls, path: str, device: str = "cpu", precision: str = "auto", max_length: int = 256,
-             cache_dir: str | Path | None = None) -> CrossEncoderScorer:
+             disk_cache: DiskCache | None = None) -> CrossEncoderScorer:
         """A sequence-classification model by path or hub name; a strop teacher directory's
-        ``strop_teacher.json`` adds its sequence length and its prior (``cache_dir``: where the prior
+        ``strop_teacher.json`` adds its sequence length and its prior (``disk_cache``: where the prior
         keeps document embeddings on disk, as a bi-encoder teacher does)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -73,7 +73,7 @@ class CrossEncoderScorer:
             prior_dir = Path(path) / meta["prior"]
             if not (prior_dir / "modules.json").exists():
                 raise ValueError(f"teacher {path}: its prior bi-encoder {prior_dir} is missing")
-            prior = BiEncoderScorer.load(str(prior_dir), device, precision, cache_dir)
+            prior = BiEncoderScorer.load(str(prior_dir), device, precision, disk_cache)
         return cls(model, AutoTokenizer.from_pretrained(path), str(path), device, meta.get("max_length", max_length),
                    prior, float(meta.get("prior_scale", 0.0)), float(meta.get("logit_weight", 1.0)))
 
@@ -153,7 +153,7 @@ class BiEncoderScorer:
     queries (every candidate list of an evaluation over one corpus, a job's mining rounds), so the
     teacher embeds each document once instead of once per (query, document) pair. An edited
     document has a new text and so a new key; the stale entry simply ages out. With ``disk`` (what
-    ``load(..., cache_dir=...)`` sets up) a miss in memory is looked up in the on-disk cache shared by
+    ``load(..., disk_cache=...)`` sets up) a miss in memory is looked up in the on-disk cache shared by
     all processes before anything is embedded, so a new job or a restarted API does not pay the cold
     pass again.
     """
@@ -170,16 +170,16 @@ class BiEncoderScorer:
 
     @classmethod
     def load(cls, spec: str, device: str = "cpu", precision: str = "auto",
-             cache_dir: str | Path | None = None) -> BiEncoderScorer:
-        """``cache_dir``: keep document embeddings on disk there too (``strop.index.embcache``), shared with
+             disk_cache: DiskCache | None = None) -> BiEncoderScorer:
+        """``disk_cache``: keep document embeddings on disk there too (``strop.index.embcache``), shared with
         every other process that loads the same weights at the same precision."""
         from strop.index.encoder import Encoder
 
         encoder = Encoder.load(spec, precision=precision, device=device)
         disk = None
-        if cache_dir is not None and max_entries_from_env() > 0:
+        if disk_cache is not None and disk_cache.max_entries > 0:
             fp = model_fingerprint(resolve_spec(spec), encoder.precision, encoder.max_seq_length, device)
-            disk = EmbeddingCache(Path(cache_dir) / f"{fp}.sqlite", encoder.dim, max_entries_from_env())
+            disk = EmbeddingCache(disk_cache.dir / f"{fp}.sqlite", encoder.dim, disk_cache.max_entries)
         return cls(encoder, spec, disk=disk)
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
@@ -263,7 +263,7 @@ class FusedScorer:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", precision: str = "auto",
-             cache_dir: str | Path | None = None) -> FusedScorer:
+             disk_cache: DiskCache | None = None) -> FusedScorer:
         meta = json.loads((Path(path) / "strop_teacher.json").read_text())
         prior_dir = Path(path) / meta["prior"]
         if not (prior_dir / "modules.json").exists():
@@ -272,10 +272,10 @@ class FusedScorer:
             scorer_dir = Path(path) / meta["scorer_dir"]
             if not (scorer_dir / "modules.json").exists():
                 raise ValueError(f"teacher {path}: its fine-tuned scorer {scorer_dir} is missing")
-            scorer = BiEncoderScorer.load(str(scorer_dir), device, precision, cache_dir)
+            scorer = BiEncoderScorer.load(str(scorer_dir), device, precision, disk_cache)
         else:
-            scorer = _stored_scorer(path, meta, device, precision, cache_dir)
-        prior = BiEncoderScorer.load(str(prior_dir), device, precision, cache_dir)
+            scorer = _stored_scorer(path, meta, device, precision, disk_cache)
+        prior = BiEncoderScorer.load(str(prior_dir), device, precision, disk_cache)
         out = cls(prior, scorer, float(meta["prior_scale"]), float(meta.get("logit_weight", 1.0)), meta["scorer"])
         out.name = str(path)
         return out
@@ -309,10 +309,10 @@ class FusedScorer:
 
 
 def _stored_scorer(path: str | Path, meta: dict, device: str, precision: str,
-                   cache_dir: str | Path | None) -> BiEncoderScorer:
+                   disk_cache: DiskCache | None) -> BiEncoderScorer:
     """The stronger bi-encoder a fused teacher's metadata names (it is not copied into the teacher)."""
     try:
-        return BiEncoderScorer.load(meta["scorer"], device, precision, cache_dir)
+        return BiEncoderScorer.load(meta["scorer"], device, precision, disk_cache)
     except (OSError, ValueError) as exc:
         raise ValueError(f"teacher {path}: its scorer {meta['scorer']!r} cannot be loaded ({exc})") from exc
 
@@ -368,16 +368,16 @@ class FoldedScorer:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", precision: str = "auto",
-             cache_dir: str | Path | None = None) -> FoldedScorer:
+             disk_cache: DiskCache | None = None) -> FoldedScorer:
         meta = json.loads((Path(path) / "strop_teacher.json").read_text())
         tuned = meta.get("scorers")  # tune_fuse: one fine-tuned copy of the stronger bi-encoder per fold
-        shared = None if tuned else _stored_scorer(path, meta, device, precision, cache_dir)
+        shared = None if tuned else _stored_scorer(path, meta, device, precision, disk_cache)
 
         def stored(name: str) -> BiEncoderScorer:
             fold_dir = Path(path) / name
             if not (fold_dir / "modules.json").exists():
                 raise ValueError(f"teacher {path}: its fold bi-encoder {fold_dir} is missing")
-            return BiEncoderScorer.load(str(fold_dir), device, precision, cache_dir)
+            return BiEncoderScorer.load(str(fold_dir), device, precision, disk_cache)
 
         folds = []
         for f, name in enumerate(meta["folds"]):
@@ -453,23 +453,23 @@ class FoldedScorer:
 Scorer = CrossEncoderScorer | BiEncoderScorer | FusedScorer | FoldedScorer
 
 
-def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
+def load_teacher(spec: str, device: str = "cpu", precision: str = "auto", disk_cache: DiskCache | None = None) -> Scorer:
     """A cross-encoder directory (or hub name) or a sentence-transformers bi-encoder, by what it holds.
-    ``cache_dir``: where a bi-encoder (or a cross-encoder's prior) keeps its document embeddings on
+    ``disk_cache``: where (and how many) a bi-encoder (or a cross-encoder's prior) keeps its document embeddings on
     disk (a cross-encoder itself scores pairs, so there is nothing per document to keep)."""
     path = Path(resolve_spec(spec))
     if path.is_dir():
         meta_file = path / "strop_teacher.json"
         stored_kind = json.loads(meta_file.read_text()).get("kind") if meta_file.exists() else None
         if stored_kind == FusedScorer.kind:
-            return FusedScorer.load(path, device, precision, cache_dir)
+            return FusedScorer.load(path, device, precision, disk_cache)
         if stored_kind == "folded":
-            return FoldedScorer.load(path, device, precision, cache_dir)
+            return FoldedScorer.load(path, device, precision, disk_cache)
         if (path / "modules.json").exists() and not (path / "strop_teacher.json").exists():
-            return BiEncoderScorer.load(str(path), device, precision, cache_dir)
+            return BiEncoderScorer.load(str(path), device, precision, disk_cache)
         cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
         if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
-            return CrossEncoderScorer.load(str(path), device, precision, cache_dir=cache_dir)
+            return CrossEncoderScorer.load(str(path), device, precision, disk_cache=disk_cache)
         raise ValueError(f"{spec!r} holds neither a cross-encoder nor a sentence-transformers model")
     return CrossEncoderScorer.load(spec, device, precision)  # hub name (needs a network or the HF cache)
 

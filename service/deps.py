@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from strop.index.settings import Settings
 from strop.index.store import DocumentStore
 from strop.service.manager import CollectionManager, CollectionState
 from strop.service.security import require
-from strop.service.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

@@ -12,11 +12,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from strop.index.embcache import DiskCache
 from strop.index.encoder import Encoder, resolve_spec
 from strop.index.image.encoder import ImageEncoder, is_image_spec
+from strop.index.settings import default_device
 from strop.service.batching import EncodeBatcher
 
 log = logging.getLogger("strop.models")
@@ -39,11 +40,11 @@ class ModelRegistry:
         queue_size: int = 512,
         observe: Callable[[int, float], None] | None = None,
         grace_s: float = 30.0,
-        teacher_cache_dir: str | Path | None = None,
+        teacher_disk_cache: DiskCache | None = None,
     ):
-        self.teacher_cache_dir = teacher_cache_dir
+        self.teacher_disk_cache = teacher_disk_cache
         self.precision = precision
-        self.device = device
+        self.device = device or default_device()
         self.max_batch = max_batch
         self.queue_size = queue_size
         self.observe = observe
@@ -61,7 +62,7 @@ class ModelRegistry:
 
         def load() -> tuple[Any, EncodeBatcher]:
             if is_image_spec(source):
-                encoder: Any = ImageEncoder.load(source, self.precision, self.device or "cpu")
+                encoder: Any = ImageEncoder.load(source, self.precision, self.device)
             else:
                 encoder = Encoder.load(source, precision=self.precision, device=self.device)
             log.info("loaded encoder %s (%s, dim %d)", source, encoder.precision, encoder.dim)
@@ -74,7 +75,7 @@ class ModelRegistry:
         from strop.index.teacher import ScorerAdapter, load_teacher
 
         def load() -> tuple[Any, EncodeBatcher]:
-            adapter = ScorerAdapter(load_teacher(source, self.device or "cpu", self.precision, self.teacher_cache_dir))
+            adapter = ScorerAdapter(load_teacher(source, self.device, self.precision, self.teacher_disk_cache))
             return adapter, EncodeBatcher(adapter, self.max_batch, self.queue_size, None, None)  # type: ignore[arg-type]
 
         return self._acquire("teacher:" + source, load)

@@ -16,7 +16,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from strop.index.store import DocumentStore
-from strop.trainer.contract import JOB_FUNCTION, TERMINAL, cancel_key, events_channel, queue_name
+from strop.trainer.contract import JOB_FUNCTION, TERMINAL, announce, cancel_key, events_channel, queue_name
 
 log = logging.getLogger("strop.queue")
 
@@ -98,10 +98,7 @@ class JobQueue:
 
     # -- events ---------------------------------------------------------------------------
     def announce(self, collection: str, version: str) -> None:
-        try:
-            self.redis.publish(events_channel(self.prefix), json.dumps({"collection": collection, "version": version}))
-        except redis.RedisError:
-            log.warning("could not announce %s/%s; other processes will poll", collection, version)
+        announce(self.redis, self.prefix, collection, version)
 
     def listen(self, manager: Any, stop: threading.Event) -> None:
         """Follow version announcements; reconnects, and polling covers anything missed meanwhile."""

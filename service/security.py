@@ -6,8 +6,8 @@ import hmac
 
 from fastapi import Request
 
+from strop.index.settings import SCOPE_RANK
 from strop.service.errors import ApiError
-from strop.service.settings import SCOPE_RANK
 
 
 def require(scope: str):

@@ -34,8 +34,8 @@ def make_client(data_dir: Path, tiny_encoder_path: str):
     """Build a TestClient (real HTTP through the ASGI app, lifespan included) over ``data_dir``."""
     from fastapi.testclient import TestClient
 
+    from strop.index.settings import Settings
     from strop.service.app import create_app
-    from strop.service.settings import Settings
 
     clients: list[TestClient] = []
 

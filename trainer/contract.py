@@ -7,14 +7,16 @@ so an impossible job is a 4xx, not a failed job later.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+import logging
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JOB_FUNCTION = "strop.trainer.worker.run_job"
-STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
-STAGES = ("queued", "waiting", "snapshot", "pairs", "evaluate_before", "mine", "train", "evaluate_after", "publish", "done")
+
+log = logging.getLogger("strop.jobs")
 
 
 # One epoch of the stdlib benchmark, MRR@10 on all functions (docs/benchmarks.md): in-batch 0.425 /
@@ -48,6 +50,17 @@ def cancel_key(prefix: str, job_id: str) -> str:
 
 def lock_key(prefix: str, collection: str) -> str:
     return f"{prefix}:lock:{collection}"
+
+
+def announce(r: Any, prefix: str, collection: str, version: str) -> None:
+    """Tell every API process that ``collection`` now serves ``version`` (Redis pub/sub; a missed
+    message is covered by their polling of the active pointer)."""
+    import redis
+
+    try:
+        r.publish(events_channel(prefix), json.dumps({"collection": collection, "version": version}))
+    except redis.RedisError:
+        log.warning("could not announce %s/%s; other processes will poll", collection, version)
 
 
 class Strict(BaseModel):
@@ -110,15 +123,10 @@ class MiningSpec(Strict):
     relative_margin: float = Field(0.05, ge=0.0, lt=1.0,
                                    description="drop candidates scoring above (1 - margin) x the positive's score")
     refresh_every: int = Field(0, ge=0, description="re-encode the corpus and re-mine every N steps (0 = never)")
-    fallback: Literal["none", "hardest", "teacher"] = Field(
-        "none", description="queries the margin leaves without a negative: 'hardest' gives them the top-ranked "
-                            "candidate in the window even though it outscores the positive (risks false negatives; it "
-                            "measured worse on the stdlib code benchmark, docs/benchmarks.md); 'teacher' gives them "
-                            "the best-ranked of those candidates that the teacher scores below the positive (needs "
-                            "a teacher)")
-    denoise: bool = Field(False, description="drop mined negatives the teacher judges relevant (needs a teacher)")
-    denoise_threshold: float | None = Field(None, description="teacher score above which a negative is dropped; "
-                                            "default: drop negatives the teacher scores at or above the positive")
+    denoise: bool = Field(False, description=(
+        "drop mined negatives the teacher scores at or above the query's positive: they are likely unlabelled "
+        "positives (RocketQA denoising; needs a teacher). Use it with a teacher that ranks well on this "
+        "collection, even one that ranks below the fine-tuned encoder"))
     neighbour_group: int | None = Field(None, ge=0, le=1024, description=(
         "fill each batch with groups of this many training pairs whose positives are nearest neighbours "
         "in the live index, so in-batch negatives are hard ones (TAS-style batch mining; 0 or 1 = random "
@@ -176,17 +184,6 @@ class DistillSpec(Strict):
                             "embeddings are cached; a cross-encoder scores B x (B + negatives) pairs per step)")
     weight: float = Field(1.0, ge=0.0, le=100.0, description="weight against InfoNCE")
     teacher_temperature: float = Field(1.0, gt=0.0, description="cprd and listwise: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
-    lexical: float = Field(0.0, ge=0.0, le=1.0, description=(
-        "listwise: fuse BM25 into the teacher's scores as search's `lexical` fuses it into a cosine: each "
-        "document of a query's batch row gets + lexical x BM25 / (the row's best BM25) / loss.temperature on "
-        "the teacher's logit, BM25's document frequencies taken over the row. The student is asked to rank "
-        "like the teacher with exact words (names, identifiers) weighed in, as pseudo.lexical labels"))
-
-    @model_validator(mode="after")
-    def _lexical(self) -> DistillSpec:
-        if self.lexical and self.loss != "listwise":
-            raise ValueError("distill.lexical fuses BM25 into each batch row's teacher scores: it needs loss \"listwise\"")
-        return self
 
 
 class PseudoSpec(Strict):
@@ -198,20 +195,6 @@ class PseudoSpec(Strict):
         "keep a query only when the teacher's softmax over its candidates (logits: a bi-encoder teacher's "
         "cosine / loss.temperature) gives its best document at least this probability; documents with the "
         "same text count as one"))
-    lexical: float = Field(0.0, ge=0.0, le=1.0, description=(
-        "fuse BM25 into the labelling, as search's `lexical` fuses it into a cosine: each candidate's "
-        "teacher logit gets + lexical x BM25 / (the best candidate's BM25) / loss.temperature (for a "
-        "bi-encoder teacher: its cosine + lexical x scaled BM25). Picks the positive and its confidence; "
-        "distillation still reads the teacher's own scores"))
-    unsure: Literal["drop", "distill"] = Field("drop", description=(
-        "queries whose best candidate falls short of min_confidence: drop them, or keep them as "
-        "distillation-only rows (needs distill; listwise reads the most): the teacher's best candidate stands "
-        "as their positive and its next `runners_up` candidates ride along as their negatives, so the row "
-        "holds the answers the teacher hesitated between; InfoNCE skips these rows (no hard label) and only "
-        "the distillation loss trains on them, with the teacher's soft scores"))
-    runners_up: int = Field(3, ge=0, le=50, description=(
-        "unsure \"distill\": the teacher's next best candidates (other texts than its best) kept as each "
-        "unsure query's negatives"))
 
 
 class MixSpec(Strict):
@@ -289,10 +272,6 @@ class JobSpec(Strict):
     pseudo: PseudoSpec = Field(default_factory=PseudoSpec, description="train.queries: the teacher's pseudo-labels")
     mix_hard_negatives: MixSpec | None = None
     rerank_depth: int = Field(50, ge=2, le=1000, description="teacher jobs: candidates reranked in evaluation")
-    teacher_prior: bool = Field(True, description=(
-        "teacher jobs: the teacher scores cos / loss.temperature of the live bi-encoder (a copy is stored with "
-        "it) plus the cross-encoder's logit, whose head starts at zero, so it starts as the bi-encoder's ranking "
-        "and learns a correction; false trains a plain cross-encoder (docs/benchmarks.md)"))
     fuse: str | None = Field(None, min_length=1, max_length=1000, description=(
         "teacher jobs: instead of training a cross-encoder, fuse this bi-encoder (a path or packaged name, e.g. "
         "all-mpnet-base-v2) with a copy of the live one: score = (cos_live + w x cos_fuse) / loss.temperature, "
@@ -321,15 +300,10 @@ class JobSpec(Strict):
     def _fuse(self) -> JobSpec:
         if self.fuse is not None and self.kind != "teacher":
             raise ValueError("fuse is for teacher jobs (\"kind\": \"teacher\")")
-        if self.fuse is not None and not self.teacher_prior:
-            raise ValueError("fuse fuses with the live bi-encoder: it needs teacher_prior true")
         if self.folds is not None and self.fuse is None:
             raise ValueError("folds cross-fits a fused teacher: give fuse (a stronger bi-encoder) too")
         if self.tune_fuse and self.fuse is None:
             raise ValueError("tune_fuse fine-tunes the fuse bi-encoder: give fuse (a stronger bi-encoder) too")
-        if self.pseudo.unsure == "distill" and self.distill is None:
-            raise ValueError("pseudo.unsure \"distill\" trains unsure queries only through distillation: "
-                             "give distill (e.g. {\"loss\": \"listwise\"})")
         if self.pseudo != PseudoSpec() and not self.train.queries:  # (a stored spec carries the defaults)
             raise ValueError("pseudo sets how the teacher labels train.queries: give train.queries "
                              "(unlabelled queries), or leave pseudo out")
@@ -346,5 +320,5 @@ class JobSpec(Strict):
         return TEACHER_LR if self.kind == "teacher" else ENCODER_LR
 
     def needs_teacher(self) -> bool:
-        return bool(self.mining.denoise or self.mining.fallback == "teacher" or self.positives.semantic
+        return bool(self.mining.denoise or self.positives.semantic
                     or self.distill or self.train.queries)

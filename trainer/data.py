@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from strop.index.collection import doc_text, encoder_source
+from strop.index.retention import pin_active
 from strop.index.store import DocumentStore
 from strop.index.versions import VersionStore
 from strop.trainer.contract import JobSpec
@@ -50,7 +51,6 @@ class Pair:
     negatives: list[int] = field(default_factory=list)  # given (feedback) negatives
     group: str = ""
     positive_text: str | None = None  # train on this instead of the stored text (docstrings: code without it)
-    weight: float = 1.0  # InfoNCE weight; 0: a distillation-only row (an unsure pseudo-label)
 
 
 def positive_text(p: Pair, texts: list[str]) -> str:
@@ -64,10 +64,12 @@ class EvalPair:
     text_overrides: dict[int, str] = field(default_factory=dict)
 
 
-def snapshot(store: DocumentStore, data_dir: str, collection: str) -> Snapshot:
+def snapshot(store: DocumentStore, data_dir: str, collection: str, job_id: str | None = None) -> Snapshot:
+    """The active version and the live documents at the current watermark. With ``job_id``, the version is
+    pinned for that job as it is read, so retention keeps it while the job is queued or running."""
     rec = store.get_collection(collection)
     vstore = VersionStore(data_dir, collection)
-    vid = vstore.active()
+    vid = pin_active(store, vstore, job_id) if job_id else vstore.active()
     if vid is None:
         raise RuntimeError(f"collection {collection!r} has no active version")
     manifest = vstore.verify(vid)

@@ -5,12 +5,7 @@ positives, skip the top ``range_min`` ranks, consider ranks up to ``range_max``,
 drop candidates scoring above ``(1 - relative_margin) x`` the positive's score
 (likely false negatives) and candidates whose text equals the positive's, then
 keep the ``negatives_per_query`` hardest. Every filter's removals are counted so
-the job record says which setting to loosen. With ``fallback="hardest"`` a query
-the filters leave empty-handed gets the top-ranked candidate in the window that
-is not the positive's text, although it outscores the positive. With
-``fallback="teacher"`` those queries' top-ranked margin-removed candidates go to the
-teacher instead (:func:`strop.trainer.teaching.teacher_fallback`), which keeps the first one it
-scores below the positive: a negative from above the positive, vetted against false negatives.
+the job record says which setting to loosen.
 """
 
 from __future__ import annotations
@@ -26,9 +21,6 @@ from strop.trainer.data import Pair
 
 log = logging.getLogger("strop.mining")
 
-FALLBACK_CANDIDATES = 5  # margin-removed candidates per query that ``fallback: "teacher"`` lets the teacher judge
-
-
 @dataclass
 class MiningStats:
     queries: int = 0
@@ -43,11 +35,6 @@ class MiningStats:
     # of those, the queries whose positive ranks below ``range_max``: every candidate in the window scores
     # above the positive, so the margin filter removes them all (the encoder gets these queries badly wrong)
     without_negatives_positive_below_window: int = 0
-    # queries that got the top-ranked candidate anyway (``fallback: "hardest"``); not counted as without
-    fallback_hardest: int = 0
-    # ``fallback: "teacher"``: candidates the teacher judged, and queries that got one it scored below the positive
-    fallback_teacher_checked: int = 0
-    fallback_teacher: int = 0
     rounds: int = 0
 
     def add(self, other: MiningStats) -> None:
@@ -77,13 +64,8 @@ def mine(
     pairs: list[Pair],
     spec: MiningSpec,
     chunk: int = 1024,
-    fallback: dict[int, list[int]] | None = None,
 ) -> tuple[list[list[int]], MiningStats]:
-    """Hard negatives (corpus rows) for each pair, and what each filter removed.
-
-    With ``spec.fallback == "teacher"`` and a ``fallback`` dict, each query left without a negative
-    gets there its up to :data:`FALLBACK_CANDIDATES` best margin-removed candidates, for the teacher
-    to vet."""
+    """Hard negatives (corpus rows) for each pair, and what each filter removed."""
     stats = MiningStats(queries=len(pairs), rounds=1)
     out: list[list[int]] = [[] for _ in pairs]
     if spec.negatives_per_query == 0 or not pairs:
@@ -105,7 +87,6 @@ def mine(
             rank = 0
             chosen: list[int] = []
             positive_in_window = False
-            above: list[int] = []  # the best candidates only the margin removed (for ``fallback``)
             for s, c in zip(scores[j], cands[j], strict=True):
                 if c < 0:
                     continue
@@ -121,19 +102,12 @@ def mine(
                     continue
                 if s > threshold:
                     stats.removed_margin += 1
-                    if len(above) < FALLBACK_CANDIDATES and texts[c] != pos_text:
-                        above.append(c)
                     continue
                 if texts[c] == pos_text:
                     stats.removed_duplicate_text += 1
                     continue
                 if len(chosen) < spec.negatives_per_query:
                     chosen.append(c)
-            if not chosen and above and spec.fallback == "hardest":
-                chosen = [above[0]]
-                stats.fallback_hardest += 1
-            elif not chosen and above and spec.fallback == "teacher" and fallback is not None:
-                fallback[i] = above
             out[i] = chosen
             stats.kept += len(chosen)
             if not chosen:

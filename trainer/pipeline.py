@@ -9,7 +9,6 @@ progress through a ``Reporter``. Nothing becomes visible to the service until
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,24 +18,18 @@ from typing import Any
 import numpy as np
 
 from strop.index.collection import doc_text, version_vectors, write_version
-from strop.index.embcache import TEACHER_CACHE_DIR
 from strop.index.encoder import Encoder
 from strop.index.faiss_index import IndexSpec
 from strop.index.metrics import evaluate_rankings
+from strop.index.retention import prune_versions
+from strop.index.settings import Settings
 from strop.index.store import DocumentStore
 from strop.index.teacher import load_teacher
 from strop.index.versions import VersionStore, new_version_id
 from strop.trainer.contract import JobSpec
-from strop.trainer.data import EvalPair, Snapshot, assemble_pairs, eval_overrides, snapshot
+from strop.trainer.data import EvalPair, Pair, Snapshot, assemble_pairs, eval_overrides, snapshot
 from strop.trainer.mining import MiningStats, mine
-from strop.trainer.teaching import (
-    TeacherCache,
-    denoise,
-    pseudo_label,
-    score_pairs,
-    semantic_positives,
-    teacher_fallback,
-)
+from strop.trainer.teaching import TeacherCache, denoise, pseudo_label, score_pairs, semantic_positives
 from strop.trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
 
 log = logging.getLogger("strop.pipeline")
@@ -51,6 +44,8 @@ class Reporter:
     details: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     should_stop: Callable[[], bool] = lambda: False
+    fault_pause: str = ""  # Settings.fault_pause / fault_fail: drills that pause or fail a job at a stage
+    fault_fail: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     _t: float = field(default_factory=time.perf_counter)
 
@@ -62,7 +57,7 @@ class Reporter:
         self.stage, self._t = stage, now
         self.details["stage_seconds"] = self.timings
         log.info("stage %s", stage)
-        _fault_pause(stage, self.check)
+        _fault_pause(stage, self.check, self.fault_pause, self.fault_fail)
 
     def check(self) -> None:
         if self.should_stop():
@@ -87,13 +82,12 @@ class Reporter:
         return update
 
 
-def _fault_pause(stage: str, check: Callable[[], None]) -> None:
-    """Fault injection for tests and drills: ``STROP_FAULT_PAUSE="train=5,mine=2"`` sleeps on entering a
-    stage; ``STROP_FAULT_FAIL=train`` raises there."""
-    if os.environ.get("STROP_FAULT_FAIL", "") == stage:
+def _fault_pause(stage: str, check: Callable[[], None], pause: str, fail: str) -> None:
+    """Fault drills: ``pause="train=5,mine=2"`` sleeps on entering a stage (cancel still works);
+    ``fail="train"`` raises there."""
+    if fail == stage:
         raise RuntimeError(f"fault injected at stage {stage} (STROP_FAULT_FAIL)")
-    spec = os.environ.get("STROP_FAULT_PAUSE", "")
-    for item in filter(None, spec.split(",")):
+    for item in filter(None, pause.split(",")):
         name, _, secs = item.partition("=")
         if name.strip() == stage:
             end = time.monotonic() + float(secs or 0)
@@ -177,11 +171,36 @@ def evaluate(encoder: Encoder, corpus_emb: np.ndarray, snap: Snapshot, evals: li
     return evaluate_rankings(rankings, positives, k=k)
 
 
+@dataclass
+class JobContext:
+    """What every job runner receives: the job, where it writes progress, and the worker's settings."""
+
+    job_id: str
+    collection: str
+    spec: JobSpec
+    store: DocumentStore
+    settings: Settings
+    reporter: Reporter
+    announce: Callable[[str, str], None] | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return str(self.settings.data_dir)
+
+    @property
+    def device(self) -> str:
+        return self.settings.resolved_device()
+
+    @property
+    def vstore(self) -> VersionStore:
+        return VersionStore(self.data_dir, self.collection)
+
+
 def snapshot_and_pairs(reporter: Reporter, store: DocumentStore, data_dir: str, collection: str,
-                       spec: JobSpec) -> tuple[Snapshot, list, list[EvalPair]]:
+                       spec: JobSpec, job_id: str | None = None) -> tuple[Snapshot, list, list[EvalPair]]:
     """Stages 1-2 of every text job: freeze the corpus at a watermark, then build train and eval pairs."""
     reporter.enter("snapshot")
-    snap = snapshot(store, data_dir, collection)
+    snap = snapshot(store, data_dir, collection, job_id)  # pinned for the job: retention keeps it
     reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
     reporter.enter("pairs")
     pairs, evals, info = assemble_pairs(spec, store, snap)
@@ -189,143 +208,190 @@ def snapshot_and_pairs(reporter: Reporter, store: DocumentStore, data_dir: str, 
     return snap, pairs, evals
 
 
-def run_encoder_job(
-    job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
-    reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None,
-) -> JobResult:
-    data_dir = str(data_dir)
-    vstore = VersionStore(data_dir, collection)
+@dataclass
+class EncoderRun:
+    """The state an encoder job's stages hand to each other."""
 
-    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec)
-    texts = snap.train_texts or snap.texts  # what training and the teacher see
+    ctx: JobContext
+    spec: JobSpec
+    snap: Snapshot
+    pairs: list[Pair]
+    evals: list[EvalPair]
+    texts: list[str]  # what training and the teacher see
+    model: Any = None
+    corpus: np.ndarray | None = None  # the active version's corpus embeddings, as mining sees them
+    overrides: dict[int, str] = field(default_factory=dict)
+    negatives: list[list[int]] = field(default_factory=list)
+    stats: MiningStats = field(default_factory=MiningStats)
+    cache: TeacherCache | None = None
+    before: dict[str, Any] = field(default_factory=dict)
+
+
+def run_encoder_job(ctx: JobContext) -> JobResult:
+    """snapshot -> pairs -> evaluate before -> mine -> teacher -> train -> evaluate after -> gate -> publish."""
+    run = start_encoder_run(ctx)
+    evaluate_before(run)
+    mine_negatives(run)
+    if run.spec.needs_teacher():
+        apply_teacher(run)
+    train_stage(run)
+    return evaluate_gate_publish(run)
+
+
+def start_encoder_run(ctx: JobContext) -> EncoderRun:
+    snap, pairs, evals = snapshot_and_pairs(ctx.reporter, ctx.store, ctx.data_dir, ctx.collection, ctx.spec,
+                                            ctx.job_id)
     # the batch grouping this collection's modality defaults to, unless the job chose one
-    spec = spec.model_copy(update={"mining": spec.mining.model_copy(
-        update={"neighbour_group": spec.mining.group_for(snap.modality)})})
+    spec = ctx.spec.model_copy(update={"mining": ctx.spec.mining.model_copy(
+        update={"neighbour_group": ctx.spec.mining.group_for(snap.modality)})})
+    return EncoderRun(ctx, spec, snap, pairs, evals, snap.train_texts or snap.texts)
 
-    reporter.enter("evaluate_before")
-    model = load_model(snap.encoder_source, device, spec.max_seq_length)
-    enc0 = inference_encoder(model, "base", device)
-    corpus0 = current_embeddings(store, vstore, snap, enc0, reporter)
-    overrides = eval_overrides(evals)
-    before = evaluate(enc0, with_overrides(corpus0, overrides, enc0), snap, evals)
-    reporter.metrics = {"before": before}
 
-    reporter.enter("mine")
-    stats = MiningStats()
-    mine_corpus = mining_corpus(corpus0, snap, texts, enc0, reporter)
-    fallback: dict[int, list[int]] = {}
-    negatives: list[list[int]] = []
-    if pairs:  # none when the job has only train.queries, which the teacher labels below
-        q0 = enc0.encode([p.query for p in pairs]).vectors
-        negatives, s = mine(q0, mine_corpus, texts, pairs, spec.mining, fallback=fallback)
-        stats.add(s)
-    reporter.details["mining"] = stats.summary()
-    del enc0
+def evaluate_before(run: EncoderRun) -> None:
+    """Stage 3: the active version's metrics on the evaluation pairs, from its stored vectors."""
+    ctx = run.ctx
+    ctx.reporter.enter("evaluate_before")
+    run.model = load_model(run.snap.encoder_source, ctx.device, run.spec.max_seq_length)
+    enc0 = inference_encoder(run.model, "base", ctx.device)
+    corpus0 = current_embeddings(ctx.store, ctx.vstore, run.snap, enc0, ctx.reporter)
+    run.overrides = eval_overrides(run.evals)
+    run.before = evaluate(enc0, with_overrides(corpus0, run.overrides, enc0), run.snap, run.evals)
+    ctx.reporter.metrics = {"before": run.before}
+    run.corpus = mining_corpus(corpus0, run.snap, run.texts, enc0, ctx.reporter)
 
-    cache = None
-    if spec.needs_teacher():
-        reporter.enter("teacher")
-        teacher_spec = spec.teacher or snap.teacher
-        if not teacher_spec:
-            raise ValueError("this job needs a teacher (mining.denoise / mining.fallback 'teacher' / "
-                             "positives.semantic / distill): give 'teacher' or train one with a "
-                             "{\"kind\": \"teacher\"} job")
-        # the API's precision setting, so both processes share one on-disk embedding cache per teacher
-        cache = TeacherCache(load_teacher(teacher_spec, device, os.environ.get("STROP_PRECISION", "auto"),
-                                          cache_dir=Path(data_dir) / TEACHER_CACHE_DIR))
-        reporter.details["teacher"] = {"name": teacher_spec, "kind": cache.teacher.kind}
 
-        round_start = [time.perf_counter(), 0]  # when this scoring round began, and its progress so far
+def mine_negatives(run: EncoderRun) -> None:
+    """Stage 4: positive-aware hard negatives for every pair from the live index."""
+    ctx = run.ctx
+    ctx.reporter.enter("mine")
+    assert run.corpus is not None
+    if run.pairs:  # none when the job has only train.queries, which the teacher labels later
+        q0 = inference_encoder(run.model, "base", ctx.device).encode([p.query for p in run.pairs]).vectors
+        run.negatives, s = mine(q0, run.corpus, run.texts, run.pairs, run.spec.mining)
+        run.stats.add(s)
+    ctx.reporter.details["mining"] = run.stats.summary()
 
-        def tprog(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if done < round_start[1]:  # a new round (semantic positives, denoise, distillation scores)
-                round_start[0] = now
-            round_start[1] = done
-            elapsed = now - round_start[0]
-            eta = round(elapsed / done * (total - done), 1) if done and elapsed > 0 else None
-            reporter.details["teacher"]["scored"] = cache.scored if cache else 0
-            disk = getattr(cache.teacher, "disk", None) if cache else None
-            if disk is not None:  # documents read from the shared on-disk cache / embedded afresh
-                reporter.details["teacher"]["disk_cache"] = {"hits": disk.hits, "misses": disk.misses}
-            reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": eta,
-                                 "unit": "teacher pairs"}
-            reporter.check()
 
-        def extend(added: list, q_add: np.ndarray) -> None:
-            """Append new pairs and mine their negatives like the others'."""
-            nonlocal pairs, negatives
-            more_fallback: dict[int, list[int]] = {}
-            more, s3 = mine(q_add, mine_corpus, texts, added, spec.mining, fallback=more_fallback)
-            fallback.update({len(negatives) + i: rows for i, rows in more_fallback.items()})
-            pairs, negatives = pairs + added, negatives + more
-            stats.add(s3)
+def _extend(run: EncoderRun, added: list[Pair], q_add: np.ndarray) -> None:
+    """Append new pairs (pseudo-labels, semantic positives) and mine their negatives like the others'."""
+    assert run.corpus is not None
+    more, s = mine(q_add, run.corpus, run.texts, added, run.spec.mining)
+    run.pairs, run.negatives = run.pairs + added, run.negatives + more
+    run.stats.add(s)
 
-        if spec.train.queries:
-            queries = list(dict.fromkeys(spec.train.queries))
-            qv = inference_encoder(model, "base", device).encode(queries).vectors
-            added, info_pl = pseudo_label(cache, queries, qv, mine_corpus, texts, spec, len(pairs),
-                                          {p.query for p in pairs} | {e.query for e in evals}, tprog)
-            info_pl["duplicates"] = len(spec.train.queries) - len(queries)
-            reporter.details["pseudo_labels"] = info_pl
-            if added:
-                row_of = {q: j for j, q in enumerate(queries)}
-                extend(added, qv[[row_of[p.query] for p in added]])
-        if spec.positives.semantic:
-            added, info_sp = semantic_positives(cache, pairs, mine_corpus, texts, spec, tprog)
-            reporter.details["semantic_positives"] = info_sp
-            if added:
-                extend(added, inference_encoder(model, "base", device).encode([p.query for p in added]).vectors)
-        if spec.mining.denoise:
-            negatives = denoise(cache, pairs, negatives, texts, spec.mining.denoise_threshold, stats, tprog)
-        if fallback:
-            negatives = teacher_fallback(cache, pairs, negatives, fallback, texts, spec.mining.denoise_threshold,
-                                         stats, tprog)
-        reporter.details["mining"] = stats.summary()
-        if spec.distill:
-            score_pairs(cache, pairs, negatives, texts, tprog)
 
-    def refresh(current_model: Any) -> list[list[int]]:
-        """ANCE: re-encode the corpus with the current weights and re-mine."""
-        enc = inference_encoder(current_model, "refresh", device)
-        corpus = encode_corpus(enc, texts, reporter, "refresh")  # what training sees
-        qv = enc.encode([p.query for p in pairs]).vectors
-        more_fallback: dict[int, list[int]] = {}
-        negs, s2 = mine(qv, corpus, texts, pairs, spec.mining, fallback=more_fallback)
-        stats.add(s2)
-        if cache is not None and spec.mining.denoise:
-            negs = denoise(cache, pairs, negs, texts, spec.mining.denoise_threshold, stats)
-        if cache is not None and more_fallback:
-            negs = teacher_fallback(cache, pairs, negs, more_fallback, texts, spec.mining.denoise_threshold, stats)
-        if cache is not None and spec.distill:
-            score_pairs(cache, pairs, negs, texts)
-        reporter.details["mining"] = stats.summary()
-        return negs
+def _teacher_progress(run: EncoderRun) -> Callable[[int, int], None]:
+    """Progress of teacher scoring rounds, with the on-disk cache's hits and misses."""
+    reporter = run.ctx.reporter
+    round_start = [time.perf_counter(), 0]  # when this scoring round began, and its progress so far
 
-    reporter.enter("train")
-    summary = fine_tune(model, pairs, texts, negatives, spec,
-                        refresh=refresh if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
-                        teacher_scores=(lambda: cache.scores) if cache is not None and spec.distill else None,
-                        # one call per batch: each query is embedded once, its documents come from the cache
-                        teacher_ensure=(lambda keys: cache.ensure(keys, pairs, texts, batch=max(64, len(keys))))
-                        if cache is not None and spec.distill and spec.distill.loss == "listwise" else None,
-                        teacher_kind=cache.teacher.kind if cache is not None else "cross-encoder",
-                        on_progress=reporter.on_progress, should_stop=reporter.should_stop, device=device,
-                        positive_vectors=mine_corpus[[p.positive for p in pairs]] if spec.mining.neighbour_group
-                        and spec.mining.neighbour_group > 1 else None)
-    reporter.details["train"] = summary
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < round_start[1]:  # a new round (semantic positives, denoise, distillation scores)
+            round_start[0] = now
+        round_start[1] = done
+        elapsed = now - round_start[0]
+        eta = round(elapsed / done * (total - done), 1) if done and elapsed > 0 else None
+        cache = run.cache
+        reporter.details["teacher"]["scored"] = cache.scored if cache else 0
+        disk = getattr(cache.teacher, "disk", None) if cache else None
+        if disk is not None:  # documents read from the shared on-disk cache / embedded afresh
+            reporter.details["teacher"]["disk_cache"] = {"hits": disk.hits, "misses": disk.misses}
+        reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": eta, "unit": "teacher pairs"}
+        reporter.check()
+
+    return progress
+
+
+def apply_teacher(run: EncoderRun) -> None:
+    """Stages 4b-6: pseudo-labels, semantic positives, denoising and distillation scores."""
+    ctx, spec = run.ctx, run.spec
+    ctx.reporter.enter("teacher")
+    teacher_spec = spec.teacher or run.snap.teacher
+    if not teacher_spec:
+        raise ValueError("this job needs a teacher (mining.denoise / positives.semantic / distill / "
+                         "train.queries): give 'teacher' or train one with a {\"kind\": \"teacher\"} job")
+    # the API's precision, so both processes share one on-disk embedding cache per teacher
+    run.cache = cache = TeacherCache(load_teacher(teacher_spec, ctx.device, ctx.settings.precision,
+                                                  ctx.settings.teacher_disk_cache()))
+    ctx.reporter.details["teacher"] = {"name": teacher_spec, "kind": cache.teacher.kind}
+    progress = _teacher_progress(run)
+    assert run.corpus is not None
+    if spec.train.queries:
+        queries = list(dict.fromkeys(spec.train.queries))
+        qv = inference_encoder(run.model, "base", ctx.device).encode(queries).vectors
+        added, info = pseudo_label(cache, queries, qv, run.corpus, run.texts, spec, len(run.pairs),
+                                   {p.query for p in run.pairs} | {e.query for e in run.evals}, progress)
+        info["duplicates"] = len(spec.train.queries) - len(queries)
+        ctx.reporter.details["pseudo_labels"] = info
+        if added:
+            row_of = {q: j for j, q in enumerate(queries)}
+            _extend(run, added, qv[[row_of[p.query] for p in added]])
+    if spec.positives.semantic:
+        added, info = semantic_positives(cache, run.pairs, run.corpus, run.texts, spec, progress)
+        ctx.reporter.details["semantic_positives"] = info
+        if added:
+            enc = inference_encoder(run.model, "base", ctx.device)
+            _extend(run, added, enc.encode([p.query for p in added]).vectors)
+    if spec.mining.denoise:
+        run.negatives = denoise(cache, run.pairs, run.negatives, run.texts, run.stats, progress)
+    ctx.reporter.details["mining"] = run.stats.summary()
+    if spec.distill:
+        score_pairs(cache, run.pairs, run.negatives, run.texts, progress)
+
+
+def refresh_negatives(run: EncoderRun, current_model: Any) -> list[list[int]]:
+    """ANCE: re-encode the corpus with the current weights and re-mine (denoised and scored as before)."""
+    ctx, spec, cache = run.ctx, run.spec, run.cache
+    enc = inference_encoder(current_model, "refresh", ctx.device)
+    corpus = encode_corpus(enc, run.texts, ctx.reporter, "refresh")  # what training sees
+    qv = enc.encode([p.query for p in run.pairs]).vectors
+    negs, s = mine(qv, corpus, run.texts, run.pairs, spec.mining)
+    run.stats.add(s)
+    if cache is not None and spec.mining.denoise:
+        negs = denoise(cache, run.pairs, negs, run.texts, run.stats)
+    if cache is not None and spec.distill:
+        score_pairs(cache, run.pairs, negs, run.texts)
+    ctx.reporter.details["mining"] = run.stats.summary()
+    return negs
+
+
+def train_stage(run: EncoderRun) -> None:
+    """Stage 7: fine-tune (InfoNCE over in-batch plus mined negatives, optional distillation)."""
+    ctx, spec, cache, pairs = run.ctx, run.spec, run.cache, run.pairs
+    ctx.reporter.enter("train")
+    distill = cache is not None and spec.distill is not None
+    assert run.corpus is not None
+    summary = fine_tune(
+        run.model, pairs, run.texts, run.negatives, spec,
+        refresh=(lambda m: refresh_negatives(run, m))
+        if spec.mining.negatives_per_query and spec.mining.refresh_every else None,
+        teacher_scores=(lambda: cache.scores) if distill and cache is not None else None,
+        # one call per batch: each query is embedded once, its documents come from the cache
+        teacher_ensure=(lambda keys: cache.ensure(keys, run.pairs, run.texts, batch=max(64, len(keys))))
+        if distill and cache is not None and spec.distill and spec.distill.loss == "listwise" else None,
+        teacher_kind=cache.teacher.kind if cache is not None else "cross-encoder",
+        on_progress=ctx.reporter.on_progress, should_stop=ctx.reporter.should_stop, device=ctx.device,
+        positive_vectors=run.corpus[[p.positive for p in pairs]]
+        if spec.mining.neighbour_group and spec.mining.neighbour_group > 1 else None)
+    ctx.reporter.details["train"] = summary
     if cache is not None:  # the listwise loss scores each batch's pairs as it goes
-        reporter.details["teacher"]["scored"] = cache.scored
+        ctx.reporter.details["teacher"]["scored"] = cache.scored
 
-    reporter.enter("evaluate_after")
-    enc1 = inference_encoder(model, "student", device)
-    corpus1 = encode_corpus(enc1, snap.texts, reporter, "reencode")
-    after = evaluate(enc1, with_overrides(corpus1, overrides, enc1), snap, evals)
-    passed = apply_gate(spec, before, after, reporter)
 
-    reporter.enter("publish")
-    vid = publish(store, vstore, snap, model, enc1, corpus1, job_id, reporter.metrics, reporter)
-    return finish(reporter, vstore, vid, passed and spec.activate, passed, collection, announce)
+def evaluate_gate_publish(run: EncoderRun) -> JobResult:
+    """Stages 8-9: measure the new encoder, gate it, write the version and activate it if it passed."""
+    ctx = run.ctx
+    ctx.reporter.enter("evaluate_after")
+    enc1 = inference_encoder(run.model, "student", ctx.device)
+    corpus1 = encode_corpus(enc1, run.snap.texts, ctx.reporter, "reencode")
+    after = evaluate(enc1, with_overrides(corpus1, run.overrides, enc1), run.snap, run.evals)
+    passed = apply_gate(run.spec, run.before, after, ctx.reporter)
+
+    ctx.reporter.enter("publish")
+    vid = publish(ctx.store, ctx.vstore, run.snap, run.model, enc1, corpus1, ctx.job_id, ctx.reporter.metrics,
+                  ctx.reporter)
+    return finish(ctx, vid, passed and run.spec.activate, passed)
 
 
 def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], reporter: Reporter) -> bool:
@@ -339,14 +405,15 @@ def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], rep
     return passed
 
 
-def finish(reporter: Reporter, vstore: VersionStore, vid: str, activate: bool, passed: bool, collection: str,
-           announce: Callable[[str, str], None] | None) -> JobResult:
+def finish(ctx: JobContext, vid: str, activate: bool, passed: bool) -> JobResult:
     """Activate the written version when asked (and tell the API processes), then close the job."""
+    reporter = ctx.reporter
     if activate:
         reporter.check()
-        vstore.activate(vid)
-        if announce:
-            announce(collection, vid)
+        ctx.vstore.activate(vid)
+        if ctx.announce:
+            ctx.announce(ctx.collection, vid)
+        prune_versions(ctx.store, ctx.vstore, ctx.settings.version_retention, release=ctx.job_id)
     reporter.details["activated"] = activate
     reporter.enter("done")
     return JobResult("succeeded" if passed else "rejected", vid, reporter.metrics)

@@ -1,9 +1,7 @@
 """Stages 4b-6: the teacher's part in an encoder job.
 
 Teacher scores are computed once per mining round, batched, and cached by (pair, corpus row);
-``denoise`` drops mined negatives the teacher judges relevant (RocketQA), ``teacher_fallback``
-gives queries the margin left without a negative one from above the positive that the teacher
-scores below it, ``semantic_positives``
+``denoise`` drops mined negatives the teacher judges relevant (RocketQA), ``semantic_positives``
 adds index neighbours of a positive that the teacher confirms (SRA-CL), and ``score_pairs``
 fills the cache that distillation reads.
 """
@@ -16,7 +14,6 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from strop.index.lexical import fuse
 from strop.index.teacher import Scorer
 from strop.trainer.contract import JobSpec
 from strop.trainer.data import Pair, positive_text
@@ -44,14 +41,13 @@ class TeacherCache:
 
 
 def denoise(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int]], texts: list[str],
-            threshold: float | None, stats: MiningStats,
-            progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """Drop negatives scored >= the positive's teacher score (or >= ``threshold``)."""
+            stats: MiningStats, progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """Drop negatives the teacher scores at or above the query's positive (likely unlabelled positives)."""
     keys = [(i, p.positive) for i, p in enumerate(pairs)] + [(i, r) for i, negs in enumerate(negatives) for r in negs]
     cache.ensure(keys, pairs, texts, progress)
     out = []
     for i, negs in enumerate(negatives):
-        limit = threshold if threshold is not None else cache.scores[(i, pairs[i].positive)]
+        limit = cache.scores[(i, pairs[i].positive)]
         keep = [r for r in negs if cache.scores[(i, r)] < limit]
         stats.removed_teacher += len(negs) - len(keep)
         stats.kept -= len(negs) - len(keep)
@@ -60,29 +56,6 @@ def denoise(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int]], 
         out.append(keep)
     return out
 
-
-def teacher_fallback(cache: TeacherCache, pairs: list[Pair], negatives: list[list[int]],
-                     candidates: dict[int, list[int]], texts: list[str], threshold: float | None,
-                     stats: MiningStats, progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """``mining.fallback: "teacher"``: for each query in ``candidates`` (left without a negative because
-    every candidate in the window outscores its positive), keep the best-ranked candidate the teacher
-    scores below the positive (and below ``threshold`` when given): the student ranks it above the
-    positive, the teacher says it is the worse answer, so it is a hard negative and not a false one."""
-    keys = [(i, pairs[i].positive) for i in candidates] + [(i, r) for i, rows in candidates.items() for r in rows]
-    cache.ensure(keys, pairs, texts, progress)
-    out = [list(negs) for negs in negatives]
-    for i, rows in candidates.items():
-        stats.fallback_teacher_checked += len(rows)
-        limit = cache.scores[(i, pairs[i].positive)]
-        if threshold is not None:
-            limit = min(limit, threshold)
-        keep = next((r for r in rows if cache.scores[(i, r)] < limit), None)
-        if keep is not None and not out[i]:
-            out[i] = [keep]
-            stats.fallback_teacher += 1
-            stats.kept += 1
-            stats.queries_without_negatives -= 1
-    return out
 
 
 def semantic_positives(cache: TeacherCache, pairs: list[Pair], corpus_emb: np.ndarray, texts: list[str],
@@ -111,7 +84,7 @@ def semantic_positives(cache: TeacherCache, pairs: list[Pair], corpus_emb: np.nd
         if scale * (cache.scores[(i, r)] - cache.scores[(i, pairs[i].positive)]) >= floor:
             p = pairs[i]
             p.extra_positives.append(r)
-            added.append(Pair(p.query, r, extra_positives=[p.positive], group=p.group, weight=p.weight))
+            added.append(Pair(p.query, r, extra_positives=[p.positive], group=p.group))
             per_query[i] = per_query.get(i, 0) + 1
     return added, {"checked": len(candidates), "added": len(added), "queries_with_added": len(per_query)}
 
@@ -128,12 +101,9 @@ def pick_label(query: str, rows: list[int], scores: np.ndarray, texts: list[str]
     """(best candidate, candidates with its text, their softmax mass) for one unlabelled query.
 
     ``scores`` are the teacher's over ``rows``; the softmax is on the logit scale distillation reads
-    (a bi-encoder's cosines over the InfoNCE temperature), plus ``pseudo.lexical`` x BM25 / max over T.
+    (a bi-encoder's cosines over the InfoNCE temperature).
     """
     logits = np.asarray(scores, np.float64) / (spec.loss.temperature if teacher_kind == "bi-encoder" else 1.0)
-    if spec.pseudo.lexical:  # search's lexical fusion (cos + w x bm25 / max), on the same scale
-        lex = fuse(query, [texts[r] for r in rows], np.zeros(len(rows)), spec.pseudo.lexical)[0]
-        logits = logits + lex / spec.loss.temperature
     p = np.exp(logits - logits.max())
     p /= p.sum()
     best = int(np.argmax(logits))
@@ -149,24 +119,15 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
     The live bi-encoder retrieves each query's top ``pseudo.candidates`` documents, the teacher
     scores them, and a query becomes a training pair, its positive the teacher's best document,
     when the teacher's softmax over the candidates gives that document (and any copy of its text)
-    at least ``pseudo.min_confidence``. With ``pseudo.lexical`` the softmax is over the teacher's
-    logits plus BM25 over the candidates, fused as search fuses ``lexical``: exact words (names,
-    identifiers) that a teacher trained on a thousand pairs misses. The teacher's scores are stored in ``cache`` under the
+    at least ``pseudo.min_confidence``. The teacher's scores are stored in ``cache`` under the
     pairs' final indices (``offset + j``), so denoising and distillation read them for free.
     Queries in ``skip`` (labelled or evaluation queries) are left out: they have labels already,
     or must not be trained on.
-
-    With ``pseudo.unsure: "distill"`` a query below the threshold is kept as a distillation-only
-    row (``Pair.weight`` 0): InfoNCE skips it, and the distillation loss matches the student to the
-    teacher's soft scores over its best candidate, its ``pseudo.runners_up`` next ones (kept as the
-    row's negatives) and whatever else the batch holds. A label that is wrong half the time would
-    teach the wrong answer; the teacher's hesitation between two answers still teaches their order
-    against the rest.
     """
     ps = spec.pseudo
     keep = [j for j, q in enumerate(queries) if q not in skip]
     info = {"queries": len(queries), "known": len(queries) - len(keep), "labelled": 0, "low_confidence": 0,
-            "distill_only": 0, "teacher_disagreed": 0, "mean_confidence": None}
+            "teacher_disagreed": 0, "mean_confidence": None}
     if not keep:
         return [], info
     index = faiss.IndexFlatIP(corpus_emb.shape[1])
@@ -189,31 +150,17 @@ def pseudo_label(cache: TeacherCache, queries: list[str], query_emb: np.ndarray,
         s = scores[at : at + len(rows)]
         at += len(rows)
         best, same, conf = pick_label(queries[j], rows, s, texts, spec, cache.teacher.kind)
-        sure = conf >= ps.min_confidence
-        if not sure:
+        if conf < ps.min_confidence:
             info["low_confidence"] += 1
-            if ps.unsure != "distill":
-                continue
+            continue
         i = offset + len(out)
         pair = Pair(queries[j], rows[best], extra_positives=[rows[b] for b in same if b != best], group="pseudo")
-        if not sure:  # no hard label: the teacher's runners-up ride along for the distillation loss
-            order = np.argsort(-np.asarray(s, np.float64), kind="stable")
-            seen = {texts[rows[best]]}
-            for b in order:
-                if len(pair.negatives) >= ps.runners_up:
-                    break
-                if texts[rows[b]] not in seen:
-                    seen.add(texts[rows[b]])
-                    pair.negatives.append(rows[b])
-            pair.weight = 0.0
-            info["distill_only"] += 1
         out.append(pair)
         for r, v in zip(rows, s, strict=True):
             cache.scores[(i, r)] = float(v)
-        if sure:
-            confidences.append(conf)
-            info["teacher_disagreed"] += best != 0  # the student ranked another document first
-    info["labelled"] = len(out) - info["distill_only"]
+        confidences.append(conf)
+        info["teacher_disagreed"] += best != 0  # the student ranked another document first
+    info["labelled"] = len(out)
     if confidences:
         info["mean_confidence"] = round(float(np.mean(confidences)), 4)
     return out, info

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from strop.index.cancel import Cancelled
 from strop.index.encoder import Encoder, bf16_supported
-from strop.index.lexical import fuse
 from strop.trainer.augment import augment_code
 from strop.trainer.contract import JobSpec
 from strop.trainer.data import Pair, positive_text
@@ -28,10 +28,6 @@ from strop.trainer.distill import cprd, listwise_kl, margin_mse, mix_negatives
 from strop.trainer.mining import neighbour_batches
 
 log = logging.getLogger("strop.train")
-
-
-class Cancelled(Exception):
-    pass
 
 
 @dataclass
@@ -172,7 +168,6 @@ def fine_tune(
         mix_hardest=spec.mix_hard_negatives.hardest if spec.mix_hard_negatives else 8,
         generator=gen,
         ensure=teacher_ensure,
-        lexical=spec.distill.lexical / spec.loss.temperature if spec.distill else 0.0,
     )
     model.train()
     step = 0
@@ -224,7 +219,6 @@ class StepExtras:
     mix_hardest: int = 8
     generator: torch.Generator | None = None
     ensure: Callable[[list[tuple[int, int]]], None] | None = None  # listwise: score missing keys into teacher
-    lexical: float = 0.0  # listwise: + lexical x BM25 / row max, on the teacher's logits (already / temperature)
 
 
 def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]], batch: list[int],
@@ -268,17 +262,10 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
         synth = mix_negatives(q, d, mask, extras.mix_count, extras.mix_hardest, extras.generator)
         logits = torch.cat([logits, (q[:, None, :] * synth.to(q.device)).sum(-1) / temperature], 1)
     target = torch.arange(len(batch), device=q.device)
-    weights = [pairs[i].weight for i in batch]
-    if all(w == 1.0 for w in weights):
-        loss = F.cross_entropy(logits, target)
-    else:  # distillation-only rows (unsure pseudo-labels) carry no hard label: InfoNCE over the others
-        w = torch.tensor(weights, dtype=logits.dtype, device=q.device)
-        ce = F.cross_entropy(logits, target, reduction="none").masked_fill(w == 0, 0.0)
-        loss = (ce * w).sum() / w.sum().clamp_min(1e-6)
+    loss = F.cross_entropy(logits, target)
     if extras is not None and extras.teacher is not None and extras.distill_weight > 0:
         if extras.distill_loss == "listwise":
-            loss = loss + extras.distill_weight * _distill_listwise(raw, batch, uniq, mask, extras,
-                                                                    queries, doc_texts)
+            loss = loss + extras.distill_weight * _distill_listwise(raw, batch, uniq, mask, extras)
         else:
             loss = loss + extras.distill_weight * _distill(raw, batch, pairs, negatives, col, extras)
     if queue is not None:
@@ -287,27 +274,18 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
 
 
 def _distill_listwise(raw: torch.Tensor, batch: list[int], uniq: list[int], mask: torch.Tensor,
-                      extras: StepExtras, queries: list[str] | None = None,
-                      doc_texts: list[str] | None = None) -> torch.Tensor:
+                      extras: StepExtras) -> torch.Tensor:
     """KL(teacher || student) over each query's whole batch row: its positive, the other queries'
     positives and every mined negative, i.e. the documents InfoNCE already ranks. Unlike cprd
     (the mined negatives only) the teacher also grades the positive against them, and every
     in-batch document adds a comparison for free. Masked cells (another copy of a relevant
-    document) are left out of both softmaxes. With ``extras.lexical`` (``distill.lexical`` over the
-    temperature) each row's teacher logits get BM25 of the query over the row's documents, scaled
-    to the row's best, as search's lexical fusion adds it to a cosine."""
+    document) are left out of both softmaxes."""
     assert extras.teacher is not None
     keys = [(i, r) for i in batch for r in dict.fromkeys(uniq)]
     if extras.ensure is not None:
         extras.ensure(keys)
     t = torch.tensor([[extras.teacher.get((i, r), float("nan")) for r in uniq] for i in batch],
                      dtype=raw.dtype, device=raw.device) * extras.teacher_scale
-    if extras.lexical:
-        if queries is None or doc_texts is None:
-            raise ValueError("distill.lexical needs the batch's query and document texts")
-        lex = torch.tensor(np.stack([fuse(q, doc_texts, np.zeros(len(doc_texts)), 1.0)[1] for q in queries]),
-                           dtype=raw.dtype, device=raw.device)
-        t = t + extras.lexical * lex
     return listwise_kl(raw, t, ~mask & ~torch.isnan(t), extras.teacher_temperature)
 
 

@@ -16,15 +16,15 @@ import os
 import threading
 import time
 import traceback
-from pathlib import Path
 
 import redis
 
+from strop.index.cancel import Cancelled
+from strop.index.settings import Settings
 from strop.index.store import DocumentStore
-from strop.trainer.contract import TERMINAL, JobSpec, cancel_key, events_channel, lock_key
-from strop.trainer.pipeline import Reporter, run_encoder_job
+from strop.trainer.contract import TERMINAL, JobSpec, announce, cancel_key, lock_key
+from strop.trainer.pipeline import JobContext, Reporter, run_encoder_job
 from strop.trainer.teacher.job import run_teacher_job
-from strop.trainer.train import Cancelled
 
 log = logging.getLogger("strop.worker")
 
@@ -32,17 +32,24 @@ LOCK_TTL_S = 30
 HEARTBEAT_S = 1.0
 
 
-def _env() -> tuple[Path, str, str]:
-    data_dir = Path(os.environ.get("STROP_DATA_DIR", "./strop-data"))
-    url = os.environ.get("STROP_REDIS_URL") or ""
-    prefix = os.environ.get("STROP_REDIS_PREFIX", "strop")
-    return data_dir, url, prefix
+_settings: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Hand the worker process its settings before it starts taking jobs; rq's work horse is a fork
+    of that process, so every job it runs sees them."""
+    global _settings
+    _settings = settings
 
 
 def run_job(job_id: str) -> str:
-    data_dir, url, prefix = _env()
-    store = DocumentStore(data_dir / "strop.db")
-    r = redis.Redis.from_url(url)
+    """The rq entry point (``JOB_FUNCTION``): run one job to a terminal state and return that state."""
+    if _settings is None:
+        raise RuntimeError("strop.trainer.worker.configure(settings) was not called in this worker process")
+    settings = _settings
+    prefix = settings.redis_prefix
+    store = DocumentStore(settings.db_path)
+    r = redis.Redis.from_url(settings.redis_url or "")
     rec = store.get_job(job_id)
     if rec["state"] in TERMINAL:
         return rec["state"]
@@ -50,7 +57,8 @@ def run_job(job_id: str) -> str:
     collection = rec["collection"]
     cancelled = threading.Event()
     stop_beat = threading.Event()
-    reporter = Reporter(should_stop=cancelled.is_set)
+    reporter = Reporter(should_stop=cancelled.is_set, fault_pause=settings.fault_pause,
+                        fault_fail=settings.fault_fail)
     lock = r.lock(lock_key(prefix, collection), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
     parent = os.getppid()
 
@@ -103,9 +111,8 @@ def run_job(job_id: str) -> str:
             run = run_views_job
         else:
             run = run_teacher_job if spec.kind == "teacher" else run_encoder_job
-        result = run(job_id, collection, spec, store, data_dir, reporter,
-                     device=os.environ.get("STROP_DEVICE", "cpu"),
-                     announce=lambda c, v: _announce(r, prefix, c, v))
+        result = run(JobContext(job_id, collection, spec, store, settings, reporter,
+                                announce=lambda c, v: announce(r, prefix, c, v)))
         stop_beat.set()
         beater.join(5)
         reporter.details["lock_released_at"] = time.time()
@@ -132,11 +139,3 @@ def run_job(job_id: str) -> str:
         except Exception:  # noqa: BLE001
             pass
 
-
-def _announce(r: redis.Redis, prefix: str, collection: str, version: str) -> None:
-    import json
-
-    try:
-        r.publish(events_channel(prefix), json.dumps({"collection": collection, "version": version}))
-    except redis.RedisError:
-        log.warning("could not announce %s/%s", collection, version)

@@ -26,12 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from strop.index.cancel import Cancelled
 from strop.index.image.logo import crop_to_content
-
-
-class Cancelled(Exception):
-    """``should_stop()`` returned True."""
-
 
 FAMILIES = ("train", "wild")
 

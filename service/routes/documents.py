@@ -10,11 +10,11 @@ from anyio import to_thread
 from fastapi import APIRouter
 
 from strop.index.image.decode import ImageError, decode_image
+from strop.index.settings import Settings
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from strop.service.errors import ApiError, image_error
 from strop.service.manager import make_documents
 from strop.service.schemas import DocumentOut, DocumentsPut, UpsertResult
-from strop.service.settings import Settings
 
 router = APIRouter(tags=["documents"])
 

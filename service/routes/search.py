@@ -15,12 +15,12 @@ from strop.index.collection import doc_text
 from strop.index.image.decode import ImageError, decode_image
 from strop.index.lexical import fuse
 from strop.index.metrics import evaluate_rankings
+from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from strop.service.errors import ApiError, image_error
 from strop.service.manager import CollectionManager, CollectionState, Served
 from strop.service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
-from strop.service.settings import Settings
 from strop.service.telemetry import Timer
 
 router = APIRouter(tags=["search"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from strop.service.settings import Settings
+from strop.index.settings import Settings
 
 READ = "readkey0123456789ab"
 WRITE = "writekey0123456789a"

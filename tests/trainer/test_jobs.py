@@ -167,8 +167,10 @@ def test_gated_out_job_keeps_active_version(client, corpus, workers):
     ({"train": {"queries": ["q"]}, "eval": {"holdout": 0.2}}, "invalid_job"),  # nothing labelled to hold out
     ({"train": {"queries": ["q"]}}, "no_teacher"),
     ({"pseudo": {"min_confidence": 0.7}}, "invalid_job"),  # pseudo without train.queries would do nothing
-    ({"train": {"queries": ["q"]}, "pseudo": {"unsure": "distill"}}, "invalid_job"),  # nothing to distil with
-    ({"distill": {"loss": "margin_mse", "lexical": 0.2}}, "invalid_job"),  # BM25 is fused into listwise rows only
+    ({"train": {"queries": ["q"]}, "pseudo": {"unsure": "distill"}}, "invalid_job"),  # not a job option
+    ({"distill": {"loss": "listwise", "lexical": 0.2}}, "invalid_job"),  # not a job option
+    ({"mining": {"fallback": "hardest"}}, "invalid_job"),  # not a job option
+    ({"kind": "teacher", "teacher_prior": False}, "invalid_job"),  # not a job option
     ({"kind": "teacher", "train": {"pairs": [{"query": "q", "positive_id": "x"}], "queries": ["q2"]}}, "invalid_job"),
 ])
 def test_impossible_jobs_are_refused_at_submission(client, corpus, patch, code):

@@ -92,22 +92,6 @@ def test_zero_negatives_mines_nothing() -> None:
     assert negs == [[]] and stats.candidates_seen == 0
 
 
-def test_fallback_hardest_gives_empty_handed_queries_the_top_candidate() -> None:
-    # query 0: its positive (row 0) ranks 4th, so every candidate in the window outscores it; row 1 repeats the
-    # positive's text and must never be the fallback. query 1 has an eligible negative and keeps it.
-    cos = [0.30, 0.95, 0.90, 0.80, 0.20]
-    texts = ["def f(): pass", "def f(): pass", "a", "b", "c"]
-    pairs = [Pair("q0", 0), Pair("q1", 2)]
-    q = np.repeat(_query(), 2, axis=0)
-    strict = MiningSpec(negatives_per_query=1, range_min=0, range_max=3, relative_margin=0.05)
-    negs, stats = mine(q, _rows(cos), texts, pairs, strict)
-    assert negs == [[], [3]] and stats.fallback_hardest == 0 and stats.queries_without_negatives == 1
-    loose = strict.model_copy(update={"fallback": "hardest"})
-    negs, stats = mine(q, _rows(cos), texts, pairs, loose)
-    assert negs == [[2], [3]]
-    assert stats.fallback_hardest == 1 and stats.queries_without_negatives == 0
-
-
 def test_neighbour_batches_cover_every_item_once_and_group_look_alikes() -> None:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 16))

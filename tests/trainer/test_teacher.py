@@ -14,7 +14,6 @@ import torch
 from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
 from strop.index.encoder import Encoder, resolve_spec
-from strop.index.lexical import bm25
 from strop.index.teacher import (
     BiEncoderScorer,
     CrossEncoderScorer,
@@ -26,9 +25,9 @@ from strop.index.teacher import (
 from strop.trainer.contract import JobSpec
 from strop.trainer.data import Pair
 from strop.trainer.distill import cprd, margin_mse, mix_negatives
-from strop.trainer.mining import MiningStats, mine
+from strop.trainer.mining import MiningStats
 from strop.trainer.pipeline import Reporter
-from strop.trainer.teaching import TeacherCache, denoise, pseudo_label, semantic_positives, teacher_fallback
+from strop.trainer.teaching import TeacherCache, denoise, pseudo_label, semantic_positives
 from strop.trainer.train import Cancelled, fine_tune, load_model
 
 TEXTS = [
@@ -50,39 +49,9 @@ def test_denoise_drops_planted_false_negative(minilm_teacher):
     pairs = [Pair(QUERY, 0)]
     negatives = [[1, 2, 3, 4]]  # 1 is a paraphrase of the positive: a false negative
     stats = MiningStats(queries=1, kept=4)
-    out = denoise(TeacherCache(minilm_teacher), pairs, negatives, TEXTS, None, stats)
+    out = denoise(TeacherCache(minilm_teacher), pairs, negatives, TEXTS, stats)
     assert 1 not in out[0] and set(out[0]) == {2, 3, 4}
     assert stats.removed_teacher == 1 and stats.kept == 3
-
-
-def test_teacher_fallback_vets_negatives_from_above_the_positive(minilm_teacher):
-    # the student ranks the paraphrase (1) and the bank (2) above the positive (0) and the rest under
-    # the margin, so mining leaves the query empty-handed; the teacher rejects the paraphrase (a false
-    # negative) and keeps the bank, the best-ranked candidate it scores below the positive
-    cos = np.array([0.50, 0.95, 0.90, 0.10, 0.05], np.float32)
-    rows = np.zeros((5, 8), np.float32)
-    rows[:, 0] = cos
-    rows[np.arange(5), 1 + np.arange(5)] = np.sqrt(1 - cos**2)
-    q = np.zeros((1, 8), np.float32)
-    q[0, 0] = 1.0
-    pairs = [Pair(QUERY, 0)]
-    spec = JobSpec.model_validate({"train": {"pairs": [{"query": QUERY, "positive_id": "x"}]},
-                                   "mining": {"range_max": 2, "fallback": "teacher"}}).mining
-    candidates: dict[int, list[int]] = {}
-    negs, stats = mine(q, rows, TEXTS, pairs, spec, fallback=candidates)
-    assert negs == [[]] and candidates == {0: [1, 2]} and stats.queries_without_negatives == 1
-    cache = TeacherCache(minilm_teacher)
-    out = teacher_fallback(cache, pairs, negs, candidates, TEXTS, None, stats)
-    assert cache.scores[(0, 1)] >= cache.scores[(0, 0)] > cache.scores[(0, 2)]
-    assert out == [[2]]
-    assert stats.fallback_teacher == 1 and stats.fallback_teacher_checked == 2
-    assert stats.queries_without_negatives == 0 and stats.kept == 1
-    # only the paraphrase above the positive: nothing passes, the query stays without a negative
-    stats = MiningStats(queries=1, queries_without_negatives=1)
-    assert teacher_fallback(cache, pairs, [[]], {0: [1]}, TEXTS, None, stats) == [[]]
-    assert stats.fallback_teacher == 0 and stats.queries_without_negatives == 1
-    # without a fallback dict (or with another fallback) mine() hands nothing to the teacher
-    assert mine(q, rows, TEXTS, pairs, spec.model_copy(update={"fallback": "none"}), fallback=candidates)[0] == [[]]
 
 
 def test_bi_encoder_teacher_embeds_each_text_once(minilm_teacher):
@@ -195,79 +164,6 @@ def test_pseudo_labels_take_the_teachers_confident_best_and_skip_the_unsure_and_
     assert len(pairs) == 1 and pairs[0].positive in top2
 
 
-def test_pseudo_lexical_fuses_bm25_into_the_label_and_leaves_the_teachers_scores(minilm_teacher):
-    # "bread" is a word only row 1 shares with both queries; row 0 says "220 degrees"
-    queries = ["what temperature to bake bread", QUERY]
-    rng = np.random.default_rng(0)
-    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    emb, qv = unit(rng.normal(size=(len(TEXTS), 16))), unit(rng.normal(size=(len(queries), 16)))
-
-    def label(lexical: float, min_confidence: float = 0.5) -> tuple[list[Pair], dict, TeacherCache]:
-        spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "e", "positive_ids": ["x"]}]},
-                                       "pseudo": {"candidates": len(TEXTS), "min_confidence": min_confidence,
-                                                  "lexical": lexical}})
-        cache = TeacherCache(minilm_teacher)
-        return *pseudo_label(cache, queries, qv, emb, TEXTS, spec, 0), cache
-
-    plain, _, plain_cache = label(0.0)
-    fused, info, fused_cache = label(0.5)
-    assert [p.positive for p in plain] == [0, 1]  # the teacher reads "temperature" as "220 degrees"
-    assert [p.positive for p in fused] == [1, 1]  # the shared word outweighs it at 0.5, as it would in search
-    assert fused_cache.scores == plain_cache.scores  # distillation still reads the teacher's own scores
-    # the confidence is the softmax of teacher cosine / T + 0.5 x BM25 / max / T, search's fused score over T
-    cos = minilm_teacher.score([(QUERY, x) for x in TEXTS])
-    lex = bm25(QUERY, TEXTS)
-    z = (cos + 0.5 * lex / lex.max()) / 0.05
-    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-    assert 0.7 < p[1] < 0.9 and info["labelled"] == 2
-    # the split bread vote (0.64 for row 1 alone) clears 0.7 only with the lexical evidence
-    assert [q.query for q in label(0.0, 0.7)[0]] == [queries[0]]
-    assert [q.query for q in label(0.5, 0.7)[0]] == queries
-    with pytest.raises(ValueError, match="lexical"):
-        JobSpec.model_validate({"train": {"queries": queries}, "pseudo": {"lexical": 2}})
-
-
-def test_unsure_pseudo_labels_become_distillation_only_rows(minilm_teacher, tiny_encoder_path):
-    texts = TEXTS + [TEXTS[2]]  # as above: the bank twice, the bread vote split between rows 0 and 1
-    queries = ["which central bank raised interest rates", "goalkeeper saves a penalty at the end of the game", QUERY]
-    rng = np.random.default_rng(0)
-    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    emb, qv = unit(rng.normal(size=(len(texts), 16))), unit(rng.normal(size=(len(queries), 16)))
-    body = {"train": {"queries": queries}, "eval": {"pairs": [{"query": "e", "positive_ids": ["x"]}]},
-            "pseudo": {"candidates": len(texts), "min_confidence": 0.7, "unsure": "distill", "runners_up": 2}}
-    with pytest.raises(ValueError, match="unsure"):  # nothing would train on those rows
-        JobSpec.model_validate(body)
-    spec = JobSpec.model_validate({**body, "distill": {"loss": "listwise"}})
-    cache = TeacherCache(minilm_teacher)
-    pairs, info = pseudo_label(cache, queries, qv, emb, texts, spec, offset=3)
-    assert [(p.query, p.weight) for p in pairs] == [(queries[0], 1.0), (queries[1], 1.0), (QUERY, 0.0)]
-    assert info["labelled"] == 2 and info["low_confidence"] == 1 and info["distill_only"] == 1
-    assert info["mean_confidence"] >= 0.7  # the unsure row's confidence is not averaged in
-    bread = pairs[2]
-    t = minilm_teacher.score([(QUERY, x) for x in texts])
-    # its positive is the teacher's best (the paraphrase); the runners-up are the next two texts, the
-    # original recipe first, and the bank's second copy is not a second runner-up
-    assert bread.positive == 1 and bread.negatives[0] == 0 and len(bread.negatives) == 2
-    assert bread.negatives[1] == int(np.argsort(-t)[2]) and not {2, 5} <= set(bread.negatives)
-    assert set(cache.scores) >= {(5, r) for r in range(len(texts))}  # the teacher's soft scores, for the loss
-    # the default drops it, as before
-    drop = JobSpec.model_validate({**body, "pseudo": {**body["pseudo"], "unsure": "drop"}})
-    assert len(pseudo_label(TeacherCache(minilm_teacher), queries, qv, emb, texts, drop, 0)[0]) == 2
-
-    # in a step, InfoNCE skips the row: the loss is the other rows' cross-entropy alone, over a batch
-    # that still holds the unsure row's positive and runners-up as documents
-    from strop.trainer.train import _embed, _step
-    model = load_model(tiny_encoder_path).eval()
-    step_pairs = [Pair(queries[0], 2), Pair(QUERY, 1, negatives=[0], weight=0.0)]
-    with torch.no_grad():
-        loss = _step(model, step_pairs, texts, [[], []], [0, 1], 0.05, "cpu")
-        q = torch.nn.functional.normalize(_embed(model, [queries[0]], "cpu"), dim=-1)
-        d = torch.nn.functional.normalize(_embed(model, [texts[2], texts[1], texts[0]], "cpu"), dim=-1)
-        by_hand = torch.nn.functional.cross_entropy(q @ d.T / 0.05, torch.tensor([0]))
-        assert float(loss) == pytest.approx(float(by_hand), rel=1e-4)
-        assert float(_step(model, step_pairs[1:], texts, [[]], [0], 0.05, "cpu")) == 0.0
-
-
 def _order_agreement(s: np.ndarray, t: np.ndarray) -> float:
     n, agree, total = len(s), 0, 0
     for i in range(n):
@@ -339,30 +235,6 @@ def test_listwise_distillation_grades_the_positive_and_in_batch_documents_and_sk
     # a pair the teacher never scored (no ensure) is left out, not read as zero
     missing = {k: v for k, v in teacher.items() if k != (1, 2)}
     assert float(_distill_listwise(raw, batch, uniq, mask, StepExtras(teacher=missing))) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_listwise_distill_lexical_adds_each_rows_scaled_bm25_to_the_teacher():
-    """distill.lexical: the teacher's row for a query is its logits plus w x BM25 / the row's best
-    BM25 / temperature, as search fuses BM25 into a cosine; a teacher that scores every document
-    alike is then matched by a student that ranks the shared words first."""
-    from strop.trainer.train import StepExtras, _distill_listwise
-
-    queries = ["bake bread at home", "interest rates of the central bank"]
-    docs = [TEXTS[0], TEXTS[1], TEXTS[2], TEXTS[3]]  # row 1 says bread, row 2 the bank and its rates
-    uniq, batch, mask = [0, 1, 2, 3], [0, 1], torch.zeros(2, 4, dtype=torch.bool)
-    flat = {(i, r): 0.5 for i in batch for r in uniq}  # cosine 0.5 for every pair: no preference
-    lex = np.stack([bm25(q, docs) / bm25(q, docs).max() for q in queries])
-    assert lex[0].argmax() == 1 and lex[1].argmax() == 2
-    extras = StepExtras(teacher=flat, distill_loss="listwise", distill_weight=1.0, teacher_scale=1 / 0.05,
-                        lexical=0.3 / 0.05)
-    fused = torch.tensor(0.5 / 0.05 + 0.3 * lex / 0.05, dtype=torch.float32)
-    assert float(_distill_listwise(fused, batch, uniq, mask, extras, queries, docs)) == pytest.approx(0.0, abs=1e-5)
-    plain = torch.full((2, 4), 0.5 / 0.05)  # what the teacher alone would ask for now costs
-    assert float(_distill_listwise(plain, batch, uniq, mask, extras, queries, docs)) > 0.01
-    assert float(_distill_listwise(plain, batch, uniq, mask, StepExtras(teacher=flat, teacher_scale=1 / 0.05))) \
-        == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="listwise"):
-        JobSpec.model_validate({"train": {"source": "feedback"}, "distill": {"loss": "cprd", "lexical": 0.2}})
 
 
 def test_bi_encoder_teacher_scores_are_scaled_like_the_student_logits():
@@ -490,7 +362,7 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     teacher_path = qclient.get("/collections/code").json()["teacher"]
     teacher = load_teacher(teacher_path)
     assert teacher_path and isinstance(teacher, CrossEncoderScorer)
-    # the default teacher carries a copy of the bi-encoder it was trained over (teacher_prior)
+    # the teacher carries a copy of the bi-encoder it was trained over (its prior)
     prior = job["details"]["train"]["prior"]
     assert teacher.prior is not None and prior["scale"] == 20.0 and teacher.logit_weight == prior["logit_weight"]
     assert len(prior["chosen_per_half"]) == 2 and set(prior["mrr@10_by_weight"]) == {"0.1", "0.25", "0.5", "1", "2", "4"}
@@ -499,15 +371,14 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
     assert r.status_code == 200 and all("teacher" in h["scores"] for h in r.json()["hits"])
     # an encoder job that distills from, and denoises with, the collection's own teacher
     body = job_body(corpus, evals, max_steps=5, max_seq_length=64, distill={"loss": "cprd", "weight": 1.0},
-                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True,
-                            "fallback": "teacher"})
+                    mining={"negatives_per_query": 2, "relative_margin": 0.0, "denoise": True})
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
     workers.start()
     job = wait(qclient, job_id)
     assert job["state"] in ("succeeded", "rejected"), job
     assert job["details"]["teacher"]["kind"] == "cross-encoder" and job["details"]["teacher"]["scored"] > 0
     mined = job["details"]["mining"]
-    assert "removed_teacher" in mined and 0 <= mined["fallback_teacher"] <= mined["fallback_teacher_checked"]
+    assert "removed_teacher" in mined and "fallback_teacher" not in mined
 
 
 @pytest.mark.slow
@@ -515,9 +386,9 @@ def test_teacher_job_trains_stores_and_reranks(qclient, corpus, workers):  # noq
 def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclient, corpus, workers, data_dir):  # noqa: F811
     evals = load(qclient, corpus)
     fuse = resolve_spec(None)  # the packaged MiniLM: stronger than the tiny student
-    # refused before queueing: fuse on an encoder job, without the prior, or naming a missing path
-    # ... and folds without fuse, or fewer than 2
-    for extra, word in (({"fuse": fuse}, "fuse"), ({"kind": "teacher", "fuse": fuse, "teacher_prior": False}, "fuse"),
+    # refused before queueing: fuse on an encoder job, or naming a missing path
+    # ... and folds without fuse, or fewer than 2; options that no longer exist are named
+    for extra, word in (({"fuse": fuse}, "fuse"), ({"kind": "teacher", "fuse": fuse, "teacher_prior": False}, "teacher_prior"),
                         ({"kind": "teacher", "fuse": "/no/such/model"}, "fuse"),
                         ({"kind": "teacher", "folds": 2}, "give fuse"), ({"kind": "teacher", "fuse": fuse, "folds": 1}, "folds")):
         r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, **extra))
@@ -659,7 +530,7 @@ def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa
     assert job["state"] == "failed" and "fault injected" in job["error"]
     assert qclient.get("/collections/code").json()["teacher"] is None
     # jobs that need a teacher are refused while the collection has none
-    for mining in ({"denoise": True}, {"fallback": "teacher"}):
+    for mining in ({"denoise": True},):
         r = qclient.post("/collections/code/jobs", json=job_body(corpus, evals, mining=mining))
         assert r.status_code == 422 and r.json()["error"]["code"] == "no_teacher"
 
@@ -779,7 +650,7 @@ def test_unlabelled_queries_become_teacher_labelled_pairs_in_a_job(qclient, corp
 
 
 def test_a_teacher_with_a_prior_starts_as_its_bi_encoder_learns_a_correction_and_round_trips(tiny_encoder_path, tmp_path):
-    """``teacher_prior``: score = cos / temperature of a stored bi-encoder + the cross-encoder's logit.
+    """A teacher scores cos / temperature of a stored bi-encoder + the cross-encoder's logit.
     With the head zeroed it ranks exactly as its bi-encoder; training moves a planted positive that the
     bi-encoder ranks last to the top; saved and loaded, it scores the same."""
     import shutil

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,11 +35,7 @@ from strop.index.image.decode import ImageError, decode_image
 from strop.index.image.encoder import ImageEncoder
 from strop.index.image.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, fused_scores
 from strop.index.metrics import evaluate_rankings
-from strop.index.store import DocumentStore
-from strop.index.versions import VersionStore
-from strop.trainer.contract import JobSpec
 from strop.trainer.data import snapshot
-from strop.trainer.image.views import Cancelled as ViewsCancelled
 from strop.trainer.image.views import (
     calibrate_threshold,
     fit_fusion,
@@ -48,7 +43,7 @@ from strop.trainer.image.views import (
     open_set_metrics,
     train_views,
 )
-from strop.trainer.pipeline import JobResult, Reporter, apply_gate, finish, publish
+from strop.trainer.pipeline import JobContext, JobResult, Reporter, apply_gate, finish, publish
 from strop.trainer.train import Cancelled, Progress
 
 log = logging.getLogger("strop.views_job")
@@ -82,24 +77,14 @@ def measure(model: LogoModel, gallery: Embedded, known: Embedded, labels: np.nda
     return {k: (round(float(v), 5) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-def run_views_job(
-    job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
-    reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None,
-) -> JobResult:
-    try:
-        return _run(job_id, collection, spec, store, data_dir, reporter, device, announce)
-    except ViewsCancelled:  # raised inside strop.trainer.image.views (rendering, caching): the worker's cancel
-        raise Cancelled() from None
-
-
-def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
-         reporter: Reporter, device: str, announce: Callable[[str, str], None] | None) -> JobResult:
-    data_dir = str(data_dir)
-    vstore = VersionStore(data_dir, collection)
+def run_views_job(ctx: JobContext) -> JobResult:
+    """render views -> evaluate before -> train -> fit fusion and threshold -> evaluate after -> gate -> publish."""
+    job_id, collection, spec, store, reporter = ctx.job_id, ctx.collection, ctx.spec, ctx.store, ctx.reporter
+    data_dir, device, vstore = ctx.data_dir, ctx.device, ctx.vstore
     vs = spec.views
 
     reporter.enter("snapshot")
-    snap = snapshot(store, data_dir, collection)
+    snap = snapshot(store, data_dir, collection, job_id)  # pinned for the job: retention keeps it
     docs = list(store.iter_documents(collection, max_seq=snap.watermark))
     images, texts, keep = [], [], []
     for i, d in enumerate(docs):
@@ -186,7 +171,7 @@ def _run(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data
     snap.rids = np.asarray([docs[i].rid for i in keep], np.int64)  # the rows of refs1, in order
     vid = publish(store, vstore, snap, model, encoder, model.pack_gallery(refs1), job_id, reporter.metrics,
                   reporter, save_encoder=model.save)
-    return finish(reporter, vstore, vid, passed and spec.activate, passed, collection, announce)
+    return finish(ctx, vid, passed and spec.activate, passed)
 
 
 def chunked(fn: Callable[[int, int], list[Any]], n: int, reporter: Reporter, unit: str,

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from strop.index.embcache import TEACHER_CACHE_DIR
 from strop.index.metrics import evaluate_rankings
 from strop.index.store import DocumentStore
 from strop.index.teacher import (
@@ -53,11 +52,11 @@ from strop.index.teacher import (
     fold_of,
     load_teacher,
 )
-from strop.index.versions import VersionStore
 from strop.trainer.contract import TEACHER_HEAD_LR, JobSpec
 from strop.trainer.data import EvalPair, Snapshot, positive_text
 from strop.trainer.mining import mine
 from strop.trainer.pipeline import (
+    JobContext,
     JobResult,
     Reporter,
     current_embeddings,
@@ -227,11 +226,10 @@ def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], n
     return {"steps": total, "loss": ema, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str | Path,
-                    reporter: Reporter, device: str = "cpu", announce: Callable[[str, str], None] | None = None) -> JobResult:
-    data_dir = str(data_dir)
-    vstore = VersionStore(data_dir, collection)
-    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec)
+def run_teacher_job(ctx: JobContext) -> JobResult:
+    job_id, collection, spec, store, reporter = ctx.job_id, ctx.collection, ctx.spec, ctx.store, ctx.reporter
+    data_dir, device, vstore = ctx.data_dir, ctx.device, ctx.vstore
+    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec, job_id)
 
     reporter.enter("evaluate_before")
     student = load_model(snap.encoder_source, device, spec.max_seq_length)
@@ -243,7 +241,7 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     reporter.metrics = {"before": before}
 
     if spec.fuse is not None:
-        return _fuse_job(job_id, collection, spec, store, data_dir, reporter, device, snap, student, enc, corpus,
+        return _fuse_job(ctx, snap, student, enc, corpus,
                          q_eval, evals, before, pairs)
 
     reporter.enter("mine")
@@ -254,23 +252,20 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
 
     reporter.enter("train")
     ce = CrossEncoderScorer.init_from(snap.base_encoder, device, max_length=min(256, spec.max_seq_length or 256) * 2)
-    prior = None
-    if spec.teacher_prior:
-        ce.zero_head()
-        ce.prior, ce.prior_scale = BiEncoderScorer(enc, f"prior:{snap.version}"), 1.0 / spec.loss.temperature
-        prior = prior_vectors(enc, q_train, corpus, pairs, snap.texts, ce.prior_scale)
+    # a correction over the live bi-encoder: the head starts at zero, so the teacher starts as the
+    # bi-encoder's ranking and learns only what it gets wrong
+    ce.zero_head()
+    ce.prior, ce.prior_scale = BiEncoderScorer(enc, f"prior:{snap.version}"), 1.0 / spec.loss.temperature
+    prior = prior_vectors(enc, q_train, corpus, pairs, snap.texts, ce.prior_scale)
     reporter.details["train"] = train_cross_encoder(ce, pairs, snap.texts, negatives, spec, reporter.on_progress,
                                                     reporter.should_stop, head_lr=TEACHER_HEAD_LR, prior=prior)
-    reporter.details["train"]["prior"] = {"scale": ce.prior_scale} if prior is not None else None
+    reporter.details["train"]["prior"] = {"scale": ce.prior_scale}
 
     reporter.enter("evaluate_after")
     metric = spec.gate.metric
-    if prior is not None:
-        ce.logit_weight, after, fit = prior_rerank(ce, q_eval, corpus, snap, evals, depth, metric,
-                                                   reporter.count("evaluation queries reranked"))
-        reporter.details["train"]["prior"].update(logit_weight=ce.logit_weight, **fit)
-    else:
-        after = rerank_metrics(ce, q_eval, corpus, snap, evals, depth, reporter.count("evaluation queries reranked"))
+    ce.logit_weight, after, fit = prior_rerank(ce, q_eval, corpus, snap, evals, depth, metric,
+                                               reporter.count("evaluation queries reranked"))
+    reporter.details["train"]["prior"].update(logit_weight=ce.logit_weight, **fit)
     delta = after[metric] - before[metric]
     passed = delta >= spec.gate.min_delta
     reporter.metrics = {"before": before, "after": after, "rerank_depth": depth,
@@ -280,16 +275,16 @@ def run_teacher_job(job_id: str, collection: str, spec: JobSpec, store: Document
     return _publish(job_id, collection, spec, store, data_dir, reporter, ce, student, passed)
 
 
-def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str, reporter: Reporter,
-              device: str, snap: Snapshot, student, enc, corpus: np.ndarray, q_eval: np.ndarray,
+def _fuse_job(ctx: JobContext, snap: Snapshot, student, enc, corpus: np.ndarray, q_eval: np.ndarray,
               evals: list[EvalPair], before: dict, pairs: list) -> JobResult:
     """A teacher job with ``fuse``: the named bi-encoder fused with a copy of the live one, the weight
     fitted (and the metrics cross-fitted) on the held-out pairs. Nothing is trained unless ``folds``
     (a fine-tuned copy of the live one per fold) or ``tune_fuse`` (of the named one too) asks."""
+    job_id, collection, spec, store, reporter = ctx.job_id, ctx.collection, ctx.spec, ctx.store, ctx.reporter
+    data_dir, device, settings = ctx.data_dir, ctx.device, ctx.settings
     reporter.enter("load_scorer")
     try:
-        scorer = BiEncoderScorer.load(spec.fuse, device, os.environ.get("STROP_PRECISION", "auto"),
-                                      Path(data_dir) / TEACHER_CACHE_DIR)
+        scorer = BiEncoderScorer.load(spec.fuse, device, settings.precision, settings.teacher_disk_cache())
     except Exception as exc:  # a missing path or an unreachable hub name: a clear job error, not a traceback
         raise ValueError(f"fuse: {spec.fuse!r} cannot be loaded as a sentence-transformers bi-encoder ({exc})") from exc
     if spec.tune_fuse:  # loaded only to fail early on a bad name: each fold fine-tunes its own copy, so free it
@@ -321,8 +316,7 @@ def _fuse_job(job_id: str, collection: str, spec: JobSpec, store: DocumentStore,
                 fold_scorer(0, *models[0]).save(staged, lambda path: save_model(models[0][0], path),
                                                 lambda path: save_model(models[0][1], path))
             del models, scorer
-            fused = load_teacher(str(staged), device, os.environ.get("STROP_PRECISION", "auto"),
-                                 Path(data_dir) / TEACHER_CACHE_DIR)
+            fused = load_teacher(str(staged), device, settings.precision, settings.teacher_disk_cache())
             assert isinstance(fused, FusedScorer | FoldedScorer)
             reporter.enter("evaluate_after")
             fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth,

@@ -1,4 +1,9 @@
-"""One typed settings class; every field reads ``STROP_<NAME>`` from the environment."""
+"""strop's one typed settings class: every ``STROP_<NAME>`` value is read here, and nowhere else.
+
+It lives in the bottom room because all three read it: the API (``strop serve``), the queue
+worker (``strop worker``, which hands it to every job explicitly) and the index code they share.
+Validated at start-up; unsafe combinations are refused loudly.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from strop.index.embcache import TEACHER_CACHE_DIR, DiskCache
 
 Scope = Literal["read", "write", "admin"]
 SCOPE_RANK = {"read": 0, "write": 1, "admin": 2}
@@ -26,8 +33,16 @@ class Settings(BaseSettings):
 
     default_encoder: str = "all-MiniLM-L6-v2"
     allowed_encoders: str = Field("", description="extra encoder specs /v1/embeddings may load by name")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="encoder weights: auto picks bf16 when a calibration batch keeps cosine >= 0.9999 "
+                            "to fp32 (API and workers, teachers included)")
+    device: str | None = Field(None, description="torch device for encoding and training (cpu, cuda, cuda:1); "
+                                                 "default: cuda when available, else cpu")
+    teacher_cache_entries: int = Field(200_000, ge=0, description=(
+        "document embeddings that bi-encoder teachers keep on disk under data_dir/teacher-cache "
+        "(shared by the API and workers; 0 = off)"))
+    fault_pause: str = Field("", description="fault drills only: 'STAGE=SECONDS' makes a job pause on entering STAGE")
+    fault_fail: str = Field("", description="fault drills only: a job fails on entering this stage")
 
     max_body_bytes: int = 32 * 1024 * 1024
     max_documents_per_request: int = 1000
@@ -79,6 +94,22 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "strop.db"
+
+    def teacher_disk_cache(self) -> DiskCache | None:
+        """Where teachers keep document embeddings on disk (None when ``teacher_cache_entries`` is 0)."""
+        if not self.teacher_cache_entries:
+            return None
+        return DiskCache(self.data_dir / TEACHER_CACHE_DIR, self.teacher_cache_entries)
+
+    def resolved_device(self) -> str:
+        """``device``, or CUDA when this machine has it and CPU otherwise (the one default everywhere)."""
+        return self.device or default_device()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _is_loopback(host: str) -> bool:
