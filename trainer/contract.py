@@ -1,7 +1,7 @@
 """The job contract shared by the service and the trainer: payload models and queue names.
 
 The service imports only this module of ``trainer`` (no torch code). Defaults are
-the ones docs/benchmarks.md supports; every field is validated at submission
+the measured best (docs/benchmarks.md); every field is validated at submission
 so an impossible job is a 4xx, not a failed job later.
 """
 
@@ -68,19 +68,25 @@ class Strict(BaseModel):
 
 
 class TrainPair(Strict):
-    query: str = Field(..., min_length=1)
-    positive_id: str = Field(..., min_length=1)
+    """A labelled training example: a query and the id of a document that answers it."""
+
+    query: str = Field(..., min_length=1, description="the query text, as users type it")
+    positive_id: str = Field(..., min_length=1, description="id of a document in the collection that answers it")
 
 
 class TrainSpec(Strict):
     pairs: list[TrainPair] | None = Field(None, description="explicit (query, positive_id) pairs")
     source: Literal["pairs", "feedback", "docstrings", "views"] | None = Field(
-        None, description="feedback = the collection's feedback log; docstrings (code); views (images)")
+        None, description="where pairs come from instead of 'pairs': 'feedback' (the collection's feedback log, "
+                          "POST /collections/{c}/feedback), 'docstrings' (code collections: each documented "
+                          "function's docstring summary as the query for its code), 'views' (image collections: "
+                          "augmented views of each reference image)")
     queries: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None, max_length=200_000, description=(
             "unlabelled queries (a search log's, say), with or without labelled pairs: the teacher ranks each "
             "one's top candidates from the live index and the ones it is sure of become training pairs "
-            "(GPL-style pseudo-labels, options in 'pseudo'; needs a teacher; docs/benchmarks.md)"))
+            "(GPL-style pseudo-labels, options in 'pseudo'; needs a teacher). Use it when you have real "
+            "queries but few labels, and a teacher that ranks better than the encoder"))
 
     @model_validator(mode="after")
     def _one(self) -> TrainSpec:
@@ -98,14 +104,20 @@ class TrainSpec(Strict):
 
 
 class EvalPair(Strict):
-    query: str = Field(..., min_length=1)
-    positive_ids: list[str] = Field(..., min_length=1)
+    """A judged query: every id in positive_ids counts as a correct answer."""
+
+    query: str = Field(..., min_length=1, description="the query text")
+    positive_ids: list[str] = Field(..., min_length=1, description="ids of the documents that answer it")
 
 
 class EvalSpec(Strict):
-    pairs: list[EvalPair] | None = None
+    """The yardstick the gate reads: fixed pairs, or a held-out share of the training pairs."""
+
+    pairs: list[EvalPair] | None = Field(None, description="fixed evaluation pairs (never trained on)")
     holdout: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of training pairs held out")
-    group_by: str | None = Field(None, description="metadata key of the positive to split held-out groups by")
+    group_by: str | None = Field(None, description=(
+        "metadata key of the positive to split held-out groups by (e.g. 'path' for code), so near-duplicates "
+        "of a held-out document are not trained on"))
 
     @model_validator(mode="after")
     def _one(self) -> EvalSpec:
@@ -118,11 +130,15 @@ class EvalSpec(Strict):
 
 class MiningSpec(Strict):
     negatives_per_query: int = Field(1, ge=0, le=64, description="mined hard negatives per query (0 = in-batch only)")
-    range_min: int = Field(0, ge=0, description="skip this many top-ranked candidates")
+    range_min: int = Field(0, ge=0, description="skip this many top-ranked candidates (they are the likeliest "
+                                                "unlabelled positives)")
     range_max: int = Field(50, ge=1, le=1000, description="consider candidates up to this rank")
-    relative_margin: float = Field(0.05, ge=0.0, lt=1.0,
-                                   description="drop candidates scoring above (1 - margin) x the positive's score")
-    refresh_every: int = Field(0, ge=0, description="re-encode the corpus and re-mine every N steps (0 = never)")
+    relative_margin: float = Field(0.05, ge=0.0, lt=1.0, description=(
+        "drop candidates scoring above (1 - margin) x the positive's score: positive-aware mining "
+        "(TopK-PercPos), which keeps likely false negatives out; lower it when many queries get no negative"))
+    refresh_every: int = Field(0, ge=0, description=(
+        "re-encode the corpus with the weights being trained and re-mine every N steps (ANCE-style refresh; "
+        "0 = never). Costs a corpus encode per refresh; pays on long jobs whose negatives go stale"))
     denoise: bool = Field(False, description=(
         "drop mined negatives the teacher scores at or above the query's positive: they are likely unlabelled "
         "positives (RocketQA denoising; needs a teacher). Use it with a teacher that ranks well on this "
@@ -131,7 +147,7 @@ class MiningSpec(Strict):
         "fill each batch with groups of this many training pairs whose positives are nearest neighbours "
         "in the live index, so in-batch negatives are hard ones (TAS-style batch mining; 0 or 1 = random "
         "batches; capped at batch_size). Costs no encoding: the positives' vectors come from the mining round. "
-        f"Default by collection modality: {NEIGHBOUR_GROUP}"))
+        f"Default by collection modality: {NEIGHBOUR_GROUP}; it helps on code, not on prose"))
 
     def group_for(self, modality: str) -> int:
         """The neighbour group a job on a ``modality`` collection uses."""
@@ -145,7 +161,10 @@ class MiningSpec(Strict):
 
 
 class LossSpec(Strict):
-    temperature: float = Field(0.05, gt=0.0, le=1.0, description="InfoNCE temperature")
+    """The contrastive loss."""
+
+    temperature: float = Field(0.05, gt=0.0, le=1.0, description="InfoNCE temperature (cosine / temperature "
+                                                                  "are the logits)")
 
 
 class AugmentSpec(Strict):
@@ -158,15 +177,17 @@ class AugmentSpec(Strict):
 class MomentumQueueSpec(Strict):
     """A momentum copy of the encoder feeding a queue of document embeddings used as extra negatives."""
 
-    size: int = Field(1024, ge=32, le=65536)
-    momentum: float = Field(0.999, ge=0.0, lt=1.0)
+    size: int = Field(1024, ge=32, le=65536, description="document embeddings kept as extra negatives")
+    momentum: float = Field(0.999, ge=0.0, lt=1.0, description="how slowly the momentum copy follows the encoder")
 
 
 class SemanticPositivesSpec(Strict):
     """SRA-CL: the positive's index neighbours that the teacher confirms become extra positives."""
 
-    semantic: bool = False
-    max_per_query: int = Field(1, ge=1, le=16)
+    semantic: bool = Field(False, description=(
+        "add index neighbours of each positive that the teacher confirms as extra positives (needs a "
+        "teacher); use it when documents near-duplicate each other and labels name only one"))
+    max_per_query: int = Field(1, ge=1, le=16, description="extra positives added per query at most")
     neighbours: int = Field(10, ge=1, le=200, description="neighbours of the positive to check")
     min_ratio: float = Field(0.9, gt=0.0, le=2.0,
                              description="confirm when the teacher finds the neighbour at least min_ratio times as "
@@ -176,13 +197,16 @@ class SemanticPositivesSpec(Strict):
 
 
 class DistillSpec(Strict):
+    """Distillation from the teacher's scores, added to InfoNCE (needs a teacher that ranks better than the
+    encoder on pairs it did not train on; otherwise use the teacher for denoising only)."""
+
     loss: Literal["margin_mse", "cprd", "listwise"] = Field(
         "cprd", description="margin_mse: the teacher's margin between the positive and each mined negative; cprd: "
                             "the teacher's order among the mined negatives only; listwise: the teacher's softmax "
                             "over every document in the batch (all in-batch positives and mined negatives), scored "
                             "lazily per batch and cached (cheap for a bi-encoder or fused teacher, whose document "
                             "embeddings are cached; a cross-encoder scores B x (B + negatives) pairs per step)")
-    weight: float = Field(1.0, ge=0.0, le=100.0, description="weight against InfoNCE")
+    weight: float = Field(1.0, ge=0.0, le=100.0, description="weight of the distillation loss against InfoNCE")
     teacher_temperature: float = Field(1.0, gt=0.0, description="cprd and listwise: softmax temperature on teacher logits (a bi-encoder teacher's cosines count as cos / loss.temperature, like the student's)")
 
 
@@ -198,6 +222,8 @@ class PseudoSpec(Strict):
 
 
 class MixSpec(Strict):
+    """MoCHi: synthetic hard negatives mixed in feature space from each query's hardest negatives."""
+
     count: int = Field(4, ge=1, le=64, description="synthetic negatives per query")
     hardest: int = Field(8, ge=2, le=128, description="mix among this many hardest negatives")
 
@@ -205,18 +231,15 @@ class MixSpec(Strict):
 class ViewsSpec(Strict):
     """Image collections (``train.source: "views"``): multi-view training of the logo encoder.
 
-    Defaults: the best configuration bench/logoknobs.py screened on 400 brands (12 views,
-    30 epochs, lr 2e-3, 64 brands per step, last 9 backbone blocks, query crops at 1/0.75/0.5,
-    8 gallery views: top-1 0.585 against 0.268 for 3 blocks without crops or prototypes) and
-    bench/logos.py measured on the whole 2,774-brand gallery (top-1 0.560 with the text view;
-    docs/benchmarks.md, "Logo identification"). They replace the text-oriented ``epochs`` /
-    ``batch_size`` / ``learning_rate`` for views jobs.
+    The defaults are the best configuration measured (docs/benchmarks.md). They replace the
+    text-oriented ``epochs`` / ``batch_size`` / ``learning_rate`` for views jobs.
     """
 
     views_per_ref: int = Field(12, ge=1, le=64, description="augmented views rendered per reference (K)")
-    epochs: int = Field(30, ge=1, le=200)
+    epochs: int = Field(30, ge=1, le=200, description="passes over the rendered views")
     batch_size: int = Field(64, ge=2, le=4096, description="brands per step")
-    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="AdamW learning rate of the trained blocks "
+                                                                   "and the projection head")
     hard_negatives: bool = Field(True, description="batch each brand with its nearest other brands")
     holdout_brands: float = Field(0.2, gt=0.0, lt=0.9,
                                   description="brands left out of training, as the unknown side of calibration")
@@ -240,61 +263,78 @@ class ViewsSpec(Strict):
 
 
 class OpenSetSpec(Strict):
+    """How the open-set threshold ("unknown" logo) is calibrated on held-out views."""
+
     max_false_accept: float = Field(0.05, gt=0.0, lt=1.0,
                                     description="target false-accept rate of the open-set threshold")
 
 
 class GateSpec(Strict):
-    metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = "mrr@10"
+    """When a job's new version is activated: the metric on the evaluation pairs must not drop."""
+
+    metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = Field(
+        "mrr@10", description="the metric compared before and after")
     min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="activate only if after - before >= min_delta")
 
 
 class JobSpec(Strict):
-    kind: Literal["encoder", "teacher"] = "encoder"
-    train: TrainSpec
-    eval: EvalSpec | None = Field(None, description="default: holdout 0.2 of the training pairs")
-    mining: MiningSpec = Field(default_factory=MiningSpec)
-    loss: LossSpec = Field(default_factory=LossSpec)
-    epochs: int = Field(1, ge=1, le=100)
-    batch_size: int = Field(32, ge=2, le=1024)
+    """A training job for one collection. Only ``train`` is required; every default is the configuration
+    measured best for the common case (docs/training.md)."""
+
+    kind: Literal["encoder", "teacher"] = Field(
+        "encoder", description="'encoder' fine-tunes the collection's encoder and publishes a version; "
+                               "'teacher' trains the collection's teacher (a reranker for rerank searches, "
+                               "denoising and distillation)")
+    train: TrainSpec = Field(..., description="what to train on")
+    eval: EvalSpec | None = Field(None, description="what the gate measures; default: holdout 0.2 of the "
+                                                    "training pairs")
+    mining: MiningSpec = Field(default_factory=MiningSpec, description="hard negatives mined from the live index")
+    loss: LossSpec = Field(default_factory=LossSpec, description="the contrastive loss")
+    epochs: int = Field(1, ge=1, le=100, description="passes over the training pairs")
+    batch_size: int = Field(32, ge=2, le=1024, description="pairs per step; every other pair's positive is an "
+                                                          "in-batch negative")
     learning_rate: float | None = Field(None, gt=0.0, le=1.0, description=(
-        f"default: {ENCODER_LR:g} for encoder jobs (bench/codesearch.py), {TEACHER_LR:g} for teacher jobs"))
-    max_steps: int | None = Field(None, ge=1)
-    max_seq_length: int | None = Field(128, ge=8, le=8192,
-                                       description="truncate texts while training (serving keeps the encoder's own limit); "
-                                                   "128 halves step time vs 256 on CPU")
-    seed: int = 42
-    augment: AugmentSpec | None = Field(None, description="code only; off by default (see docs/benchmarks.md)")
-    momentum_queue: MomentumQueueSpec | None = Field(None, description="off by default (see docs/benchmarks.md)")
+        f"default: {ENCODER_LR:g} for encoder jobs, {TEACHER_LR:g} for teacher jobs"))
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (default: the epochs' steps)")
+    max_seq_length: int | None = Field(128, ge=8, le=8192, description=(
+        "truncate texts to this many tokens while training (serving keeps the encoder's own limit); 256 "
+        "trains slower and can score higher on long documents such as code"))
+    seed: int = Field(42, description="seeds batching, augmentation and initialisation: repeat a run exactly")
+    augment: AugmentSpec | None = Field(None, description="code collections: CoCoSoDa soft augmentation (off)")
+    momentum_queue: MomentumQueueSpec | None = Field(None, description="a momentum encoder's queue of extra "
+                                                                       "negatives (off)")
     teacher: str | None = Field(None, description="teacher path or name; default: the collection's teacher")
-    positives: SemanticPositivesSpec = Field(default_factory=SemanticPositivesSpec)
-    distill: DistillSpec | None = None
+    positives: SemanticPositivesSpec = Field(default_factory=SemanticPositivesSpec,
+                                             description="extra positives the teacher confirms (SRA-CL)")
+    distill: DistillSpec | None = Field(None, description="distil the teacher's scores (off)")
     pseudo: PseudoSpec = Field(default_factory=PseudoSpec, description="train.queries: the teacher's pseudo-labels")
-    mix_hard_negatives: MixSpec | None = None
+    mix_hard_negatives: MixSpec | None = Field(None, description="MoCHi synthetic negatives (off)")
     rerank_depth: int = Field(50, ge=2, le=1000, description="teacher jobs: candidates reranked in evaluation")
     fuse: str | None = Field(None, min_length=1, max_length=1000, description=(
         "teacher jobs: instead of training a cross-encoder, fuse this bi-encoder (a path or packaged name, e.g. "
         "all-mpnet-base-v2) with a copy of the live one: score = (cos_live + w x cos_fuse) / loss.temperature, "
-        "w fitted on the held-out pairs like a trained correction's weight (docs/benchmarks.md)"))
+        "w fitted on the held-out pairs. Trains nothing by default: the quickest teacher, and a strong one when "
+        "the named model ranks differently from the fine-tuned encoder"))
     folds: int | None = Field(None, ge=2, le=10, description=(
         "teacher jobs with fuse: cross-fit the teacher. The training pairs are split into this many folds (by a "
         "hash of the query) and a bi-encoder is fine-tuned from the live one on each fold's complement, as an "
         "encoder job with this job's epochs, batch size, mining and learning rate would train it; fold f's "
         "queries are scored by the fusion over fold f's bi-encoder, which never trained on them. Without it the "
-        "prior is the live bi-encoder, which after a job has trained on those very pairs (docs/benchmarks.md)"))
+        "prior is the live bi-encoder, which after a job has trained on those very pairs. Use it when the "
+        "teacher will be distilled on the same labelled pairs"))
     tune_fuse: bool = Field(False, description=(
         "teacher jobs with fuse: fine-tune a copy of the fuse bi-encoder as well, on the same pairs and in the "
         "same way as the copy of the live one. With folds, one per fold, so the stronger model has learnt the "
         "collection too without seeing the queries it will score. Without folds, a copy of each is fine-tuned on "
         "every training pair: the strongest teacher for queries without a label (train.queries pseudo-labels, "
         "rerank searches), but it has seen every labelled pair, so distilling it on them restates their labels. "
-        "Fine-tuned all-mpnet-base-v2 out-ranked fine-tuned MiniLM by 5.4 MRR@10 points on stdlib code; it costs "
-        "one fine-tune of the bigger model per fold (about 6x MiniLM's on CPU) and a copy of it per fold in "
-        "memory wherever the teacher is loaded (docs/benchmarks.md)"))
+        "It costs one fine-tune of the bigger model per fold and a copy of it per fold in memory wherever the "
+        "teacher is loaded"))
     views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
-    gate: GateSpec = Field(default_factory=GateSpec)
-    activate: bool = True
+    gate: GateSpec = Field(default_factory=GateSpec, description="when the new version is activated")
+    activate: bool = Field(True, description="activate the new version when it passes the gate; false keeps "
+                                             "it for a manual POST .../versions/{id}/activate")
 
     @model_validator(mode="after")
     def _fuse(self) -> JobSpec:
