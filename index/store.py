@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_collection ON jobs (collection, created_at);
+-- versions a job builds on (its snapshot's parent), kept by retention while the job is queued or running
+CREATE TABLE IF NOT EXISTS version_pins (
+    collection TEXT NOT NULL,
+    version TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (collection, owner, version)
+);
 """
 
 
@@ -232,6 +240,7 @@ class DocumentStore:
             rids = [r[0] for r in db.execute("SELECT rid FROM documents WHERE collection = ?", (name,))]
             db.execute("DELETE FROM documents WHERE collection = ?", (name,))
             db.execute("DELETE FROM feedback WHERE collection = ?", (name,))
+            db.execute("DELETE FROM version_pins WHERE collection = ?", (name,))
             db.executemany("DELETE FROM vectors WHERE rid = ?", ((r,) for r in rids))
 
     def next_version_number(self, name: str) -> int:
@@ -447,9 +456,64 @@ class DocumentStore:
                     out[int(rid)] = v
         return out
 
-    def drop_vectors(self, version: str) -> None:
+    def drop_vectors(self, version: str, collection: str | None = None) -> int:
+        """Delete a version's vector rows; returns how many. Version ids are per collection (``v0003`` exists
+        in many), so pass ``collection`` to touch only that collection's rows."""
         with self._tx() as db:
-            db.execute("DELETE FROM vectors WHERE version = ?", (version,))
+            if collection is None:
+                return db.execute("DELETE FROM vectors WHERE version = ?", (version,)).rowcount
+            return db.execute(
+                "DELETE FROM vectors WHERE version = ? AND rid IN (SELECT rid FROM documents WHERE collection = ?)",
+                (version, collection),
+            ).rowcount
+
+    def vector_usage(self, collection: str) -> dict[str, tuple[int, int]]:
+        """Per version of ``collection`` that has vector rows: (rows, bytes of their vectors)."""
+        rows = self._conn().execute(
+            "SELECT v.version, COUNT(*), COALESCE(SUM(LENGTH(v.vec)), 0) FROM documents d"
+            " JOIN vectors v ON v.rid = d.rid WHERE d.collection = ? GROUP BY v.version",
+            (collection,),
+        )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    # -- version pins (what running jobs build on) --------------------------------------
+    def pin_version(self, collection: str, version: str, owner: str) -> None:
+        """Record that ``owner`` (a job id) builds on ``version``: retention keeps it while the job is live."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO version_pins (collection, version, owner, created_at) VALUES (?,?,?,?)",
+                (collection, version, owner, time.time()),
+            )
+
+    def unpin_versions(self, owner: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM version_pins WHERE owner = ?", (owner,))
+
+    def pinned_versions(self, collection: str, stale_s: float = 600.0) -> set[str]:
+        """Versions of ``collection`` pinned by a live owner, dropping the pins of dead ones.
+
+        An owner that is a job is live while it is queued or running and its heartbeat (or start) is
+        younger than ``stale_s``; a finished, failed or long-silent job's pins are deleted here. An owner
+        that is not a job stays pinned until :meth:`unpin_versions`.
+        """
+        now = time.time()
+        live: set[str] = set()
+        dead: list[str] = []
+        for r in self._conn().execute(
+            "SELECT p.version, p.owner, j.state, COALESCE(j.heartbeat_at, j.started_at, j.created_at),"
+            " j.id IS NOT NULL FROM version_pins p LEFT JOIN jobs j ON j.id = p.owner WHERE p.collection = ?",
+            (collection,),
+        ):
+            version, owner, state, beat, is_job = r
+            if not is_job or (state in ("queued", "running") and beat is not None and now - beat < stale_s):
+                live.add(version)
+            else:
+                dead.append(owner)
+        if dead:
+            with self._tx() as db:
+                db.executemany("DELETE FROM version_pins WHERE collection = ? AND owner = ?",
+                               ((collection, o) for o in set(dead)))
+        return live
 
     # -- feedback ---------------------------------------------------------------------
     def add_feedback(self, collection: str, query: str, positive_ids: list[str], negative_ids: list[str]) -> int:

@@ -9,24 +9,33 @@ Layout under ``<data>/collections/<name>/``::
 
 A version is written into ``versions/.tmp-*`` and renamed into place after every
 file is fsynced, so a reader never sees a half-written one; a crash leaves only a
-``.tmp-*`` directory, which ``VersionStore`` removes on open.
+``.tmp-*`` directory, which ``VersionStore`` removes on open. Removal runs the other
+way (``strop.index.retention``): a version is renamed out of sight to
+``versions/.trash-*`` first and deleted after, so a crash leaves only a ``.trash-*``
+directory, which ``clean_partials`` finishes. Activation and the choice of what to
+remove hold the collection's lock file (``.lock``), so a version is never removed
+while it becomes the active one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ENCODER_DIR = "encoder"
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
 
 
 class VersionError(Exception):
@@ -67,17 +76,57 @@ class VersionStore:
         self.versions.mkdir(parents=True, exist_ok=True)
         return self
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The collection's lock across processes (an exclusive ``flock`` on ``<collection>/.lock``): held
+        while the active pointer moves and while retention picks and hides what it removes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def clean_partials(self, older_than_s: float = 3600.0) -> None:
-        """Remove ``.tmp-*`` leftovers of crashed writers (only old ones: a live writer may own a new one)."""
+        """Remove ``.tmp-*`` leftovers of crashed writers (only old ones: a live writer may own a new one) and
+        finish every ``.trash-*`` directory (a version already renamed out of sight, whose removal stopped)."""
         if not self.versions.exists():
             return
         now = time.time()
-        for p in self.versions.glob(".tmp-*"):
+        for p in self.versions.glob(TMP_PREFIX + "*"):
             try:
                 if now - p.stat().st_mtime > older_than_s:
                     shutil.rmtree(p, ignore_errors=True)
             except FileNotFoundError:
                 pass
+        for p in self.versions.glob(TRASH_PREFIX + "*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def hide(self, vids: list[str]) -> list[Path]:
+        """Rename versions out of sight (``versions/.trash-<vid>-<rand>``), then fsync the directory: from
+        here on no reader lists or loads them, and a crash leaves only a ``.trash-*`` directory. Call under
+        :meth:`lock`; returns the trash paths, which the caller deletes."""
+        out = []
+        for vid in vids:
+            trash = self.versions / f"{TRASH_PREFIX}{vid}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.path(vid), trash)
+            out.append(trash)
+        if out:
+            _fsync_dir(self.versions)
+        return out
+
+    def disk_bytes(self, vid: str) -> int:
+        """Bytes of the files version ``vid`` holds on disk (manifest, index, encoder weights)."""
+        total = 0
+        for p in self.path(vid).rglob("*"):
+            try:
+                st = p.lstat()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if not p.is_dir():
+                total += st.st_size
+        return total
 
     def path(self, vid: str) -> Path:
         if not vid or "/" in vid or vid.startswith("."):
@@ -90,7 +139,7 @@ class VersionStore:
         final = self.path(vid)
         if final.exists():
             raise VersionError(f"version {vid} already exists")
-        tmp = self.versions / f".tmp-{vid}-{uuid.uuid4().hex[:8]}"
+        tmp = self.versions / f"{TMP_PREFIX}{vid}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             manifest = dict(fill(tmp))
@@ -160,24 +209,17 @@ class VersionStore:
             return 0.0
 
     def activate(self, vid: str) -> None:
-        """Point ACTIVE at ``vid`` atomically (the version must exist and be complete)."""
-        self.manifest(vid)
-        tmp = self.root / f".ACTIVE.{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w") as f:
-            json.dump({"version": vid, "activated_at": time.time()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / "ACTIVE")
-        _fsync_dir(self.root)
-
-    def prune(self, keep: int) -> list[str]:
-        """Delete all but the ``keep`` newest versions, never the active one."""
-        active = self.active()
-        versions = self.list()
-        doomed = [m["id"] for m in versions[: max(0, len(versions) - keep)] if m["id"] != active]
-        for vid in doomed:
-            shutil.rmtree(self.path(vid), ignore_errors=True)
-        return doomed
+        """Point ACTIVE at ``vid`` atomically (the version must exist and be complete). Under the
+        collection's lock, so retention never removes a version as it becomes the active one."""
+        with self.lock():
+            self.manifest(vid)
+            tmp = self.root / f".ACTIVE.{uuid.uuid4().hex[:8]}"
+            with open(tmp, "w") as f:
+                json.dump({"version": vid, "activated_at": time.time()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / "ACTIVE")
+            _fsync_dir(self.root)
 
     def remove_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

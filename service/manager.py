@@ -32,6 +32,7 @@ from strop.index.collection import (
 )
 from strop.index.faiss_index import IndexSpec
 from strop.index.live import LiveIndex
+from strop.index.retention import clean_versions, prune_versions
 from strop.index.store import CollectionRecord, Conflict, Document, DocumentStore, NotFound
 from strop.index.versions import VersionStore, new_version_id
 from strop.service.models import LoadedModel, ModelRegistry
@@ -119,7 +120,7 @@ class CollectionManager:
                 return self._states[name]
             record = self.store.get_collection(name)
             vstore = VersionStore(self.data_dir, name).ensure()
-            vstore.clean_partials()
+            clean_versions(self.store, vstore)  # what a crashed writer or removal left behind
             mtime = vstore.active_mtime()  # before reading the pointer: an activation while we load is polled
             vid = vstore.active()
             if vid is None:
@@ -247,6 +248,8 @@ class CollectionManager:
         log.info("collection %s now serves %s (was %s)", name, vid, old.id)
         if write_pointer and self.on_activate:
             self.on_activate(name, vid)
+        if write_pointer:  # keep the active version and the `retention` newest others
+            prune_versions(self.store, st.vstore, self.retention)
         self.maybe_compact(name)
         return new
 

@@ -39,6 +39,25 @@ class VersionInfo(BaseModel):
     metrics: dict[str, Any] = {}
 
 
+class VersionBytes(BaseModel):
+    id: str
+    active: bool = Field(..., description="the version being served")
+    bytes: int = Field(..., description="what removing this version frees: disk_bytes + vector_bytes")
+    disk_bytes: int = Field(..., description="its directory: manifest, FAISS index and, after a training job, "
+                            "the fine-tuned encoder weights")
+    vector_bytes: int = Field(..., description="its rows in the document store's per-version vector table "
+                              "(documents written after the version was built, encoded by its encoder)")
+    vector_rows: int = Field(..., description="how many such rows")
+
+
+class StorageInfo(BaseModel):
+    bytes: int = Field(..., description="all kept versions together")
+    retention: int = Field(..., description="STROP_VERSION_RETENTION: besides the active version, this many of the "
+                           "newest others are kept (and any a queued or running job builds on); each activation "
+                           "removes the rest")
+    versions: list[VersionBytes] = Field(..., description="every kept version, oldest first")
+
+
 class CollectionInfo(BaseModel):
     name: str
     modality: str
@@ -46,6 +65,32 @@ class CollectionInfo(BaseModel):
     encoder: str
     teacher: str | None = None
     version: VersionInfo = Field(..., description="the active version")
+    storage: StorageInfo | None = Field(None, description="GET /collections/{name} only: the bytes each kept "
+                                        "version holds")
+
+
+class VersionEntry(BaseModel):
+    """One kept version as GET /collections/{name}/versions lists it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    created_at: float | None = None
+    parent: str | None = Field(None, description="the version the job that made it started from")
+    job: str | None = Field(None, description="the job that made it (null for a collection's base version)")
+    metrics: dict[str, Any] = {}
+    count: int | None = Field(None, description="vectors in its index when it was built")
+    encoder: dict[str, Any] | None = Field(None, description="{path, base} for fine-tuned weights it holds, "
+                                           "{ref} for a base model it references")
+    index: str | None = Field(None, description="the FAISS index kind it was built as")
+    active: bool = Field(..., description="the version being served")
+    bytes: int | None = Field(None, description="what removing it frees: disk_bytes + vector_bytes")
+    disk_bytes: int | None = Field(None, description="its directory: manifest, FAISS index, encoder weights")
+    vector_bytes: int | None = Field(None, description="its rows in the store's per-version vector table")
+
+
+class VersionList(BaseModel):
+    versions: list[VersionEntry] = Field(..., description="every kept version, oldest first")
+    active: str = Field(..., description="id of the version being served")
 
 
 class TeacherSet(Strict):

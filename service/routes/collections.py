@@ -8,15 +8,24 @@ from anyio import to_thread
 from fastapi import APIRouter, status
 
 from strop.index.image.encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
+from strop.index.retention import version_sizes
 from strop.service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
 from strop.service.errors import ApiError
-from strop.service.manager import CollectionState, check_name
-from strop.service.schemas import CollectionCreate, CollectionInfo, TeacherSet, VersionInfo
+from strop.service.manager import CollectionManager, CollectionState, check_name
+from strop.service.schemas import (
+    CollectionCreate,
+    CollectionInfo,
+    StorageInfo,
+    TeacherSet,
+    VersionBytes,
+    VersionInfo,
+    VersionList,
+)
 
 router = APIRouter(tags=["collections"])
 
 
-def info(st: CollectionState, count: int) -> CollectionInfo:
+def info(st: CollectionState, count: int, storage: StorageInfo | None = None) -> CollectionInfo:
     m = st.served.version.manifest
     return CollectionInfo(
         name=st.record.name,
@@ -25,7 +34,15 @@ def info(st: CollectionState, count: int) -> CollectionInfo:
         encoder=st.record.encoder,
         teacher=st.record.teacher,
         version=VersionInfo(id=st.served.id, created_at=m.get("created_at"), metrics=m.get("metrics", {})),
+        storage=storage,
     )
+
+
+def storage(manager: CollectionManager, st: CollectionState) -> StorageInfo:
+    """The bytes each kept version holds (files on disk and vector rows in the store)."""
+    sizes = version_sizes(manager.store, st.vstore)
+    versions = [VersionBytes(id=vid, active=vid == st.served.id, **s) for vid, s in sizes.items()]
+    return StorageInfo(bytes=sum(v.bytes for v in versions), retention=manager.retention, versions=versions)
 
 
 @router.post("/collections", status_code=status.HTTP_201_CREATED, response_model=CollectionInfo, dependencies=[Admin])
@@ -70,9 +87,10 @@ async def list_collections(manager: ManagerDep) -> dict:
 
 @router.get("/collections/{name}", response_model=CollectionInfo, dependencies=[Read])
 async def get_collection(st: CollectionDep, manager: ManagerDep) -> CollectionInfo:
-    """One collection: modality, live document count, encoder, teacher and the active version."""
+    """One collection: modality, live document count, encoder, teacher, the active version and the bytes
+    each kept version holds."""
     count = await to_thread.run_sync(manager.store.count, st.record.name)
-    return info(st, count)
+    return info(st, count, await to_thread.run_sync(storage, manager, st))
 
 
 @router.put("/collections/{name}/teacher", response_model=CollectionInfo, dependencies=[Admin])
@@ -103,10 +121,14 @@ async def delete_collection(st: CollectionDep, manager: ManagerDep) -> dict:
     return {"deleted": st.record.name}
 
 
-@router.get("/collections/{name}/versions", dependencies=[Read])
+@router.get("/collections/{name}/versions", response_model=VersionList, dependencies=[Read])
 async def list_versions(st: CollectionDep, manager: ManagerDep) -> dict:
-    """Every kept version, oldest first; `active` marks the one being served."""
+    """Every kept version, oldest first, with the bytes it holds; `active` marks the one being served."""
     versions = await to_thread.run_sync(manager.versions, st.record.name)
+    sizes = await to_thread.run_sync(version_sizes, manager.store, st.vstore)
+    for v in versions:
+        s = sizes.get(v["id"], {})
+        v.update({k: s.get(k) for k in ("bytes", "disk_bytes", "vector_bytes")})
     return {"versions": versions, "active": st.served.id}
 
 

@@ -1,4 +1,4 @@
-"""VersionStore on a real file system: atomic writes, the ACTIVE pointer, checksums, pruning."""
+"""VersionStore on a real file system: atomic writes, the ACTIVE pointer, checksums (pruning: test_retention.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from strop.index.versions import MANIFEST, VersionError, VersionStore, new_version_id
+from strop.index.versions import MANIFEST, VersionError, VersionStore
 
 
 def fill_with(payload: bytes = b"index bytes", **fields):
@@ -140,24 +140,6 @@ def test_verify_detects_corruption(vs: VersionStore) -> None:
     (vs.path("v0003") / "stray.bin").write_bytes(b"?")
     with pytest.raises(VersionError):
         vs.verify("v0003")
-
-
-def test_prune_keeps_active_and_newest(vs: VersionStore) -> None:
-    for i in range(1, 6):
-        vs.write(new_version_id(i), fill_with(str(i).encode()))
-        time.sleep(0.002)  # distinct created_at
-    assert [m["id"] for m in vs.list()] == ["v0001", "v0002", "v0003", "v0004", "v0005"]
-    vs.activate("v0001")  # rolled back to the oldest
-    doomed = vs.prune(keep=2)
-    assert sorted(doomed) == ["v0002", "v0003"]
-    assert [m["id"] for m in vs.list()] == ["v0001", "v0004", "v0005"]
-    assert vs.active() == "v0001"
-    vs.verify("v0001")
-    vs.activate("v0005")
-    assert sorted(vs.prune(keep=1)) == ["v0001", "v0004"]
-    assert [m["id"] for m in vs.list()] == ["v0005"]
-    assert vs.prune(keep=0) == []  # never the active one
-    assert [m["id"] for m in vs.list()] == ["v0005"]
 
 
 def test_remove_all(vs: VersionStore) -> None:

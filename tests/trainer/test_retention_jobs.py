@@ -84,6 +84,8 @@ def test_five_jobs_with_retention_two(make_client, env, corpus, workers, data_di
     store = DocumentStore(data_dir / "strop.db")
     assert store.pinned_versions("code") == set()  # every job released the version it built on
     store.close()
+    log = (data_dir.parent / "worker0.log").read_text()
+    assert all(f"removed version {v}" in log for v in removed)  # the trainer's publish freed them
 
     # the active version searches; rolling back to a kept older version works and serves it
     r = client.post("/collections/code/search", json={"query": evals["pairs"][0]["query"], "top_k": 3}).json()
