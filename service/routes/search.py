@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse
 
 from strop.index.collection import doc_text
 from strop.index.image.decode import ImageError, decode_image
-from strop.index.lexical import fuse
 from strop.index.metrics import evaluate_rankings
 from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from strop.service.errors import ApiError, image_error
 from strop.service.manager import CollectionManager, CollectionState, Served
+from strop.service.ranking import check_teacher, lexical_weight, reorder
 from strop.service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
 from strop.service.telemetry import Timer
 
@@ -39,37 +39,6 @@ def check_query(query: str | None, image: str | None, st: CollectionState, setti
 def check_top_k(top_k: int, settings: Settings) -> None:
     if not 1 <= top_k <= settings.max_top_k:
         raise ApiError(422, "bad_top_k", f"top_k must be between 1 and max_top_k={settings.max_top_k}; got {top_k}")
-
-
-def lexical_weight(rerank: bool, lexical: float | None, teacher_weight: float | None, st: CollectionState,
-                   settings: Settings) -> float:
-    """The request's lexical weight; unset, code collections use STROP_CODE_LEXICAL unless the teacher's
-    order replaces the bi-encoder's (``rerank`` without ``teacher_weight``)."""
-    if teacher_weight is not None and not rerank:
-        raise ApiError(422, "teacher_weight_needs_rerank", "teacher_weight fuses the teacher's score into the "
-                       "bi-encoder's: send it with \"rerank\": true")
-    replaces = rerank and teacher_weight is None
-    if replaces and lexical:
-        raise ApiError(422, "conflicting_options", "rerank replaces the score with the teacher's, so lexical would "
-                       "be ignored: send one of them, or add teacher_weight to fuse all three")
-    if lexical is not None:
-        return lexical
-    return settings.code_lexical if st.record.modality == "code" and not replaces else 0.0
-
-
-def check_teacher(rerank: bool, st: CollectionState) -> None:
-    if rerank and not st.record.teacher:
-        raise ApiError(409, "no_teacher", f"collection {st.record.name!r} has no teacher to rerank with: train one "
-                       "with POST /collections/{name}/jobs {\"kind\": \"teacher\", ...} or name one with PUT "
-                       "/collections/{name}/teacher {\"teacher\": \"<path or hub name>\"}")
-
-
-def teacher_scores(raw: np.ndarray, teacher: Any, dense: np.ndarray, weight: float | None) -> np.ndarray:
-    """What a reranked list is sorted by: the teacher's own score, or with ``weight`` the (possibly
-    lexically fused) bi-encoder score plus ``weight`` x the teacher's score on [0, 1]."""
-    if weight is None:
-        return raw
-    return dense + np.float32(weight) * teacher.encoder.scorer.unit(raw)
 
 
 Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid
@@ -114,18 +83,13 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     scores, rids, docs = await search_docs(served, manager.store, query, depth, allow)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
     if (body.rerank or lexical) and valid:
-        texts = [doc_text(docs[r]) for _, r in valid]
-        dense = np.array([s for s, _ in valid], np.float32)
-        parts: dict[str, np.ndarray] = {"bi_encoder": dense}
-        if lexical:
-            dense, parts["lexical"] = await to_thread.run_sync(fuse, query, texts, dense, lexical)
-        if body.rerank:
-            teacher = await to_thread.run_sync(manager.teacher, st.record.name)
-            parts["teacher"] = (await teacher.batcher.encode_bulk([(query, t) for t in texts]))[:, 0]
-            dense = teacher_scores(parts["teacher"], teacher, dense, body.teacher_weight)
-        hits = [Hit(id=docs[valid[i][1]].id, score=float(dense[i]), text=docs[valid[i][1]].text,
-                    metadata=docs[valid[i][1]].metadata, scores={k: float(v[i]) for k, v in parts.items()})
-                for i in np.argsort(-dense, kind="stable")[: body.top_k]]
+        teacher = await to_thread.run_sync(manager.teacher, st.record.name) if body.rerank else None
+        (ranked,) = await reorder([query], [[doc_text(docs[r]) for _, r in valid]],
+                                  [np.array([s for s, _ in valid], np.float32)],
+                                  lexical=lexical, teacher=teacher, teacher_weight=body.teacher_weight)
+        hits = [Hit(id=docs[valid[i][1]].id, score=float(ranked.score[i]), text=docs[valid[i][1]].text,
+                    metadata=docs[valid[i][1]].metadata, scores={k: float(v[i]) for k, v in ranked.parts.items()})
+                for i in ranked.order[: body.top_k]]
     else:
         hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]
     return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
@@ -197,31 +161,23 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     lexical = lexical_weight(body.rerank, body.lexical, body.teacher_weight, st, settings)
     check_teacher(body.rerank, st)
     served = st.served
-    reorder = body.rerank or lexical > 0
-    k = max(body.k, 10, settings.rerank_depth if reorder else 0)
+    reorder_needed = body.rerank or lexical > 0
+    k = max(body.k, 10, settings.rerank_depth if reorder_needed else 0)
     vecs = await served.model.batcher.encode_bulk([p.query for p in body.pairs])
     scores, rids = await to_thread.run_sync(served.live.search, vecs, k)
     flat = sorted({int(r) for r in rids.ravel() if r >= 0})
-    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=reorder))
+    docs = await to_thread.run_sync(lambda: manager.store.by_rids(flat, with_text=reorder_needed))
     kept = [[(int(r), float(s)) for s, r in zip(srow, row, strict=True) if int(r) in docs]
             for srow, row in zip(scores, rids, strict=True)]
     dense = [np.array([s for _, s in row], np.float32) for row in kept]
-    if lexical:
-        def lexically_fused() -> list[np.ndarray]:
-            return [fuse(p.query, [doc_text(docs[r]) for r, _ in row], d, lexical)[0]
-                    for p, row, d in zip(body.pairs, kept, dense, strict=True)]
-        dense = await to_thread.run_sync(lexically_fused)
-    if body.rerank:
-        teacher = await to_thread.run_sync(manager.teacher, st.record.name)
-        items = [(p.query, doc_text(docs[r])) for p, row in zip(body.pairs, kept, strict=True) for r, _ in row]
-        t = (await teacher.batcher.encode_bulk(items))[:, 0]
-        pos, fused = 0, []
-        for d in dense:
-            fused.append(teacher_scores(t[pos : pos + len(d)], teacher, d, body.teacher_weight))
-            pos += len(d)
-        dense = fused
-    rankings = [[row[i][0] for i in np.argsort(-d, kind="stable")] for row, d in zip(kept, dense, strict=True)]
-    rankings = [[docs[r].id for r in row] for row in rankings]
+    if reorder_needed:
+        teacher = await to_thread.run_sync(manager.teacher, st.record.name) if body.rerank else None
+        ranked = await reorder([p.query for p in body.pairs], [[doc_text(docs[r]) for r, _ in row] for row in kept],
+                               dense, lexical=lexical, teacher=teacher, teacher_weight=body.teacher_weight)
+        orders = [r.order for r in ranked]
+    else:
+        orders = [np.argsort(-d, kind="stable") for d in dense]
+    rankings = [[docs[row[i][0]].id for i in order] for row, order in zip(kept, orders, strict=True)]
     out = evaluate_rankings(rankings, [p.positive_ids for p in body.pairs], k=body.k)
     out["version"] = served.id
     return out
