@@ -24,6 +24,7 @@ from strop.service.errors import error_response
 from strop.service.manager import CollectionManager
 from strop.service.models import ModelRegistry
 from strop.service.routes import collections, documents, embeddings, health, ingest, jobs, search
+from strop.service.routes import docs as api_docs
 from strop.service.telemetry import Telemetry, Timer
 
 log = logging.getLogger("strop.app")
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Self-improving embedding search: collections, FAISS search, training jobs and hot-swapped versions.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets below, so it works offline
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.telemetry = Telemetry()
@@ -105,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, embeddings, collections, ingest, documents, search, jobs):
         app.include_router(module.router)
+    api_docs.install(app)
     return app
 
 
