@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, description="micro-batch size of query encoding")
     queue_size: int = Field(512, description="pending encode requests per model before 429")
     index_auto_threshold: int = 50_000
-    version_retention: int = 5
+    version_retention: int = Field(5, ge=0, description="versions kept besides the active one; older ones are removed with their files and vectors")
     poll_interval_s: float = 1.0
     rerank_depth: int = 50
     # off by default: measured on function-level corpora only; in an ingested codebase fusion can favour a

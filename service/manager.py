@@ -14,28 +14,27 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from strop.index.collection import (
     ServedVersion,
     apply_changes,
     build_version,
     catch_up,
-    doc_text,
     encoder_source,
     load_index,
 )
 from strop.index.faiss_index import IndexSpec
 from strop.index.live import LiveIndex
-from strop.index.retention import clean_versions, prune_versions
-from strop.index.store import CollectionRecord, Conflict, Document, DocumentStore, NotFound
+from strop.index.retention import clean_versions
+from strop.index.store import CollectionRecord, Conflict, DocumentStore, NotFound
 from strop.index.versions import VersionStore, new_version_id
+from strop.service.activation import Activation
 from strop.service.models import LoadedModel, ModelRegistry
+from strop.service.writes import Writes
 
 log = logging.getLogger("strop.manager")
 
@@ -78,7 +77,10 @@ class CollectionState:
     teacher: LoadedModel | None = None
 
 
-class CollectionManager:
+class CollectionManager(Writes, Activation):
+    """Lifecycle of the served collections (open, create, delete, follow other processes); writes
+    (``strop.service.writes``) and activation (``strop.service.activation``) are mixed in."""
+
     def __init__(self, store: DocumentStore, models: ModelRegistry, data_dir: Path,
                  auto_threshold: int = 50_000, retention: int = 5,
                  on_activate: Callable[[str, str], None] | None = None):
@@ -187,113 +189,6 @@ class CollectionManager:
             self.models.release(st.served.model)
 
     # -- writes -------------------------------------------------------------------------
-    def upsert(self, name: str, docs: Sequence[Document]) -> tuple[int, int]:
-        """Encode, store durably, index. Returns (upserted, truncated)."""
-        st = self.state(name)
-        with st.write_lock:
-            served = st.served
-            enc = served.model.encoder
-            texts = [doc_text(d) for d in docs]
-            truncated = enc.count_truncated(texts)
-            vecs = served.model.batcher.encode_sync(texts)
-            stored = self.store.upsert(name, docs, vectors={served.id: vecs})
-            old = [st.id_map[d.id] for d in stored if d.id in st.id_map]
-            if old:
-                served.live.remove(old)
-            served.live.add([d.rid for d in stored], vecs)
-            for d in stored:
-                st.id_map[d.id] = d.rid
-        self.maybe_compact(name)
-        return len(stored), truncated
-
-    def delete_document(self, name: str, doc_id: str) -> None:
-        st = self.state(name)
-        with st.write_lock:
-            self.store.delete(name, doc_id)
-            rid = st.id_map.pop(doc_id, None)
-            if rid is not None:
-                st.served.live.remove([rid])
-
-    # -- versions -----------------------------------------------------------------------
-    def activate(self, name: str, vid: str, write_pointer: bool = True) -> Served:
-        """Load ``vid``, catch it up with the store, swap it in; the old one keeps serving until then."""
-        st = self.state(name)
-        if st.served.id == vid:
-            if write_pointer and st.vstore.active() != vid:
-                st.vstore.activate(vid)
-            return st.served
-        new = self._load(st.record, st.vstore, vid)
-        try:
-            cursor, id_map = catch_up(self.store, new.version, new.model.batcher.encode_sync)
-            with st.write_lock:
-                if not write_pointer and st.vstore.active() != vid:
-                    # Following the pointer (poll or a pub/sub event), but it has moved on meanwhile:
-                    # a late or out-of-order announcement must not swap in a version ACTIVE no longer names.
-                    self.models.release(new.model)
-                    return st.served
-                # writes acknowledged since the catch-up
-                changes = self.store.changes_since(name, cursor, limit=1_000_000)
-                apply_changes(self.store, new.version, changes, id_map, new.model.batcher.encode_sync)
-                if write_pointer:
-                    st.vstore.activate(vid)
-                old = st.served
-                st.served = new
-                st.id_map = id_map
-                st.cursor = max(cursor, changes[-1].seq if changes else cursor)
-                st.active_mtime = st.vstore.active_mtime()
-        except BaseException:
-            self.models.release(new.model)
-            raise
-        self.models.release(old.model)
-        log.info("collection %s now serves %s (was %s)", name, vid, old.id)
-        if write_pointer and self.on_activate:
-            self.on_activate(name, vid)
-        if write_pointer:  # keep the active version and the `retention` newest others
-            prune_versions(self.store, st.vstore, self.retention)
-        self.maybe_compact(name)
-        return new
-
-    def teacher(self, name: str) -> LoadedModel:
-        """The collection's teacher behind its micro-batcher (loaded on first use, reloaded when it changes)."""
-        st = self.state(name)
-        path = st.record.teacher
-        if not path:
-            raise NotFound(f"collection {name!r} has no teacher")
-        current = st.teacher
-        if current is not None and current.key == "teacher:" + path:
-            return current
-        lm = self.models.acquire_teacher(path)
-        with self._lock:
-            old, st.teacher = st.teacher, lm
-        if old is not None:
-            self.models.release(old)
-        return lm
-
-    def set_teacher(self, name: str, teacher: str | None) -> None:
-        """Name the collection's teacher, or remove it with None. The teacher is loaded here, so a path
-        that holds no model fails now rather than on the next rerank, and the first rerank finds it warm
-        (the registry keeps an unreferenced model for its grace period)."""
-        st = self.state(name)
-        lm = self.models.acquire_teacher(teacher) if teacher else None
-        try:
-            self.store.set_teacher(name, teacher, {"set_by": "PUT /collections/{name}/teacher"} if teacher else None)
-            st.record = self.store.get_collection(name)
-        finally:
-            if lm is not None:
-                self.models.release(lm)
-
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        st = self.state(name)
-        active = st.served.id
-        out = []
-        for m in st.vstore.list():
-            out.append({
-                "id": m["id"], "created_at": m.get("created_at"), "parent": m.get("parent"),
-                "job": m.get("job"), "metrics": m.get("metrics", {}), "count": m.get("count"),
-                "encoder": m.get("encoder"), "index": m.get("index", {}).get("built_kind"),
-                "active": m["id"] == active,
-            })
-        return out
 
     # -- sync with other processes --------------------------------------------------------
     def poll(self) -> None:
@@ -336,52 +231,9 @@ class CollectionManager:
         except NotFound:
             pass
 
-    # -- compaction -----------------------------------------------------------------------
-    def maybe_compact(self, name: str) -> None:
-        st = self._states.get(name)
-        if st is None or st.compacting or not st.served.live.needs_compaction():
-            return
-        st.compacting = True
-        threading.Thread(target=self._compact, args=(name, st), name=f"compact:{name}", daemon=True).start()
-
-    def _compact(self, name: str, st: CollectionState) -> None:
-        """Rebuild the main index off the request path, then swap (writes meanwhile are replayed)."""
-        from strop.index import faiss_index as fi
-
-        try:
-            served = st.served
-            t0 = time.perf_counter()
-            rids, vecs = served.live.snapshot()
-            main = fi.build(served.version.spec, served.version.dim, rids, vecs)
-            new_live = LiveIndex(main, served.version.spec, served.version.dim)
-            with st.write_lock:
-                if st.served is not served:
-                    return  # a new version arrived meanwhile
-                cur = served.live.ids()
-                gone = np.setdiff1d(rids, cur)
-                added = np.setdiff1d(cur, rids)
-                if gone.size:
-                    new_live.remove(gone)
-                if added.size:
-                    extra_ids, extra_vecs = served.live.snapshot()
-                    sel = np.isin(extra_ids, added)
-                    new_live.add(extra_ids[sel], extra_vecs[sel])
-                st.served = Served(replace(served.version, live=new_live), served.model)
-            log.info("compacted %s: %d vectors into %s in %.1fs", name, rids.size,
-                     fi.inner_kind(main), time.perf_counter() - t0)
-        except Exception:
-            log.exception("compaction of %s failed", name)
-        finally:
-            st.compacting = False
-
     def close(self) -> None:
         with self._lock:
             states = list(self._states.values())
             self._states.clear()
         for st in states:
             self.models.release(st.served.model)
-
-
-def make_documents(items: Sequence[dict[str, Any]]) -> list[Document]:
-    return [Document(id=i["id"], text=i.get("text"), image=i.get("image"), metadata=i.get("metadata") or {})
-            for i in items]

@@ -13,8 +13,8 @@ from strop.index.image.decode import ImageError, decode_image
 from strop.index.settings import Settings
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from strop.service.errors import ApiError, image_error
-from strop.service.manager import make_documents
 from strop.service.schemas import DocumentOut, DocumentsPut, UpsertResult
+from strop.service.writes import make_documents
 
 router = APIRouter(tags=["documents"])
 

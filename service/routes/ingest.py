@@ -16,7 +16,8 @@ from strop.index.code.parse import parse_tree
 from strop.index.code.sync import plan_sync
 from strop.service.deps import CollectionDep, ManagerDep, Read, Write
 from strop.service.errors import ApiError
-from strop.service.manager import CollectionManager, make_documents
+from strop.service.manager import CollectionManager
+from strop.service.writes import make_documents
 
 router = APIRouter(tags=["documents"])
 
