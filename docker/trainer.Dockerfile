@@ -22,8 +22,9 @@ RUN python -m venv /opt/venv
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
-RUN mkdir -p index trainer service \
- && touch index/__init__.py trainer/__init__.py service/__init__.py \
+# (empty stand-ins for every package pyproject.toml lists, so `pip install .` resolves the dependencies)
+RUN for d in index index/code index/image trainer trainer/teacher trainer/image service service/routes \
+             service/client; do mkdir -p "$d" && touch "$d/__init__.py"; done \
  && pip install . \
  && pip uninstall -y strop
 COPY index ./index
