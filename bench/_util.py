@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +97,6 @@ def pct(xs: Sequence[float], q: float) -> float:
     if not xs:
         return float("nan")
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
-
-
-def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
-    """Median wall seconds of ``repeat`` calls, and the last result."""
-    times = []
-    out = None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return median(times), out
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

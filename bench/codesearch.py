@@ -15,8 +15,6 @@ time per stage.
     python -m bench.codesearch --configs mined1 --lr 1e-4 --context       # code embedded after its location
     python -m bench.codesearch --configs docstrings_mined1 --lr 1e-4 --context --lexical 0.1 \
         --teacher /models/all-mpnet-base-v2 --teacher-weight 0.5        # + reranked by a stronger bi-encoder
-    python -m bench.codesearch --configs mined1_teacherfallback --lr 1e-4 \
-        --job-teacher /models/all-mpnet-base-v2          # the teacher vets negatives from above the positive
 """
 
 from __future__ import annotations
@@ -34,9 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.datasets import stdlib_pairs
+from strop.client import Client, StropError
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "inbatch": {"mining": {"negatives_per_query": 0}},
@@ -50,10 +47,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_window0_200": {"mining": {"negatives_per_query": 1, "range_min": 0, "range_max": 200,
                                       "relative_margin": 0.05}},
     "mined1_margin02": {"mining": {"negatives_per_query": 1, "range_max": 50, "relative_margin": 0.02}},
-    # the ~31% of queries the margin leaves without a negative get the top-ranked candidate anyway
-    "mined1_fallback": {"mining": {"negatives_per_query": 1, "fallback": "hardest"}},
-    # needs --job-teacher: the teacher vets the candidates above the positive
-    "mined1_teacherfallback": {"mining": {"negatives_per_query": 1, "fallback": "teacher"}},
     # MoCHi: 4 synthetic negatives per query mixed from its 8 hardest in-batch + mined negatives
     "mined1_mix": {"mining": {"negatives_per_query": 1}, "mix_hard_negatives": {"count": 4, "hardest": 8}},
     # batches of 4 groups of 8 pairs whose positives are neighbours in the live index (TAS-style batch mining)
@@ -71,10 +64,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mined1_lr2e-4": {"mining": {"negatives_per_query": 1}, "learning_rate": 2e-4},
     "inbatch_eqwall": {"mining": {"negatives_per_query": 0}, "epochs": 2, "max_steps": 234},
     "inbatch_3ep": {"mining": {"negatives_per_query": 0}, "epochs": 3},
-    # issue 5: CoCoSoDa-style options on the in-batch job
+    # CoCoSoDa-style options on the in-batch job
     "inbatch_augment": {"mining": {"negatives_per_query": 0}, "augment": {"rate": 0.1, "mode": "both"}},
     "inbatch_momentum": {"mining": {"negatives_per_query": 0}, "momentum_queue": {"size": 1024, "momentum": 0.999}},
-    # issue 5: the stdlib ingested with `strop ingest code`, trained on its own docstrings (no pairs given;
+    # the stdlib ingested as `strop ingest code` does, trained on its own docstrings (no pairs given;
     # the test queries are passed as eval pairs, so their modules are kept out of training)
     "docstrings_inbatch": {"train": {"source": "docstrings"}, "mining": {"negatives_per_query": 0}},
     "docstrings_mined1": {"train": {"source": "docstrings"}, "mining": {"negatives_per_query": 1}},
@@ -82,9 +75,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "docstrings_mined1_seq256": {"train": {"source": "docstrings"}, "mining": {"negatives_per_query": 1},
                                  "max_seq_length": 256},
 }
-# Rows measured before the twelfth session trained on random batches; neighbour batches became the default
-# then (mining.neighbour_group 8). Configs that do not name it keep random batches, so they reproduce
-# their rows, and the default job is "mined1_nb8".
+# Rows measured before neighbour batches became the default on code collections (mining.neighbour_group 8)
+# trained on random batches. Configs that do not name it keep random batches, so they reproduce their
+# rows, and the default job is "mined1_nb8".
 for _cfg in CONFIGS.values():
     _cfg.setdefault("mining", {}).setdefault("neighbour_group", 0)
 
@@ -113,48 +106,37 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
                           str(data_dir)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _stop_with_us(p)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+    with Client(url, timeout=2) as c:
+        for _ in range(600):
+            if p.poll() is not None:
+                break
+            try:
+                c.ready()
                 return p, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+            except StropError:  # not answering yet, or answering 503 while it loads
+                pass
+            time.sleep(0.5)
     raise RuntimeError("server did not start; see serve.log")
 
 
-def put_all(c: httpx.Client, name: str, docs: list[dict]) -> None:
-    for i in range(0, len(docs), 500):
-        r = c.put(f"/collections/{name}/documents", json={"documents": docs[i : i + 500]})
-        r.raise_for_status()
+def evaluate(c: Client, name: str, pairs: list[dict], lexical: float = 0.0, *, rerank: bool = False,
+             teacher_weight: float | None = None) -> dict:
+    # lexical sent explicitly, so code collections do not fall back to the server's code_lexical default
+    return dict(c.evaluate(name, pairs, k=10, rerank=rerank, lexical=lexical, teacher_weight=teacher_weight))
 
 
-def evaluate(c: httpx.Client, name: str, pairs: list[dict], lexical: float = 0.0, **extra: Any) -> dict:
-    # explicit, so code collections do not fall back to the server's code_lexical default
-    body: dict[str, Any] = {"pairs": pairs, "k": 10, "lexical": lexical, **extra}
-    r = c.post(f"/collections/{name}/evaluate", json=body)
-    r.raise_for_status()
-    return r.json()
+def run_job(c: Client, body: dict, collection: str = "all") -> dict:
+    """Submit a job and wait for it to finish; its final record."""
+    return dict(c.follow_job(c.submit_job(collection, body)["job_id"], poll_s=2))
 
 
-def run_job(c: httpx.Client, body: dict, collection: str = "all") -> dict:
-    r = c.post(f"/collections/{collection}/jobs", json=body)
-    r.raise_for_status()
-    job_id = r.json()["job_id"]
-    while True:
-        job = c.get(f"/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "rejected", "failed", "cancelled"):
-            return job
-        time.sleep(2)
-
-
-def teacher_rows(c: httpx.Client, name: str, pairs: list[dict], teacher: str | None, weight: float,
+def teacher_rows(c: Client, name: str, pairs: list[dict], teacher: str | None, weight: float,
                  lexical: float) -> dict[str, dict]:
     """With a teacher: the teacher's order over the top 50 (``rerank``), and its fusion with the bi-encoder
     (``teacher_weight``, plus ``lexical`` when given)."""
     if not teacher:
         return {}
-    c.put(f"/collections/{name}/teacher", json={"teacher": teacher}).raise_for_status()
+    c.set_teacher(name, teacher)
     out = {}
     for label, extra in (("rerank", {"rerank": True}),
                          (f"fused t{weight:g}", {"rerank": True, "teacher_weight": weight})):
@@ -165,31 +147,29 @@ def teacher_rows(c: httpx.Client, name: str, pairs: list[dict], teacher: str | N
     return out
 
 
-def evaluate_encoder(c: httpx.Client, name: str, encoder: Path, docs: list[dict], eval_pairs: list[dict],
+def evaluate_encoder(c: Client, name: str, encoder: Path, docs: list[dict], eval_pairs: list[dict],
                      lexical: float = 0.0, teacher: str | None = None,
                      teacher_weight: float = 0.0) -> tuple[dict, dict | None, dict[str, dict]]:
     """A throwaway collection over ``docs`` served by ``encoder``: metrics dense, fused when ``lexical``,
     and reranked by ``teacher`` when given."""
-    c.post("/collections", json={"name": name, "modality": "code", "encoder": str(encoder)}).raise_for_status()
+    c.create_collection(name, modality="code", encoder=str(encoder))
     try:
-        put_all(c, name, docs)
+        c.upsert(name, docs)
         return (evaluate(c, name, eval_pairs), (evaluate(c, name, eval_pairs, lexical) if lexical else None),
                 teacher_rows(c, name, eval_pairs, teacher, teacher_weight, lexical))
     finally:
-        c.delete(f"/collections/{name}")
+        c.delete_collection(name)
 
 
-def ingest_stdlib(url: str, root: str) -> str:
-    """`strop ingest code` the stdlib (the same files stdlib_pairs parses) into "stdlib"; its base version."""
+def ingest_stdlib(c: Client, root: str) -> str:
+    """Ingest the stdlib (the same files stdlib_pairs parses) into "stdlib" as `strop ingest code` does;
+    its base version."""
     from bench.datasets import STDLIB_EXCLUDE
 
-    cmd = [sys.executable, "-m", "strop.service.cli", "ingest", "code", root, "--collection", "stdlib", "--url", url]
-    for pattern in STDLIB_EXCLUDE:
-        cmd += ["--exclude", pattern]
     t = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
-    print(f"strop ingest code (stdlib): {out} in {time.perf_counter() - t:.0f}s", flush=True)
-    return httpx.get(f"{url}/collections/stdlib", timeout=60).json()["version"]["id"]
+    out = c.ingest_code("stdlib", root, exclude=STDLIB_EXCLUDE)
+    print(f"ingest code (stdlib): {json.dumps(out)} in {time.perf_counter() - t:.0f}s", flush=True)
+    return c.get_collection("stdlib")["version"]["id"]
 
 
 def main() -> None:
@@ -209,8 +189,6 @@ def main() -> None:
     ap.add_argument("--teacher", default=None, help="also rerank every trained row with this teacher (a path, "
                     "e.g. all-mpnet-base-v2), alone and fused with --teacher-weight")
     ap.add_argument("--teacher-weight", type=float, default=0.5)
-    ap.add_argument("--job-teacher", default=None, help="the teacher (path) of configs whose jobs need one "
-                    "(mining.fallback 'teacher', mining.denoise)")
     args = ap.parse_args()
 
     data = stdlib_pairs(args.root)
@@ -233,13 +211,13 @@ def main() -> None:
     server, url = start_server(data_dir)
     rows = []
     try:
-        c = httpx.Client(base_url=url, timeout=3600)
+        c = Client(url, timeout=3600)
         t = time.perf_counter()
         for name, docs in (("all", corpus_all), ("test", corpus_test)):
-            c.post("/collections", json={"name": name, "modality": "code"}).raise_for_status()
-            put_all(c, name, docs)
+            c.create_collection(name, modality="code")
+            c.upsert(name, docs)
         print(f"ingest {len(corpus_all) + len(corpus_test)} docs: {time.perf_counter() - t:.0f}s", flush=True)
-        base = c.get("/collections/all").json()["version"]["id"]
+        base = c.get_collection("all")["version"]["id"]
         zs_all, zs_test = evaluate(c, "all", eval_pairs), evaluate(c, "test", eval_pairs)
         rows.append(("zero-shot", "-", zs_test, zs_all, 0.0, {}))
         if args.lexical:
@@ -250,20 +228,16 @@ def main() -> None:
         for cfg in args.configs.split(","):
             self_supervised = CONFIGS[cfg].get("train", {}).get("source") == "docstrings"
             if self_supervised and stdlib_base is None:
-                stdlib_base = ingest_stdlib(url, data["root"])
+                stdlib_base = ingest_stdlib(c, data["root"])
             collection, start = ("stdlib", stdlib_base) if self_supervised else ("all", base)
             for seed in [int(s) for s in args.seeds.split(",")]:
-                c.post(f"/collections/{collection}/versions/{start}/activate").raise_for_status()
+                c.activate_version(collection, start)
                 body = {"train": {"pairs": [{"query": p["query"], "positive_id": p["positive_id"]} for p in train]},
                         "eval": {"pairs": eval_pairs}, "batch_size": 32, "learning_rate": args.lr,
                         "epochs": args.epochs, "seed": seed,
                         "gate": {"metric": "mrr@10", "min_delta": -1.0}, **CONFIGS[cfg]}
                 if max_steps:
                     body["max_steps"] = max_steps
-                if body.get("mining", {}).get("fallback") == "teacher" or body.get("mining", {}).get("denoise"):
-                    if not args.job_teacher:
-                        raise SystemExit(f"{cfg} needs --job-teacher PATH")
-                    body["teacher"] = args.job_teacher
                 t = time.perf_counter()
                 job = run_job(c, body, collection)
                 wall = time.perf_counter() - t

@@ -6,8 +6,8 @@
 First a teacher job trains the collection's cross-encoder (RocketQA recipe). Then, from the same
 base version and with the same step budget, encoder jobs run: hard negatives alone; + denoise;
 + margin_mse; + cprd; + listwise; + semantic positives; + mixing. The trained teacher also reranks the top 50 of
-the base bi-encoder and of the hard-negatives job's bi-encoder (the issue's "reranking beats the
-fine-tuned bi-encoder alone"). Encoder jobs use strop's measured defaults (lr 1e-4, bench/codesearch.py)
+the base bi-encoder and of the hard-negatives job's bi-encoder (does reranking beat the
+fine-tuned bi-encoder alone?). Encoder jobs use strop's measured defaults (lr 1e-4, bench/codesearch.py)
 unless --lr says otherwise; the teacher job uses the teacher default (2e-4, head 1e-3). Reports MRR@10, R@1,
 R@10 on the held-out queries and wall time.
 
@@ -29,11 +29,10 @@ R@10 on the held-out queries and wall time.
     python -m bench.distill --set stdlib --resume /tmp/strop-distill-XXXX/data --seeds 43,44 \
         --rows "hard negatives,hard negatives + listwise@0.3~2"
                                                 # more rows over an earlier run's teacher, two seeds each
-    python -m bench.distill --set debian ... --unlabelled 1500 --pseudo-lexical 0.2,0 --pseudo-check 0,0.5
-                                                # pseudo rows fuse BM25 into the labels; the check compares weights
-    python -m bench.distill --set debian ... --teacher-from-first-row --unlabelled 1500 \
-        --rows "hard negatives,hard negatives + pseudo + listwise" --pseudo-lexical 0.2 --distill-lexical 0.2
-                                                # ... and into the listwise teacher's scores (distill.lexical)
+    python -m bench.distill --set debian ... --unlabelled 1500 --pseudo-check 0,0.5,0.7
+                                                # how right the teacher's pseudo-labels are, per confidence
+    python -m bench.distill --set debian ... --lexical 0.1,0.2
+                                                # the base and first-row models also searched with BM25 fusion
 """
 
 from __future__ import annotations
@@ -48,11 +47,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
-from bench.codesearch import evaluate, put_all, start_server
+from bench.codesearch import evaluate, run_job, start_server
 from bench.datasets import debian_pairs, stdlib_pairs
+from strop.client import Client
 from strop.index.embcache import TEACHER_CACHE_DIR
 from strop.trainer.contract import ENCODER_LR
 
@@ -61,7 +60,7 @@ BASE_MINING = {"negatives_per_query": 3, "range_min": 0, "range_max": 50, "relat
                "neighbour_group": 0}
 ROWS: dict[str, dict[str, Any]] = {
     "hard negatives": {},
-    # strop's default since the twelfth session: batches of 4 groups of 8 pairs with neighbouring positives
+    # strop's default on code collections: batches of 4 groups of 8 pairs with neighbouring positives
     "hard negatives + neighbour batches": {"mining": {"neighbour_group": 8}},
     "+ denoise": {"mining": {**BASE_MINING, "denoise": True}},
     "+ margin_mse": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "margin_mse", "weight": 1.0}},
@@ -73,9 +72,6 @@ ROWS: dict[str, dict[str, Any]] = {
     # train.queries: the --unlabelled queries, labelled by the teacher (pseudo-labels, GPL-style)
     "hard negatives + pseudo": {"queries": True},
     "hard negatives + pseudo + listwise": {"queries": True, "distill": {"loss": "listwise", "weight": 1.0}},
-    # pseudo.unsure "distill": the queries below min_confidence stay, as listwise-only rows
-    "hard negatives + pseudo + soft listwise": {"queries": True, "unsure": "distill",
-                                                "distill": {"loss": "listwise", "weight": 1.0}},
     "pseudo only": {"queries": True, "no_pairs": True},
     "+ mixing": {"mining": {**BASE_MINING, "denoise": True}, "distill": {"loss": "cprd", "weight": 1.0},
                  "mix_hard_negatives": {"count": 4, "hardest": 8}},
@@ -107,13 +103,12 @@ def load_set(name: str, n_train: int | None, n_test: int | None, n_corpus: int |
             "unlabelled": [p["query"] for p in unlabelled], "unlabelled_pairs": unlabelled}
 
 
-def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[float],
-                 lexical: tuple[float, ...] = (0.0,)) -> str:
+def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[float]) -> str:
     """How right the teacher's pseudo-labels are: the job's own code (snapshot of the base version,
     its encoder, ``strop.trainer.teaching.pseudo_label`` with the collection's teacher) run on the
     unlabelled queries, scored against the answers the bench kept back. A table of coverage and
-    precision per confidence threshold (and per ``pseudo.lexical`` weight), against the base
-    bi-encoder's own top 1."""
+    precision per confidence threshold, against the base bi-encoder's own top 1."""
+    from strop.index.settings import Settings
     from strop.index.store import DocumentStore
     from strop.index.teacher import load_teacher
     from strop.index.versions import VersionStore
@@ -123,56 +118,50 @@ def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[f
     from strop.trainer.teaching import TeacherCache, pick_label, pseudo_label
     from strop.trainer.train import inference_encoder, load_model
 
-    store = DocumentStore(data_dir / "strop.db")
+    settings = Settings(data_dir=data_dir)  # as the server of the run: its teacher cache, its device
+    device = settings.resolved_device()
+    store = DocumentStore(settings.db_path)
     snap = snapshot(store, str(data_dir), "set")
     if not snap.teacher:
         return "pseudo check: the collection has no teacher"
-    model = load_model(snap.encoder_source, "cpu", 128)
-    enc = inference_encoder(model, "base", "cpu")
+    model = load_model(snap.encoder_source, device, 128)
+    enc = inference_encoder(model, "base", device)
     corpus = current_embeddings(store, VersionStore(str(data_dir), "set"), snap, enc, Reporter())
     queries = list(dict.fromkeys(data["unlabelled"]))
     truth = {p["query"]: snap.pos[p["positive_id"]] for p in data["unlabelled_pairs"]}
     qv = enc.encode(queries).vectors
     student_top1 = np.argmax(qv @ corpus.T, axis=1)
 
-    def spec(w: float) -> JobSpec:
-        return JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "-", "positive_ids": ["-"]}]},
-                                       "pseudo": {"candidates": candidates, "min_confidence": 1e-6, "lexical": w}})
-
-    cache = TeacherCache(load_teacher(snap.teacher, "cpu", cache_dir=data_dir / TEACHER_CACHE_DIR))
-    pairs, _ = pseudo_label(cache, queries, qv, corpus, snap.texts, spec(0.0), 0)  # every query, its scores cached
+    spec = JobSpec.model_validate({"train": {"queries": queries}, "eval": {"pairs": [{"query": "-", "positive_ids": ["-"]}]},
+                                   "pseudo": {"candidates": candidates, "min_confidence": 1e-6}})
+    cache = TeacherCache(load_teacher(snap.teacher, device, disk_cache=settings.teacher_disk_cache()))
+    pairs, _ = pseudo_label(cache, queries, qv, corpus, snap.texts, spec, 0)  # every query, its scores cached
     by_pair: dict[int, dict[int, float]] = {}
     for (i, r), v in cache.scores.items():  # candidate order: the student's first is first
         by_pair.setdefault(i, {})[r] = v
     n = len(queries)
     out = [f"\npseudo-labels of {n} unlabelled queries (teacher over the base model's top {candidates}); "
            f"the base model's own top 1 is right for {np.mean([truth[q] == r for q, r in zip(queries, student_top1, strict=True)]):.3f}",
-           "| pseudo.lexical | min_confidence | labelled | share of queries | precision | not the student's first |",
-           "|---|---|---|---|---|---|"]
-    for w in lexical:
-        picked = []
-        for i, p in enumerate(pairs):
-            rows = list(by_pair[i])
-            best, same, conf = pick_label(p.query, rows, np.array([by_pair[i][r] for r in rows]), snap.texts, spec(w),
-                                          cache.teacher.kind)
-            picked.append((truth[p.query] in [rows[b] for b in same], conf, best != 0))
-        for th in sorted(thresholds):
-            sel = [(ok, moved) for ok, c, moved in picked if c >= th]
-            out.append(f"| {w:g} | {th:g} | {len(sel)} | {len(sel) / n:.3f} | "
-                       f"{np.mean([ok for ok, _ in sel]) if sel else float('nan'):.3f} | {sum(m for _, m in sel)} |")
+           "| min_confidence | labelled | share of queries | precision | not the student's first |",
+           "|---|---|---|---|---|"]
+    picked = []
+    for i, p in enumerate(pairs):
+        rows = list(by_pair[i])
+        best, same, conf = pick_label(p.query, rows, np.array([by_pair[i][r] for r in rows]), snap.texts, spec,
+                                      cache.teacher.kind)
+        picked.append((truth[p.query] in [rows[b] for b in same], conf, best != 0))
+    for th in sorted(thresholds):
+        sel = [(ok, moved) for ok, c, moved in picked if c >= th]
+        out.append(f"| {th:g} | {len(sel)} | {len(sel) / n:.3f} | "
+                   f"{np.mean([ok for ok, _ in sel]) if sel else float('nan'):.3f} | {sum(m for _, m in sel)} |")
     return "\n".join(out)
 
 
-def job(c: httpx.Client, name: str, body: dict) -> tuple[dict, float]:
+def job(c: Client, name: str, body: dict) -> tuple[dict, float]:
+    """Run a job on collection ``name`` to its end: its final record and wall seconds."""
     t = time.perf_counter()
-    r = c.post(f"/collections/{name}/jobs", json=body)
-    r.raise_for_status()
-    job_id = r.json()["job_id"]
-    while True:
-        j = c.get(f"/jobs/{job_id}").json()
-        if j["state"] in ("succeeded", "rejected", "failed", "cancelled"):
-            return j, time.perf_counter() - t
-        time.sleep(2)
+    j = run_job(c, body, name)
+    return j, time.perf_counter() - t
 
 
 def main() -> None:
@@ -186,10 +175,9 @@ def main() -> None:
                          "named '... + pseudo' give them to the job as train.queries, for the teacher to label")
     ap.add_argument("--pseudo-candidates", type=int, default=20, help="pseudo rows: pseudo.candidates")
     ap.add_argument("--pseudo-confidence", type=float, default=0.5, help="pseudo rows: pseudo.min_confidence")
-    ap.add_argument("--pseudo-lexical", default="0", metavar="W[,W...]",
-                    help="pseudo rows: pseudo.lexical (the first weight); --pseudo-check: a table per weight")
-    ap.add_argument("--distill-lexical", type=float, default=0.0, metavar="W",
-                    help="listwise rows: distill.lexical (BM25 fused into the teacher's scores of each batch row)")
+    ap.add_argument("--lexical", default="", metavar="W[,W...]",
+                    help="also evaluate the base model (zero-shot) and each seed's first-row model searched with "
+                         "BM25 fusion at these weights (the search-time `lexical`)")
     ap.add_argument("--pseudo-check", default=None, metavar="THRESHOLDS",
                     help="after the rows, score the teacher's pseudo-labels of the --unlabelled queries against "
                          "their answers at these min_confidence values (comma-separated, e.g. 0,0.5,0.8)")
@@ -216,8 +204,6 @@ def main() -> None:
                     help="train the teacher job over the base model (before every row) or over the hard-negatives "
                          "row's model (right after it; that row must come first)")
     ap.add_argument("--rerank-depth", type=int, default=50, help="candidates the teacher job reranks in its evaluation")
-    ap.add_argument("--no-teacher-prior", dest="teacher_prior", action="store_false",
-                    help="teacher jobs train a plain cross-encoder (teacher_prior false)")
     ap.add_argument("--teacher-fuse", default=None, metavar="BI_ENCODER",
                     help="the teacher job fuses this bi-encoder (e.g. all-mpnet-base-v2) with the live one instead "
                          "of training a cross-encoder (job option 'fuse'; weight fitted on the held-out pairs)")
@@ -240,6 +226,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     weights = [float(w) for w in args.teacher_weight.split(",") if w.strip()]
+    lexical = [w for w in (float(x) for x in args.lexical.split(",") if x.strip()) if w]
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     if args.teacher_over == "hard" and args.rows.split(",")[0] != "hard negatives":
         ap.error("--teacher-over hard: the first row must be 'hard negatives'")
@@ -257,23 +244,27 @@ def main() -> None:
     rows: list[tuple[str, dict, float]] = []  # teacher and rerank rows: one measurement each
     seeded: list[tuple[str, int, dict, float]] = []  # encoder-job rows: one per seed
     try:
-        c = httpx.Client(base_url=url, timeout=3600)
+        c = Client(url, timeout=3600)
         if args.resume:  # the earlier run's base version is its first
-            versions = c.get("/collections/set/versions").json()["versions"]
+            versions = c.list_versions("set")["versions"]
             base = min(v["id"] for v in versions)
         else:
-            c.post("/collections", json={"name": "set", "modality": data["modality"]}).raise_for_status()
-            put_all(c, "set", data["corpus"])
-            base = c.get("/collections/set").json()["version"]["id"]
+            c.create_collection("set", modality=data["modality"])
+            c.upsert("set", data["corpus"])
+            base = c.get_collection("set")["version"]["id"]
         common = {"train": {"pairs": data["train"]}, "eval": {"pairs": evals}, "batch_size": 32,
                   "gate": {"metric": "mrr@10", "min_delta": -1.0}}
         encoder_lr = {"learning_rate": args.lr} if args.lr else {}
         teacher_ok = False
         if not args.resume:
             rows.append(("zero-shot", evaluate(c, "set", evals), 0.0))
-        if args.resume and not args.no_teacher and c.get("/collections/set").json().get("teacher"):
+            for w in lexical:
+                t = time.perf_counter()
+                rows.append((f"zero-shot + lexical {w:g}", evaluate(c, "set", evals, lexical=w),
+                             time.perf_counter() - t))
+        if args.resume and not args.no_teacher and c.get_collection("set")["teacher"]:
             # the stored teacher may have changed since its job measured it (docs/benchmarks.md): measure it again
-            c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
+            c.activate_version("set", base)
             teacher_ok = True
             t = time.perf_counter()
             rows.append(("teacher reranks the base bi-encoder's top 50", evaluate(c, "set", evals, rerank=True),
@@ -282,7 +273,7 @@ def main() -> None:
         elif args.no_teacher or args.resume:
             pass
         elif args.teacher:  # a named teacher (e.g. all-mpnet-base-v2) instead of a teacher job
-            c.put("/collections/set/teacher", json={"teacher": args.teacher}).raise_for_status()
+            c.set_teacher("set", args.teacher)
             teacher_ok = True
             for label, extra in (("teacher reranks the base bi-encoder's top 50", {}),
                                  *((f"teacher fused (w {w:g}) with the base bi-encoder", {"teacher_weight": w})
@@ -291,14 +282,14 @@ def main() -> None:
                 rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
                 print(label, json.dumps(rows[-1][1]), flush=True)
         def teacher_job(over: str) -> bool:
-            """A teacher job over the active version (its prior, by default); True when it was stored."""
+            """A teacher job over the active version (its prior); True when it was stored."""
             tj, tw = job(c, "set", {**common, "kind": "teacher", "max_steps": args.teacher_steps,
                                     "rerank_depth": args.rerank_depth, **teacher_extra})
             print("teacher", tj["state"], json.dumps(tj["metrics"]), json.dumps(tj["details"].get("stage_seconds")),
                   json.dumps(tj["details"].get("train")), flush=True)
             ok = tj["state"] == "succeeded"
             end = time.time() + 30  # the API learns of the new teacher on its next sync
-            while ok and not c.get("/collections/set").json().get("teacher") and time.time() < end:
+            while ok and not c.get_collection("set")["teacher"] and time.time() < end:
                 time.sleep(0.5)
             if ok:
                 rows.append((f"trained teacher reranks the {over} bi-encoder's top {args.rerank_depth}", tj["metrics"]["after"], tw))
@@ -311,7 +302,7 @@ def main() -> None:
                     print(label, json.dumps(rows[-1][1]), flush=True)
             return ok
 
-        teacher_extra = {} if args.teacher_prior else {"teacher_prior": False}
+        teacher_extra: dict[str, Any] = {}
         if args.teacher_fuse:
             teacher_extra["fuse"] = args.teacher_fuse
         if args.teacher_folds or args.teacher_tune_fuse:  # the teacher's bi-encoders train like the hard-negatives row
@@ -325,7 +316,8 @@ def main() -> None:
             teacher_ok = teacher_job("base")
         # seed-major: every row's first seed before any second one, so a cut-short run still compares rows
         for seed, row in ((sd, r) for sd in seeds for r in args.rows.split(",") if r):
-            c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
+            c.activate_version("set", base)
+            first_row = row == args.rows.split(",")[0]
             row, _, row_epochs = row.partition("*")  # "hard negatives*1": that row with 1 epoch
             row_t, _, temp = row.partition("~")  # "+ listwise~2": that row with distill.teacher_temperature 2
             name, _, weight = row_t.partition("@")  # "+ cprd@0.3": that row with distill.weight 0.3
@@ -340,18 +332,13 @@ def main() -> None:
                 if "distill" not in spec:
                     raise SystemExit(f"row {row!r}: only a distillation row takes a teacher temperature")
                 spec["distill"] = {**spec["distill"], "teacher_temperature": float(temp)}
-            if args.distill_lexical and spec.get("distill", {}).get("loss") == "listwise":
-                spec["distill"] = {**spec["distill"], "lexical": args.distill_lexical}
-                row = f"{row} (BM25 {args.distill_lexical:g} in the teacher)"
             mining = {**BASE_MINING, **spec.pop("mining", {}), "negatives_per_query": args.negatives}
             train = {} if spec.pop("no_pairs", False) else {"pairs": data["train"]}
-            unsure = spec.pop("unsure", "drop")
             if spec.pop("queries", False):
                 if not data["unlabelled"]:
                     raise SystemExit(f"row {row!r} needs unlabelled queries: give --unlabelled N")
                 train["queries"] = data["unlabelled"]
-                spec["pseudo"] = {"candidates": args.pseudo_candidates, "min_confidence": args.pseudo_confidence,
-                                  "lexical": float(args.pseudo_lexical.split(",")[0]), "unsure": unsure}
+                spec["pseudo"] = {"candidates": args.pseudo_candidates, "min_confidence": args.pseudo_confidence}
             body = {**common, **encoder_lr, "max_steps": args.steps, "mining": mining, **spec, "seed": seed,
                     "train": train}
             j, wall = job(c, "set", body)
@@ -359,12 +346,16 @@ def main() -> None:
                 print(row, seed, j["state"], j["error"], flush=True)
                 continue
             seeded.append((row, seed, j["metrics"]["after"], wall))
-            if args.teacher_from_first_row and row == args.rows.split(",")[0]:
+            if args.teacher_from_first_row and first_row:
                 encoder = tmp / "data" / "collections" / "set" / "versions" / j["version"] / "encoder"
-                c.put("/collections/set/teacher", json={"teacher": str(encoder)}).raise_for_status()
-                for w in sorted({float(x) for x in args.pseudo_lexical.split(",")} - {0.0}):  # what BM25 adds to it
-                    c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
-                    print(f"{row} seed {seed} + lexical {w:g}", json.dumps(evaluate(c, "set", evals, lexical=w)), flush=True)
+                c.set_teacher("set", str(encoder))
+            if lexical and first_row and j["version"]:  # what search-time BM25 fusion adds to the trained model
+                c.activate_version("set", j["version"])
+                for w in lexical:
+                    t = time.perf_counter()
+                    m = evaluate(c, "set", evals, lexical=w)
+                    seeded.append((f"{row} + lexical {w:g}", seed, m, time.perf_counter() - t))
+                    print(f"{row} seed {seed} + lexical {w:g}", json.dumps(m), flush=True)
             print(row, f"seed {seed}", json.dumps(j["metrics"]["after"]), round(wall),
                   json.dumps(j["details"].get("stage_seconds")),
                   json.dumps({k: j["details"].get(k) for k in ("mining", "teacher", "semantic_positives", "pseudo_labels",
@@ -372,11 +363,11 @@ def main() -> None:
             if seed != seeds[0]:
                 continue  # the teacher and rerank rows below follow the first seed's model
             if name == "hard negatives" and args.teacher_over == "hard" and not (args.no_teacher or args.teacher or args.resume):
-                # ANCE-style: the teacher is trained over (and, with its prior, on top of) the fine-tuned model
-                c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
+                # ANCE-style: the teacher is trained over (and, through its prior, on top of) the fine-tuned model
+                c.activate_version("set", j["version"])
                 teacher_ok = teacher_job("hard-negatives")
             elif name == "hard negatives" and teacher_ok:
-                c.post(f"/collections/set/versions/{j['version']}/activate").raise_for_status()
+                c.activate_version("set", j["version"])
                 fused = tuple((f"teacher fused (w {w:g}) with the hard-negatives bi-encoder", {"teacher_weight": w})
                               for w in weights)
                 for label, extra in (("teacher reranks the hard-negatives bi-encoder's top 50", {}), *fused):
@@ -384,7 +375,7 @@ def main() -> None:
                     rows.append((label, evaluate(c, "set", evals, rerank=True, **extra), time.perf_counter() - t))
                     print(label, json.dumps(rows[-1][1]), flush=True)
         if args.pseudo_check:  # the check replays a job over the base version
-            c.post(f"/collections/set/versions/{base}/activate").raise_for_status()
+            c.activate_version("set", base)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -394,8 +385,7 @@ def main() -> None:
     print(seed_table(args.set, seeded))
     if args.pseudo_check:
         print(pseudo_check(tmp / "data", data, args.pseudo_candidates,
-                           [float(x) for x in args.pseudo_check.split(",")],
-                           tuple(float(x) for x in args.pseudo_lexical.split(","))), flush=True)
+                           [float(x) for x in args.pseudo_check.split(",")]), flush=True)
 
 
 def seed_table(set_name: str, seeded: list[tuple[str, int, dict, float]]) -> str:

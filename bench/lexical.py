@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from bench.codesearch import evaluate, put_all, start_server
+from bench.codesearch import evaluate, start_server
 from bench.datasets import stdlib_pairs
+from strop.client import Client
 
 
 def main() -> None:
@@ -42,17 +41,16 @@ def main() -> None:
     server, url = start_server(tmp / "data")
     rows = []
     try:
-        c = httpx.Client(base_url=url, timeout=3600)
+        c = Client(url, timeout=3600)
         for n, enc in enumerate(args.encoders.split(",")):
             corpora = [("test corpus", data["corpus_test"])] + ([] if args.no_all else [("all", data["corpus_all"])])
             if args.context:
                 corpora = [(label, [{**d, "metadata": data["contexts"][d["id"]]} for d in docs]) for label, docs in corpora]
             for label, docs in corpora:
                 name = f"e{n}-{'test' if label == 'test corpus' else 'all'}"
-                body = {"name": name, "modality": "code"} | ({} if enc == "base" else {"encoder": enc})
-                c.post("/collections", json=body).raise_for_status()
+                c.create_collection(name, modality="code", encoder=None if enc == "base" else enc)
                 t = time.perf_counter()
-                put_all(c, name, docs)
+                c.upsert(name, docs)
                 print(f"{enc} {label}: {len(docs)} docs in {time.perf_counter() - t:.0f}s", flush=True)
                 sets = [("test queries", test_pairs)]
                 if args.select and enc == "base" and label == "all":
@@ -63,7 +61,7 @@ def main() -> None:
                         m = evaluate(c, name, pairs, lexical=w)
                         rows.append((enc, label, qlabel, w, m, time.perf_counter() - t))
                         print(rows[-1][:4], round(m["mrr@10"], 4), flush=True)
-                c.delete(f"/collections/{name}")
+                c.delete_collection(name)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)

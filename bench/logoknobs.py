@@ -1,4 +1,4 @@
-"""Screen logo-training knobs in-process on a subset of brands (issue 6).
+"""Screen logo-training knobs in-process on a subset of brands.
 
 ``python -m bench.logoknobs --brands 400 --views 12 --epochs 30 --train-blocks 3,6,9`` renders
 ``--brands`` simple-icons brands (a fixed-seed subset, all in the gallery), one wild view of each

@@ -1,4 +1,4 @@
-"""One-shot, open-set logo identification on all simple-icons brands (issue 6).
+"""One-shot, open-set logo identification on all simple-icons brands.
 
 ``python -m bench.logos`` renders every brand of ``simple-icons-pack`` with cairosvg (through
 ``strop.index.image.decode.decode_image``, in the brand's colour; near-white colours are drawn black), one

@@ -74,8 +74,8 @@ ENCODER_NAME = "all-MiniLM-L6-v2"
 def serve_strop(data_dir: str, port: int, precision: str) -> None:
     import uvicorn
 
-    from strop.service.app import create_app
     from strop.index.settings import Settings
+    from strop.service.app import create_app
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("strop").setLevel(logging.INFO)
@@ -645,7 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             servers.pop(name).stop()
 
         # -- ingest: PUT batches of 1000 interleaved with plain SentenceTransformer.encode --------
-        import httpx
+        import httpx  # the PUTs themselves are the measurement: raw requests, timed one by one
+
+        from strop.client import Client
 
         models = {} if "plain" in skip else {"fp32": plain_model(False), "bf16": plain_model(True)}
         for mdl in models.values():
@@ -679,8 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             empty = Server("strop-empty", ["strop", str(tmp / "empty"), args.precision], tmp / "empty.log",
                            "/readyz")
             servers["empty"] = empty
-            httpx.post(empty.url + "/collections", json={"name": COLLECTION, "modality": "text"},
-                       timeout=120).raise_for_status()
+            with Client(empty.url, timeout=120) as c:
+                c.create_collection(COLLECTION, modality="text")
             time.sleep(1.0)
             res["strop_rss_empty_mib"] = empty.rss_mib()
             # the same kind of query load as the loaded server saw, so both hold the same warm allocations

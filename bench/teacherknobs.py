@@ -1,15 +1,14 @@
 """In-process screen of the teacher (cross-encoder) recipe on Debian descriptions (or ``--set stdlib``).
 
 Trains ``strop.trainer.teacher.job.train_cross_encoder`` exactly as a teacher job does (a fresh
-cross-encoder on the packaged MiniLM, listwise over the positive and 3 negatives mined by the base
-bi-encoder) for each spec, then reranks the base bi-encoder's top 20 of held-out queries. A
-minutes-long screen instead of a 30-minute REST teacher job.
+cross-encoder on the packaged MiniLM whose head starts at zero, learning a correction over the prior:
+the bi-encoder whose candidates it reranks; listwise over the positive and 3 negatives mined by the
+base bi-encoder) for each spec, then reranks the base bi-encoder's top 20 of held-out queries, with
+the correction's weight cross-fitted as the teacher job fits it. A minutes-long screen instead of a
+30-minute REST teacher job.
 
     python -m bench.teacherknobs '{}' '{"head_lr": 1e-3}' '{"learning_rate": 1e-4}'
     python -m bench.teacherknobs --student '{"head_lr": 1e-3}'   # against the fine-tuned bi-encoder
-
-``teacher_prior`` (a job field, default true) trains the cross-encoder as a correction on top of the
-bi-encoder whose candidates it reranks; ``{"teacher_prior": false}`` is the plain cross-encoder.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--student", action="store_true",
                     help="first fine-tune the bi-encoder on the same pairs (a default encoder job, in-process) and "
-                         "rerank its candidates: the comparison issue 4 asks for")
+                         "rerank its candidates: does the teacher beat the fine-tuned student?")
     args = ap.parse_args()
     torch.set_num_threads(2)
     d = load_set(args.set, args.train, args.test, args.corpus)  # the same subsets bench.distill uses
@@ -71,7 +70,7 @@ def main() -> None:
         negatives.append([int(r) for r in order if r != pos][:3])
     gold = [row[p["positive_id"]] for p in test]
     base_name = "base bi-encoder"
-    if args.student:  # issue 4's comparison: the teacher against the *fine-tuned* bi-encoder
+    if args.student:  # the teacher against the *fine-tuned* bi-encoder
         job = JobSpec.model_validate({"train": {"pairs": [{"query": "x", "positive_id": "x"}]}})
         job = job.model_copy(update={"mining": job.mining.model_copy(  # the modality's default, as a job resolves it
             update={"neighbour_group": job.mining.group_for(d["modality"])})})
@@ -93,60 +92,32 @@ def main() -> None:
         spec = JobSpec.model_validate({"kind": "teacher", "train": {"pairs": [{"query": "x", "positive_id": "x"}]},
                                        **spec_d})
         ce = CrossEncoderScorer.init_from(None, max_length=args.max_length)
-        prior = None
-        if spec.teacher_prior:  # over the bi-encoder whose candidates it reranks, as a teacher job does
-            ce.zero_head()
-            ce.prior, ce.prior_scale = BiEncoderScorer(enc, "prior"), 1.0 / spec.loss.temperature
-            prior = prior_vectors(enc, enc.encode([p.query for p in pairs]).vectors, emb, pairs, texts, ce.prior_scale)
+        ce.zero_head()  # over the bi-encoder whose candidates it reranks, as a teacher job does
+        ce.prior, ce.prior_scale = BiEncoderScorer(enc, "prior"), 1.0 / spec.loss.temperature
+        prior = prior_vectors(enc, enc.encode([p.query for p in pairs]).vectors, emb, pairs, texts, ce.prior_scale)
         t = time.perf_counter()
         out = train_cross_encoder(ce, pairs, texts, negatives, spec, lambda pr: None, lambda: False, head_lr=head_lr,
                                   prior=prior)
         secs = time.perf_counter() - t
-        ranked, teacher_scores, parts = [], [], []
+        ranked, parts = [], []
         for q, cand in zip(test, cands, strict=True):
             logits, prior_part = ce.score_parts([(q["query"], texts[r]) for r in cand])
+            assert prior_part is not None  # the teacher has its prior
             parts.append((logits, prior_part))
-            s = logits if prior_part is None else logits + prior_part  # the correction at full weight
-            teacher_scores.append(ce.unit(s))
+            s = logits + prior_part  # the correction at full weight
             ranked.append([cand[i] for i in np.argsort(-s, kind="stable")])
-        if prior is not None:  # what the teacher job reports: the correction's weight chosen on held-out halves
-            w, held, fit = fit_logit_weight(parts, cands, [{g} for g in gold])
-            fitted = (held["mrr@10"], fit["chosen_per_half"], fit["mrr@10_by_weight"])
-        else:
-            fitted = (cross_fitted_fusion(cands, teacher_scores, [emb[c] @ q for c, q in zip(cands, qte, strict=True)],
-                                          gold) + (None,))
+        # what the teacher job reports: the correction's weight chosen on held-out halves
+        _, held, fit = fit_logit_weight(parts, cands, [{g} for g in gold])
+        fitted = (held["mrr@10"], fit["chosen_per_half"], fit["mrr@10_by_weight"])
         rows.append((raw, mrr10(ranked, gold), out["loss"], secs, fitted))
         print(rows[-1], f"steps {out['steps']}", flush=True)
-    print(f"\n| spec | rerank MRR@10 (top {args.depth}) | cross-fitted: the prior teacher's correction weight, or "
-          "a plain teacher fused with the bi-encoder (w per half) | final loss (EMA) | train s |\n|---|---|---|---|---|")
+    print(f"\n| spec | rerank MRR@10 (top {args.depth}) | correction weight cross-fitted (w per half) "
+          "| final loss (EMA) | train s |\n|---|---|---|---|---|")
     for name, m, loss, secs, fitted in rows:
         f = "-" if fitted is None else f"{fitted[0]:.4f} (w {', '.join(f'{w:g}' for w in fitted[1])})"
         print(f"| {name} | {m:.4f} | {f} | {'-' if loss is None else f'{loss:.3f}'} | {secs:.0f} |")
         if fitted is not None and fitted[2]:
             print(f"|  MRR@10 of all queries by correction weight: {fitted[2]} | | | | |")
-
-
-FUSION_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def cross_fitted_fusion(cands: list[list[int]], teacher: list[np.ndarray], bi: list[np.ndarray],
-                        gold: list[int]) -> tuple[float, list[float]]:
-    """What the service's ``teacher_weight`` fusion (bi-encoder cosine + w x teacher score on [0, 1])
-    reaches with w chosen honestly: w is picked on one half of the queries and scored on the other,
-    both ways; returns the mean MRR@10 of the two held-out halves and the two chosen weights."""
-
-    def mrr_at(w: float, idx: range) -> float:
-        ranked = [[cands[i][j] for j in np.argsort(-(bi[i] + w * teacher[i]), kind="stable")] for i in idx]
-        return mrr10(ranked, [gold[i] for i in idx])
-
-    half = len(gold) // 2
-    halves = (range(0, half), range(half, len(gold)))
-    out, chosen = [], []
-    for fit, held in (halves, halves[::-1]):
-        w = max(FUSION_WEIGHTS, key=lambda w: mrr_at(w, fit))
-        chosen.append(w)
-        out.append(mrr_at(w, held) * len(held))
-    return sum(out) / len(gold), chosen
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """In-process screen: how strong a *fine-tuned* bi-encoder teacher could be, against the student.
 
-Issue 4's distillation goal needs a teacher that out-ranks the fine-tuned student on pairs it has not
-trained on (docs/benchmarks.md, "Issue 4, where it stands"). This trains each named bi-encoder on the
-same training pairs and mined negatives as the hard-negatives row of ``bench.distill`` (1 epoch,
-lr 1e-4, batch 32, negatives mined by the base MiniLM from ranks 0-50 with margin 0.05, random
-batches), with ``strop.trainer.train.fine_tune`` exactly as a job's train stage does, then ranks the held-out
-queries over the same corpus. ``--fraction`` trains on the first part of the pairs only: what one fold
-model of a K-fold teacher sees is a fraction (K-1)/K. Rows: each model zero-shot and fine-tuned, and
-the fine-tuned models fused (cos_a + w cos_b, w cross-fitted on halves of the queries).
+Distillation needs a teacher that out-ranks the fine-tuned student on pairs it has not trained on.
+This trains each named bi-encoder on the same training pairs and mined negatives as the
+hard-negatives row of ``bench.distill`` (1 epoch, lr 1e-4, batch 32, negatives mined by the base
+MiniLM from ranks 0-50 with margin 0.05, random batches), with ``strop.trainer.train.fine_tune``
+exactly as a job's train stage does, then ranks the held-out queries over the same corpus.
+``--fraction`` trains on the first part of the pairs only: what one fold model of a K-fold teacher
+sees is a fraction (K-1)/K. Rows: each model zero-shot and fine-tuned, and the fine-tuned models
+fused (cos_a + w cos_b, w cross-fitted on halves of the queries).
 
     python -m bench.teacherscreen --set stdlib --train 1000 --test 400 --corpus 4000 --negatives 2 \\
         --models default,/models/all-mpnet-base-v2
