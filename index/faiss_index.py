@@ -26,7 +26,7 @@ import numpy as np
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 
 # Flat batch search over many vectors is 5-7x faster through BLAS even for small
-# query batches (measured on faiss-cpu 1.15, DESIGN.md section 7). Results are identical.
+# query batches (measured on faiss-cpu 1.15, docs/benchmarks.md). Results are identical.
 faiss.cvar.distance_compute_blas_threshold = 1
 
 _threads_lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Request and response bodies of the REST contract (DESIGN.md section 4)."""
+"""Request and response bodies of the REST contract (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ ENCODER_LR = 1e-4
 # 2e-4 reached 0.93 and 0.562 (higher rates not yet screened).
 TEACHER_LR = 2e-4
 TEACHER_HEAD_LR = 1e-3  # pooler + classifier, which the packaged encoder never trained
-# mining.neighbour_group when a job gives none (docs/benchmarks.md, "Batches of neighbouring positives"): on
+# mining.neighbour_group when a job gives none (docs/experiments.md, "Batches of neighbouring positives"): on
 # the stdlib code benchmark, groups of 8 plus one mined negative reached 0.4541 MRR@10 on all functions over
 # three seeds, against random batches' 0.4502 and in-batch only's 0.4328; on Debian descriptions (prose, one
 # seed) they scored 0.7691 against random batches' 0.7776. So code collections group, text ones do not.

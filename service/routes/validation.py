@@ -27,7 +27,7 @@ def check_job(spec: JobSpec, record: CollectionRecord, store: DocumentStore) -> 
         raise ApiError(422, "invalid_job", "train.source 'feedback' but the collection has no feedback yet: "
                        "POST /collections/{name}/feedback first")
     if spec.needs_teacher() and not (spec.teacher or record.teacher):
-        raise ApiError(422, "no_teacher", "mining.denoise, mining.fallback 'teacher', positives.semantic, distill and train.queries need a "
+        raise ApiError(422, "no_teacher", "mining.denoise, positives.semantic, distill and train.queries need a "
                        "teacher: pass "
                        "'teacher' (a cross-encoder or bi-encoder path/name) or first run a {\"kind\": \"teacher\"} job")
     if spec.teacher and spec.teacher.startswith(("/", ".")) and not Path(spec.teacher).exists():

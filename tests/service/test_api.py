@@ -1,4 +1,4 @@
-"""The REST contract (DESIGN.md section 4) over real HTTP through the ASGI app: real SQLite, FAISS and encoder."""
+"""The REST contract (docs/api.md) over real HTTP through the ASGI app: real SQLite, FAISS and encoder."""
 
 from __future__ import annotations
 

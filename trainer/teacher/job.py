@@ -5,13 +5,13 @@ fresh), trained listwise on each labelled pair against negatives the current bi-
 from the live index, evaluated as a reranker of the bi-encoder's top ``rerank_depth`` on
 held-out pairs, and stored as the collection's teacher when it beats the bi-encoder alone.
 
-With ``prior`` (the default) the teacher is the live bi-encoder plus a learned correction: its
+The teacher is the live bi-encoder plus a learned correction: its
 score is cos / temperature of the bi-encoder it was trained over (a copy is stored with it) plus
 w x the cross-encoder's logit, whose head starts at zero. It starts as exactly the bi-encoder's
 ranking, and the cross-encoder's training steps go into what the bi-encoder gets wrong instead
 of relearning what it already ranks well. The weight w is chosen on the held-out pairs, and the
 metrics the gate reads are cross-fitted (each half scored with the weight chosen on the other)
-(docs/benchmarks.md, "A teacher with the bi-encoder as its prior").
+(docs/experiments.md, "A trained cross-encoder").
 
 With ``fuse`` nothing is trained: a stronger bi-encoder's cosine takes the cross-encoder's place
 as the correction, with its weight fitted the same way (``strop.index.teacher.FusedScorer``). With
