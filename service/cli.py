@@ -1,44 +1,28 @@
-"""The ``strop`` command: serve, worker, search, train, ingest (DESIGN.md section 4a).
+"""The ``strop`` command (docs/cli.md): the server processes (serve, worker) and the client
+commands, which all talk to a server through :mod:`strop.client` (search, train, evaluate, ingest,
+collections, documents, versions, jobs).
 
-Every flag also reads a ``STROP_*`` environment variable.
+Every flag also reads a ``STROP_*`` environment variable. A client command that fails prints one line
+that says what to do and exits non-zero: 2 for a mistake in the command or its input files, 1 for
+an API error or a server that does not answer.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
-import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"STROP_{name}", default)
-
-
-def _client(url: str, api_key: str | None, timeout: float = 60.0):
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=timeout)
-
-
-def _fail(resp: Any) -> None:
-    try:
-        err = resp.json()["error"]
-        msg = f"{err['code']}: {err['message']}"
-    except Exception:  # noqa: BLE001
-        msg = resp.text
-    print(f"error {resp.status_code}: {msg}", file=sys.stderr)
-    sys.exit(1)
+from strop.client import DEFAULT_URL, Client, ClientSettings, StropError
+from strop.service.ingest import bar
 
 
 def _settings(args: argparse.Namespace, **flags: Any) -> Any:
@@ -136,39 +120,211 @@ def cmd_worker(args: argparse.Namespace) -> None:
     worker.work(with_scheduler=False, logging_level="INFO", burst=args.burst)
 
 
-# -- client commands --------------------------------------------------------------------------
+# -- client commands: everything below talks to a server through strop.client ---------------------
+class UsageError(Exception):
+    """A mistake on the command line or in an input file: one line on stderr, exit status 2."""
+
+
+def _client(args: argparse.Namespace, timeout: float = 120.0) -> Client:
+    env = ClientSettings()
+    return Client(args.url or env.url, args.api_key or env.api_key or None, timeout=timeout)
+
+
+def _hint(e: StropError) -> str:
+    """What to run next, for the API errors whose message does not already say it."""
+    if e.code == "not_found" and e.message.startswith("collection "):
+        return "; list them with: strop collections list"
+    if e.code == "not_found" and e.message.startswith("job "):
+        return "; list them with: strop jobs list"
+    if e.code == "version_not_found":
+        return "; list them with: strop versions list COLLECTION"
+    if e.code == "unauthorized":
+        return "; pass --api-key KEY or set STROP_API_KEY"
+    return ""
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def read_jsonl(path: str, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; any unreadable file or bad line is a UsageError."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}): write one {what} "
+                                     "object per line") from None
+                if not isinstance(obj, dict):
+                    raise UsageError(f"{path}:{n}: expected a JSON object {{...}}, got {type(obj).__name__}")
+                rows.append((n, obj))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file: give the path of a JSONL file of {what}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8 JSONL") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it ({e.strerror}): give a readable JSONL file of {what}") from None
+    if not rows:
+        raise UsageError(f"{path} holds no {what}: write one JSON object per line")
+    return rows
+
+
+def _ids(path: str, n: int, obj: dict[str, Any]) -> list[str]:
+    """``positive_ids`` (a list) or ``positive_id`` (one) of a pairs line."""
+    ids = obj.get("positive_ids", [obj["positive_id"]] if "positive_id" in obj else None)
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise UsageError(f'{path}:{n}: expected {{"query": "...", "positive_id": "..."}} or "positive_ids": '
+                         '["...", ...] (non-empty document ids)')
+    return ids
+
+
+def _query(path: str, n: int, obj: dict[str, Any]) -> str:
+    q = obj.get("query")
+    if not isinstance(q, str) or not q.strip():
+        raise UsageError(f'{path}:{n}: "query" must be a non-empty string')
+    return q
+
+
+def read_train_pairs(path: str) -> list[dict[str, str]]:
+    """One {query, positive_id} per line (a line with positive_ids gives one pair per id)."""
+    return [{"query": _query(path, n, obj), "positive_id": i}
+            for n, obj in read_jsonl(path, "training pairs") for i in _ids(path, n, obj)]
+
+
+def read_eval_pairs(path: str) -> list[dict[str, Any]]:
+    """One {query, positive_ids} per line (positive_id, one id, is read as a list of one)."""
+    return [{"query": _query(path, n, obj), "positive_ids": _ids(path, n, obj)}
+            for n, obj in read_jsonl(path, "evaluation pairs")]
+
+
+DOCUMENT_FIELDS = ("id", "text", "image", "image_path", "metadata")
+
+
+def read_documents(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, document) for every line of a documents JSONL file, each checked before anything
+    is sent; ``image_path`` (relative to the file) is read and sent as ``image``."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for n, obj in read_jsonl(path, "documents"):
+        where = f"{path}:{n}"
+        unknown = sorted(set(obj) - set(DOCUMENT_FIELDS))
+        if unknown:
+            raise UsageError(f"{where}: unknown field {unknown[0]!r} (a document has {', '.join(DOCUMENT_FIELDS)})")
+        doc_id = obj.get("id")
+        if not isinstance(doc_id, str) or not doc_id:
+            raise UsageError(f'{where}: "id" must be a non-empty string')
+        if doc_id in seen:
+            raise UsageError(f"{where}: id {doc_id!r} is also on line {seen[doc_id]}: ids must be unique")
+        seen[doc_id] = n
+        text = obj.get("text")
+        if text is not None and not isinstance(text, str):
+            raise UsageError(f'{where}: "text" must be a string')
+        if "metadata" in obj and not isinstance(obj["metadata"], dict):
+            raise UsageError(f'{where}: "metadata" must be a JSON object')
+        doc: dict[str, Any] = {k: obj[k] for k in ("id", "text", "image", "metadata") if k in obj}
+        if "image_path" in obj:
+            image = Path(path).parent / str(obj["image_path"])
+            try:
+                doc["image"] = image.read_bytes()
+            except OSError as e:
+                raise UsageError(f"{where}: cannot read image_path {str(image)!r} ({e.strerror})") from None
+        out.append((n, doc))
+    return out
+
+
+def check_modality(path: str, rows: list[tuple[int, dict[str, Any]]], collection: str, modality: str) -> None:
+    for n, doc in rows:
+        if modality == "image" and "image" not in doc:
+            raise UsageError(f'{path}:{n}: {collection} is an image collection: give "image" (base64) or '
+                             '"image_path"')
+        if modality != "image" and not (doc.get("text") or "").strip():
+            raise UsageError(f'{path}:{n}: {collection} is a {modality} collection: give a non-empty "text"')
+
+
+def _job_bar(job: Mapping[str, Any]) -> None:
+    p = job.get("progress") or {}
+    step, total = p.get("step") or 0, p.get("total_steps") or 0
+    width = 30
+    filled = int(width * step / total) if total else 0
+    loss = f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "-"
+    eta = f"{p['eta_s']:.0f}s" if isinstance(p.get("eta_s"), int | float) else "-"
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {job['state']:<9} {job.get('stage') or '':<16} "
+          f"step {step}/{total} loss {loss} eta {eta}", end="", file=sys.stderr, flush=True)
+
+
+def follow(c: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+    """Draw a progress bar until the job ends, print its outcome as JSON; exit 1 unless it succeeded
+    or was rejected by its gate."""
+    try:
+        job = c.follow_job(job_id, on_progress=_job_bar, poll_s=poll_s)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise UsageError(f"stopped following job {job_id}; it keeps running: strop jobs show {job_id} --follow, "
+                         f"or strop jobs cancel {job_id}") from None
+    print(file=sys.stderr)
+    m = job.get("metrics") or {}
+    _print_json({"job_id": job["job_id"], "state": job["state"], "version": job["version"], "error": job["error"],
+                 "before": m.get("before"), "after": m.get("after")})
+    if job["state"] in ("failed", "cancelled"):
+        sys.exit(1)
+    return dict(job)
+
+
+def _filters(items: list[str]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--filter {item!r}: write KEY=VALUE, e.g. --filter lang=python")
+        try:
+            out[key] = json.loads(value)  # 3, true, null, "quoted"
+        except json.JSONDecodeError:
+            out[key] = value
+    return out or None
+
+
 def cmd_search(args: argparse.Namespace) -> None:
-    with _client(args.url, args.api_key) as c:
-        info = c.get(f"/collections/{args.collection}")
-        if info.status_code != 200:
-            _fail(info)
-        modality = info.json()["modality"]
-        body: dict[str, Any] = {"top_k": args.top_k}
+    opts: dict[str, Any] = {"top_k": args.top_k, "filter": _filters(args.filter)}
+    with _client(args) as c:
+        modality = c.get_collection(args.collection)["modality"]
         if modality == "image":  # QUERY is an image file
             try:
-                body["image"] = base64.b64encode(Path(args.query).read_bytes()).decode()
+                opts["image"] = Path(args.query).read_bytes()
             except OSError as e:
-                print(f"{args.collection} is an image collection: QUERY must be an image file ({e})", file=sys.stderr)
-                sys.exit(2)
+                raise UsageError(f"{args.collection} is an image collection: QUERY must be an image file "
+                                 f"({args.query}: {e.strerror})") from None
+            out = c.search(args.collection, **opts)
         else:
-            body["query"] = args.query
-            if args.lexical:
-                body["lexical"] = args.lexical
-            if args.rerank:
-                body["rerank"] = True
-        r = c.post(f"/collections/{args.collection}/search", json=body)
-        if r.status_code != 200:
-            _fail(r)
-        out = r.json()
-        if modality == "image":
-            m = out.get("match")
-            print(f"match: {m['id']} ({m['score']:.4f})" if m else
-                  f"match: none (best score below the open-set threshold {out.get('threshold', 0):.4f})")
-        for line in format_hits(modality, out["hits"]):
-            print(line)
+            out = c.search(args.collection, args.query, lexical=args.lexical, rerank=args.rerank or None,
+                           **opts)
+    if args.json:
+        _print_json(out)
+        return
+    if modality == "image":
+        m = out.get("match")
+        print(f"match: {m['id']} ({m['score']:.4f})" if m else
+              f"match: none (best score below the open-set threshold {out.get('threshold', 0):.4f})")
+    for line in format_hits(modality, out["hits"]):
+        print(line)
 
 
-def format_hits(modality: str, hits: list[dict]) -> list[str]:
+def format_hits(modality: str, hits: Sequence[Mapping[str, Any]]) -> list[str]:
     """Code hits as `path:line  signature`; others as `score  id  text`."""
     out = []
     for h in hits:
@@ -183,69 +339,174 @@ def format_hits(modality: str, hits: list[dict]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     if (args.pairs is None) == (args.source is None):
-        print("give exactly one of --pairs FILE.jsonl or --source feedback|docstrings|views", file=sys.stderr)
-        sys.exit(2)
-    body: dict[str, Any] = {"train": {"source": args.source}} if args.source else {"train": {"pairs": _read_pairs(args.pairs)}}
+        raise UsageError("give exactly one of --pairs FILE.jsonl or --source feedback|docstrings|views")
+    spec: dict[str, Any] = {"train": {"source": args.source} if args.source else {"pairs": read_train_pairs(args.pairs)}}
     if args.options:
-        body.update(json.loads(args.options))
-    with _client(args.url, args.api_key) as c:
-        r = c.post(f"/collections/{args.collection}/jobs", json=body)
-        if r.status_code != 202:
-            _fail(r)
-        job_id = r.json()["job_id"]
+        try:
+            options = json.loads(args.options)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--options is not valid JSON ({e.msg}, column {e.colno}): e.g. '{{\"epochs\": 2}}'") from None
+        if not isinstance(options, dict):
+            raise UsageError("--options must be a JSON object, e.g. '{\"epochs\": 2}'")
+        spec = {**spec, **options, "train": {**spec["train"], **options.get("train", {})}}
+    with _client(args) as c:
+        job_id = c.submit_job(args.collection, spec)["job_id"]
         print(f"job {job_id} queued", file=sys.stderr)
+        if args.no_follow:
+            print(job_id)
+            return
         follow(c, job_id)
 
 
-def _read_pairs(path: str) -> list[dict[str, str]]:
-    pairs = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                    pairs.append({"query": obj["query"], "positive_id": obj["positive_id"]})
-                except (json.JSONDecodeError, KeyError) as e:
-                    print(f"{path}:{n}: expected {{\"query\", \"positive_id\"}}: {e}", file=sys.stderr)
-                    sys.exit(2)
-    return pairs
-
-
-def follow(c: Any, job_id: str, interval: float = 1.0) -> dict:
-    """Print a one-line progress bar until the job ends."""
-    while True:
-        r = c.get(f"/jobs/{job_id}")
-        if r.status_code != 200:
-            _fail(r)
-        job = r.json()
-        p = job["progress"] or {}
-        step, total = p.get("step") or 0, p.get("total_steps") or 0
-        width = 30
-        filled = int(width * step / total) if total else 0
-        loss = f"{p['loss']:.4f}" if isinstance(p.get("loss"), (int, float)) else "-"
-        eta = f"{p['eta_s']:.0f}s" if isinstance(p.get("eta_s"), (int, float)) else "-"
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {job['state']:<9} {job['stage'] or '':<16} " \
-               f"step {step}/{total} loss {loss} eta {eta}"
-        print(line, end="", file=sys.stderr, flush=True)
-        if job["state"] in ("succeeded", "rejected", "failed", "cancelled"):
-            print(file=sys.stderr)
-            m = job.get("metrics") or {}
-            print(json.dumps({"state": job["state"], "version": job["version"], "error": job["error"],
-                              "before": m.get("before"), "after": m.get("after")}, indent=2))
-            if job["state"] in ("failed", "cancelled"):
-                sys.exit(1)
-            return job
-        time.sleep(interval)
-
-
-def cmd_ingest(args: argparse.Namespace) -> None:
+def cmd_ingest_code(args: argparse.Namespace) -> None:
     from strop.service.ingest import ingest_code
 
-    if args.kind != "code":
-        print("only `strop ingest code PATH` is supported", file=sys.stderr)
-        sys.exit(2)
-    with _client(args.url, args.api_key, timeout=600) as c:
-        ingest_code(c, Path(args.path), args.collection, exclude=args.exclude)
+    with _client(args, timeout=600) as c:
+        try:
+            ingest_code(c, Path(args.path), args.collection, exclude=args.exclude)
+        except NotADirectoryError as e:
+            raise UsageError(str(e)) from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    pairs = read_eval_pairs(args.pairs)
+    with _client(args) as c:
+        _print_json(c.evaluate(args.collection, pairs, k=args.k, rerank=args.rerank, lexical=args.lexical))
+
+
+# collections
+def cmd_collections_create(args: argparse.Namespace) -> None:
+    with _client(args, timeout=600) as c:  # the server loads the encoder before it answers
+        _print_json(c.create_collection(args.name, args.modality, encoder=args.encoder, index=args.index_kind))
+
+
+def cmd_collections_list(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        cols = c.list_collections()
+    if not cols:
+        print("no collections yet: create one with: strop collections create NAME", file=sys.stderr)
+        return
+    _table([[x["name"], x["modality"], x["count"], x["version"]["id"], x["teacher"], x["encoder"]] for x in cols],
+           ["NAME", "MODALITY", "DOCUMENTS", "VERSION", "TEACHER", "ENCODER"])
+
+
+def cmd_collections_show(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        _print_json(c.get_collection(args.name))
+
+
+def cmd_collections_delete(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        c.delete_collection(args.name)
+    print(f"deleted collection {args.name}")
+
+
+def cmd_collections_teacher(args: argparse.Namespace) -> None:
+    teacher = None if args.teacher.lower() == "none" else args.teacher
+    with _client(args, timeout=600) as c:  # the server loads the teacher before it answers
+        info = c.set_teacher(args.name, teacher)
+    print(f"collection {args.name}: teacher {info['teacher'] or 'none'}")
+
+
+# documents
+def _at_lines(message: str, path: str, lines: list[int]) -> str:
+    """``documents[3].text must be ...`` of a batch -> ``FILE:LINE: text must be ...``."""
+    def at(m: re.Match[str]) -> str:
+        i = int(m[1])
+        return f"{path}:{lines[i]}: " if i < len(lines) else m[0]
+
+    return re.sub(r"documents\[(\d+)\]\.? ?", at, message)
+
+
+def cmd_documents_add(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    rows = read_documents(args.file)
+    with _client(args, timeout=600) as c:
+        check_modality(args.file, rows, args.collection, c.get_collection(args.collection)["modality"])
+        done = upserted = 0
+        for start in range(0, len(rows), args.batch_size):
+            batch = rows[start : start + args.batch_size]
+            try:
+                upserted += c.upsert(args.collection, [d for _, d in batch], batch_size=len(batch))
+            except StropError as e:
+                if done:
+                    print(file=sys.stderr)
+                lines = [n for n, _ in batch]
+                e.message = _at_lines(e.message, args.file, lines)
+                stored = f"; lines before {lines[0]} were stored" if done else "; nothing was stored"
+                e.message += f" (the batch of lines {lines[0]}-{lines[-1]} was refused{stored})"
+                raise
+            done += len(batch)
+            bar("add", done, len(rows))
+        print(file=sys.stderr)
+    print(f"upserted {upserted} documents into {args.collection}")
+
+
+def cmd_documents_get(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        _print_json(c.get_document(args.collection, args.id))
+
+
+def cmd_documents_delete(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        c.delete_document(args.collection, args.id)
+    print(f"deleted document {args.id} from {args.collection}")
+
+
+def cmd_documents_list(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        for n, doc in enumerate(c.iter_documents(args.collection)):
+            if args.limit and n >= args.limit:
+                break
+            print(doc["id"] if not args.metadata else json.dumps(doc, ensure_ascii=False))
+
+
+# versions
+def cmd_versions_list(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        out = c.list_versions(args.collection)
+    rows = []
+    for v in out["versions"]:
+        metrics = v.get("metrics") or {}
+        after = metrics.get("after", metrics)
+        mrr = after.get("mrr@10") if isinstance(after, dict) else None
+        size = v.get("bytes")
+        rows.append(["*" if v["id"] == out["active"] else "", v["id"], _when(v["created_at"]), v["count"],
+                     v["job"], f"{mrr:.4f}" if isinstance(mrr, int | float) else None,
+                     f"{size / 1e6:.1f} MB" if isinstance(size, int) else None])
+    _table(rows, ["", "VERSION", "CREATED", "VECTORS", "JOB", "MRR@10", "SIZE"])
+
+
+def cmd_versions_activate(args: argparse.Namespace) -> None:
+    with _client(args, timeout=600) as c:  # the new version is loaded and caught up before the answer
+        out = c.activate_version(args.collection, args.version)
+    print(f"{args.collection} now serves {out['active']} (was {out['previous']})")
+
+
+# jobs
+def cmd_jobs_show(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        if args.follow:
+            follow(c, args.job_id)
+        else:
+            _print_json(c.get_job(args.job_id))
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        jobs = c.list_jobs(args.collection)
+    if not jobs:
+        print("no jobs yet: submit one with: strop train COLLECTION --pairs FILE.jsonl", file=sys.stderr)
+        return
+    _table([[j["job_id"], j["collection"], j["kind"], j["state"], j["stage"], _when(j["created_at"]), j["version"]]
+            for j in jobs], ["JOB", "COLLECTION", "KIND", "STATE", "STAGE", "CREATED", "VERSION"])
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        job = c.cancel_job(args.job_id)
+    print(f"job {job['job_id']}: {job['state']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,41 +538,155 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty (tests, batch runs)")
     w.set_defaults(fn=cmd_worker)
 
-    for name, fn, helptext in (("search", cmd_search, "search a collection"),
-                               ("train", cmd_train, "submit a training job and follow it")):
-        c = sub.add_parser(name, help=helptext)
-        c.add_argument("collection")
-        if name == "search":
-            c.add_argument("query", help="query text; for image collections, the path of an image file")
-            c.add_argument("--top-k", type=int, default=10)
-            c.add_argument("--lexical", type=float, default=0.0, metavar="W",
-                           help="text and code: add W x BM25 over the top candidates (0.1 measured best on code)")
-            c.add_argument("--rerank", action="store_true", help="rerank with the collection's teacher")
-        else:
-            c.add_argument("--pairs", help="JSONL file of {query, positive_id}")
-            c.add_argument("--source", choices=["feedback", "docstrings", "views"],
-                           help="train from the collection itself instead of a pairs file")
-            c.add_argument("--options", help="extra job fields as JSON, e.g. '{\"epochs\": 2}'")
-        c.add_argument("--url", default=_env("URL", DEFAULT_URL))
-        c.add_argument("--api-key", default=_env("API_KEY"))
-        c.set_defaults(fn=fn)
+    # client commands: each takes --url and --api-key; option help shows defaults
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--url", default=None, help=f"the server (default: STROP_URL or {DEFAULT_URL})")
+    conn.add_argument("--api-key", default=None, help="bearer token, when the server has API keys "
+                      "(default: STROP_API_KEY)")
 
-    g = sub.add_parser("ingest", help="ingest a source tree")
-    g.add_argument("kind", choices=["code"])
-    g.add_argument("path")
-    g.add_argument("--collection", required=True)
-    g.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+    def command(parent: Any, name: str, fn: Any, helptext: str, description: str | None = None) -> Any:
+        c = parent.add_parser(name, help=helptext, description=description or helptext, parents=[conn],
+                              formatter_class=_Formatter)
+        c.set_defaults(fn=fn)
+        return c
+
+    def group(name: str, helptext: str) -> Any:
+        g = sub.add_parser(name, help=helptext, description=helptext)
+        return g.add_subparsers(dest=f"{name}_cmd", required=True, metavar="COMMAND")
+
+    c = command(sub, "search", cmd_search, "search a collection",
+                "Print the best hits: `score  id  text`; in code collections `path:line  signature`; in image "
+                "collections the open-set match first.")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("query", help="query text; for image collections, the path of an image file")
+    c.add_argument("--top-k", type=int, default=10, help="hits to print")
+    c.add_argument("--lexical", type=float, default=None, metavar="W",
+                   help="text and code: add W x BM25 over the top candidates (0.1 measured best on code; "
+                   "default: the server's, 0 for text and STROP_CODE_LEXICAL for code)")
+    c.add_argument("--rerank", action="store_true", help="rerank with the collection's teacher")
+    c.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep hits whose metadata KEY equals VALUE (JSON, or else a string); repeatable = AND")
+    c.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+
+    c = command(sub, "train", cmd_train, "submit a training job and follow it",
+                "Submit a training job, draw its progress on stderr until it ends, then print the outcome as "
+                "JSON. Exits 1 when the job failed or was cancelled.")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--pairs", metavar="FILE.jsonl",
+                   help='training pairs, one {"query", "positive_id"} per line ("positive_ids": [...] gives '
+                        "one pair per id)")
+    c.add_argument("--source", choices=["feedback", "docstrings", "views"],
+                   help="train from the collection itself instead of a pairs file")
+    c.add_argument("--options", metavar="JSON", help="more job fields, e.g. '{\"epochs\": 2, \"max_steps\": 100}'")
+    c.add_argument("--no-follow", action="store_true", help="print the job id and return at once")
+
+    c = command(sub, "evaluate", cmd_evaluate, "measure the active version on labelled queries",
+                "Print MRR@10, recall@1, recall@k and nDCG@10 of the active version as JSON.")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--pairs", required=True, metavar="FILE.jsonl",
+                   help='one {"query", "positive_ids": [...]} per line ("positive_id" also works)')
+    c.add_argument("--k", type=int, default=10, help="cut-off of recall@k")
+    c.add_argument("--rerank", action="store_true", help="rerank with the collection's teacher")
+    c.add_argument("--lexical", type=float, default=None, metavar="W", help="add W x BM25, as in search "
+                   "(default: the server's)")
+
+    ingest = group("ingest", "ingest a source tree")
+    c = command(ingest, "code", cmd_ingest_code, "sync a Python source tree into a code collection",
+                "Parse every Python file under PATH (honouring .gitignore) into function and class documents, "
+                "then make the collection match: new and changed definitions are upserted, vanished ones "
+                "deleted. The collection is created as a code collection when missing.")
+    c.add_argument("path", help="root folder of the source tree")
+    c.add_argument("--collection", required=True, help="the code collection to sync")
+    c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="gitignore-style pattern to skip, on top of .gitignore (repeatable), e.g. 'tests/'")
-    g.add_argument("--url", default=_env("URL", DEFAULT_URL))
-    g.add_argument("--api-key", default=_env("API_KEY"))
-    g.set_defaults(fn=cmd_ingest)
+
+    cols = group("collections", "create, list, show and delete collections")
+    c = command(cols, "create", cmd_collections_create, "create a collection")
+    c.add_argument("name", help="1-63 characters of a-z 0-9 - _")
+    c.add_argument("--modality", choices=["text", "code", "image"], default="text", help="what documents hold")
+    c.add_argument("--encoder", default=None, help="model path or name (default: the server's, all-MiniLM-L6-v2 "
+                   "for text and code)")
+    c.add_argument("--index-kind", choices=["auto", "flat", "hnsw", "ivf"], default=None,
+                   help="FAISS index (default: auto, flat while small and HNSW past a threshold)")
+    command(cols, "list", cmd_collections_list, "list collections")
+    c = command(cols, "show", cmd_collections_show, "print a collection as JSON")
+    c.add_argument("name", help="collection name")
+    c = command(cols, "delete", cmd_collections_delete, "delete a collection, its documents and versions")
+    c.add_argument("name", help="collection name")
+    c = command(cols, "set-teacher", cmd_collections_teacher, "name the model that reranks a collection")
+    c.add_argument("name", help="collection name")
+    c.add_argument("teacher", help="a cross-encoder or bi-encoder: directory or hub name; 'none' removes it")
+
+    docs = group("documents", "add, get, list and delete documents")
+    c = command(docs, "add", cmd_documents_add, "upsert documents from a JSONL file",
+                'Upsert documents from FILE, one {"id", "text", "metadata"} per line ("image": base64 or '
+                '"image_path": a file next to FILE, for image collections). The whole file is checked before '
+                "anything is sent; then it goes in batches.")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("file", metavar="FILE.jsonl")
+    c.add_argument("--batch-size", type=int, default=500, help="documents per request; at most the server's "
+                   "max_documents_per_request (1000 unless configured)")
+    c = command(docs, "get", cmd_documents_get, "print a document as JSON")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("id", help="document id")
+    c = command(docs, "delete", cmd_documents_delete, "delete a document")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("id", help="document id")
+    c = command(docs, "list", cmd_documents_list, "print document ids in id order")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--limit", type=int, default=0, help="stop after this many (0 = all)")
+    c.add_argument("--metadata", action="store_true", help="print {id, metadata} as JSON lines")
+
+    vers = group("versions", "list versions, roll back or forward")
+    c = command(vers, "list", cmd_versions_list, "list a collection's versions (* = active)")
+    c.add_argument("collection", help="collection name")
+    c = command(vers, "activate", cmd_versions_activate, "serve another version (roll back or forward)")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("version", help="a version id from `strop versions list`")
+
+    jobs = group("jobs", "show, list and cancel training jobs")
+    c = command(jobs, "show", cmd_jobs_show, "print a job as JSON")
+    c.add_argument("job_id", help="a job id from `strop jobs list`")
+    c.add_argument("--follow", action="store_true", help="draw its progress until it ends, as `strop train` does")
+    c = command(jobs, "list", cmd_jobs_list, "list recent jobs, newest first")
+    c.add_argument("--collection", default=None, help="only this collection's")
+    c = command(jobs, "cancel", cmd_jobs_cancel, "cancel a queued or running job")
+    c.add_argument("job_id", help="a job id from `strop jobs list`")
     return p
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to an option's help when it has a meaningful default and does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    server = args.cmd in ("serve", "worker")
+    logging.basicConfig(level=logging.INFO if server else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpcore"):  # one line per request would break the progress bars
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if server:
+        args.fn(args)
+        return
+    try:
+        args.fn(args)
+    except UsageError as e:
+        print(f"strop: {e}", file=sys.stderr)
+        sys.exit(2)
+    except StropError as e:  # API errors and a server that does not answer
+        print(f"{e}{_hint(e)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\nstrop: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
