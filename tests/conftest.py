@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -79,3 +84,82 @@ def render_logo(i: int, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt)
     return buf.getvalue()
+
+
+# -- a live `strop serve`: real uvicorn over real HTTP, the embedded Redis and a worker process --------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_env(tiny_encoder_path: str, **extra: str) -> dict[str, str]:
+    """The environment of a test server and of the `strop` commands run against it: the tiny encoder,
+    no variables of the machine's own strop setup."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STROP_")}
+    env.update({"STROP_DEFAULT_ENCODER": tiny_encoder_path, "STROP_PRECISION": "fp32",
+                "STROP_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1", **extra})
+    return env
+
+
+def start_serve(data_dir: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`strop serve` in its own process group; returns once /readyz answers 200."""
+    import httpx
+
+    p = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "serve", "--port", str(port),
+                          "--data-dir", str(data_dir)], env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    end = time.time() + 90
+    while time.time() < end:
+        if p.poll() is not None:
+            raise AssertionError(f"strop serve exited {p.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return p
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_serve(p)
+    raise AssertionError("strop serve did not become ready: " + log.read_text()[-3000:])
+
+
+def stop_serve(p: subprocess.Popen) -> None:
+    """SIGTERM (serve stops its worker and the embedded Redis), SIGKILL to the group after 30 s."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    port: int
+    data_dir: Path
+    env: dict[str, str]  # for `strop` commands: the server's environment (STROP_URL not set)
+    log: Path
+
+    def strop(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        """Run the `strop` command (``python -m strop.service.cli``) and capture its output."""
+        return subprocess.run([sys.executable, "-m", "strop.service.cli", *args], env={**self.env, **env},
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_path: str) -> Iterator[LiveServer]:
+    """One `strop serve` per test module (start-up takes seconds), with the tiny encoder."""
+    root = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    env = serve_env(tiny_encoder_path)
+    server = LiveServer(f"http://127.0.0.1:{port}", port, root / "strop-data", env, root / "serve.log")
+    p = start_serve(server.data_dir, port, env, server.log)
+    try:
+        yield server
+    finally:
+        stop_serve(p)
