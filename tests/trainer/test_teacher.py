@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_jobs import REDIS_URL, corpus, env, job_body, load, wait, workers  # noqa: F401  (fixtures)
 
+from strop.index.embcache import DiskCache
 from strop.index.encoder import Encoder, resolve_spec
 from strop.index.teacher import (
     BiEncoderScorer,
@@ -468,7 +469,7 @@ def test_a_fuse_teacher_job_fits_its_weight_stores_the_teacher_and_reranks(qclie
     assert isinstance(tuned, FoldedScorer) and tuned.tuned and (Path(teacher_path) / "fold-1-fuse" / "modules.json").exists()
     # the job evaluated the teacher as stored, through the shared on-disk cache: the documents its
     # fold models embedded for the held-out reranking are there for the next job or rerank search
-    cached = load_teacher(teacher_path, precision="fp32", cache_dir=data_dir / "teacher-cache")
+    cached = load_teacher(teacher_path, precision="fp32", disk_cache=DiskCache(data_dir / "teacher-cache"))
     cached.score([(evals["pairs"][0]["query"], d["text"]) for d in corpus["docs"]])
     for f in (0, 1):
         for part in (cached.folds[f].prior, cached.folds[f].scorer):
