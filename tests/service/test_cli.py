@@ -208,6 +208,17 @@ def test_documents_commands(live_server, tmp_path: Path):
           "lines 21-30 was refused; lines before 21 were stored")
     assert httpx.get(f"{live_server.url}/collections/dc-notes").json()["count"] == 23 + 20
 
+    # image collections: "image_path" next to the file, or "image" as base64
+    ok(strop("collections", "create", "dc-logos", "--modality", "image", *url))
+    (tmp_path / "logo0.png").write_bytes(render_logo(0))
+    path = write_jsonl(tmp_path / "logos.jsonl", [
+        {"id": LOGO_WORDS[0], "text": LOGO_WORDS[0], "image_path": "logo0.png"},
+        {"id": LOGO_WORDS[1], "text": LOGO_WORDS[1], "image": base64.b64encode(render_logo(1)).decode()}])
+    assert ok(strop("documents", "add", "dc-logos", str(path), *url)).stdout.strip() == \
+        "upserted 2 documents into dc-logos"
+    path = write_jsonl(tmp_path / "nologo.jsonl", [{"id": "x", "text": "no image"}])
+    fails(strop("documents", "add", "dc-logos", str(path), *url), 2, f"{path}:1: dc-logos is an image collection")
+
 
 def test_search_and_evaluate_commands(live_server, tmp_path: Path):
     strop = live_server.strop
