@@ -264,8 +264,9 @@ def _job_bar(job: Mapping[str, Any]) -> None:
     filled = int(width * step / total) if total else 0
     loss = f"{p['loss']:.4f}" if isinstance(p.get("loss"), int | float) else "-"
     eta = f"{p['eta_s']:.0f}s" if isinstance(p.get("eta_s"), int | float) else "-"
+    unit = p.get("unit") or "steps"  # stages other than training count documents or pairs
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {job['state']:<9} {job.get('stage') or '':<16} "
-          f"step {step}/{total} loss {loss} eta {eta}", end="", file=sys.stderr, flush=True)
+          f"{step}/{total} {unit:<9} loss {loss} eta {eta}", end="", file=sys.stderr, flush=True)
 
 
 def follow(c: Client, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:

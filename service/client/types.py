@@ -127,6 +127,7 @@ class Progress(TypedDict, total=False):
     total_steps: int
     loss: float | None
     eta_s: float | None
+    unit: str  # stages other than training: what step counts ("documents", "teacher pairs")
 
 
 class Job(TypedDict):

@@ -347,7 +347,7 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
         assert out.returncode == 0, out.stdout + out.stderr[-3000:]
         result = json.loads(out.stdout)
         assert result["state"] == "succeeded" and result["version"]
-        assert "step" in out.stderr and "loss" in out.stderr  # the progress bar
+        assert "] succeeded" in out.stderr and "loss" in out.stderr  # the progress bar
         end = time.time() + 5
         while c.get("/collections/notes").json()["version"]["id"] != result["version"] and time.time() < end:
             time.sleep(0.1)
