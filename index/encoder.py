@@ -32,6 +32,18 @@ from strop.index.settings import default_device
 
 log = logging.getLogger("strop.encoder")
 
+
+class _ExpectedTruncation(logging.Filter):
+    """The tokenizer warns that a text is longer than the model's sequence length; strop truncates on
+    purpose (documents are stored whole, embedded from their first max_seq_length tokens, and the
+    upsert answer counts them as ``truncated``), so that warning is noise in the server log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length is longer")
+
+
+logging.getLogger("transformers.tokenization_utils_base").addFilter(_ExpectedTruncation())
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -100,7 +112,9 @@ class Encoder:
     @classmethod
     def load(cls, spec: str | None, precision: str = "auto", device: str | None = None) -> Encoder:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a weights-loading bar per model load is noise in a server log
         device = device or default_device()
         path = resolve_spec(spec)
         model = SentenceTransformer(path, device=device)

@@ -103,13 +103,16 @@ class Activation:
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         st = self.state(name)
-        active = st.served.id
+        served = st.served
         out = []
         for m in st.vstore.list():
+            active = m["id"] == served.id
             out.append({
                 "id": m["id"], "created_at": m.get("created_at"), "parent": m.get("parent"),
-                "job": m.get("job"), "metrics": m.get("metrics", {}), "count": m.get("count"),
+                "job": m.get("job"), "metrics": m.get("metrics", {}),
+                # the active version serves every write since it was built; the others, what they were built with
+                "count": served.live.ntotal if active else m.get("count"), "built_count": m.get("count"),
                 "encoder": m.get("encoder"), "index": m.get("index", {}).get("built_kind"),
-                "active": m["id"] == active,
+                "active": active,
             })
         return out

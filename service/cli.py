@@ -672,7 +672,9 @@ def main(argv: list[str] | None = None) -> None:
     server = args.cmd in ("serve", "worker")
     logging.basicConfig(level=logging.INFO if server else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("httpx", "httpcore"):  # one line per request would break the progress bars
+    # one line per request would break the progress bars; faiss logs its optional-module probe at INFO
+    # in every process that imports it; a loaded model is logged by strop itself
+    for name in ("httpx", "httpcore", "faiss.loader", "sentence_transformers.base.model"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if server:
         args.fn(args)

@@ -8,12 +8,43 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from strop.index.store import Conflict, NotFound
 from strop.index.versions import VersionError
 
 log = logging.getLogger("strop.api")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="a stable machine-readable code, e.g. not_found, invalid_request, "
+                      "overloaded", examples=["not_found"])
+    message: str = Field(..., description="what went wrong and what to do about it")
+
+
+class ErrorBody(BaseModel):
+    """Every error strop answers: 4xx for what the caller got wrong, 5xx only for a server fault."""
+
+    error: ErrorDetail = Field(..., description="the error's code and message")
+
+
+_MEANING = {
+    400: "malformed JSON",
+    401: "missing or unknown API key",
+    403: "the API key's scope does not allow this",
+    404: "no such collection, document, version or job",
+    409: "conflicts with the current state (an existing name, no teacher to rerank with)",
+    413: "body, batch, document or query over its limit",
+    422: "invalid request: the message names the field and the fix",
+    429: "the encode queue is full: retry after Retry-After seconds",
+    503: "a service this needs (the job queue) is unavailable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all in strop's error shape."""
+    return {s: {"model": ErrorBody, "description": _MEANING[s]} for s in statuses}
 
 
 class ApiError(Exception):

@@ -16,8 +16,8 @@ class Strict(BaseModel):
 class IndexOptions(Strict):
     kind: Literal["auto", "flat", "hnsw", "ivf"] = Field("auto", description="auto = flat while small, HNSW past `auto_threshold` vectors")
     auto_threshold: int | None = Field(None, ge=1, description="vectors at which `auto` switches flat -> HNSW")
-    hnsw_m: int | None = Field(None, ge=4, le=128)
-    ef_construction: int | None = Field(None, ge=8, le=2048)
+    hnsw_m: int | None = Field(None, ge=4, le=128, description="HNSW graph degree M (default 32)")
+    ef_construction: int | None = Field(None, ge=8, le=2048, description="HNSW build breadth (default 80)")
     ef_search: int | None = Field(None, ge=1, le=4096, description="HNSW search breadth (raised to top_k when smaller)")
     ivf_nlist: int | None = Field(None, ge=1, le=1_000_000, description="IVF lists; default 4*sqrt(n)")
     nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists probed per query")
@@ -30,17 +30,17 @@ class CollectionCreate(Strict):
     name: str = Field(..., description="1-63 chars of a-z 0-9 - _, starting with a letter or digit", examples=["docs"])
     modality: Literal["text", "code", "image"] = Field("text", description="what documents hold")
     encoder: str | None = Field(None, description="sentence-transformers model path or hub name; default all-MiniLM-L6-v2 (packaged)")
-    index: IndexOptions = Field(default_factory=IndexOptions)
+    index: IndexOptions = Field(default_factory=IndexOptions, description="the FAISS index kind and its parameters")
 
 
 class VersionInfo(BaseModel):
-    id: str
-    created_at: float | None = None
-    metrics: dict[str, Any] = {}
+    id: str = Field(..., description="version id, e.g. v0003")
+    created_at: float | None = Field(None, description="Unix time it was written")
+    metrics: dict[str, Any] = Field({}, description="what the job that made it measured (before, after, gate)")
 
 
 class VersionBytes(BaseModel):
-    id: str
+    id: str = Field(..., description="version id")
     active: bool = Field(..., description="the version being served")
     bytes: int = Field(..., description="what removing this version frees: disk_bytes + vector_bytes")
     disk_bytes: int = Field(..., description="its directory: manifest, FAISS index and, after a training job, "
@@ -59,11 +59,11 @@ class StorageInfo(BaseModel):
 
 
 class CollectionInfo(BaseModel):
-    name: str
-    modality: str
+    name: str = Field(..., description="the collection's name")
+    modality: str = Field(..., description="text, code or image")
     count: int = Field(..., description="live documents")
-    encoder: str
-    teacher: str | None = None
+    encoder: str = Field(..., description="the base encoder it was created with")
+    teacher: str | None = Field(None, description="the collection's teacher (path or name), if any")
     version: VersionInfo = Field(..., description="the active version")
     storage: StorageInfo | None = Field(None, description="GET /collections/{name} only: the bytes each kept "
                                         "version holds")
@@ -73,12 +73,14 @@ class VersionEntry(BaseModel):
     """One kept version as GET /collections/{name}/versions lists it."""
 
     model_config = ConfigDict(extra="allow")
-    id: str
-    created_at: float | None = None
+    id: str = Field(..., description="version id")
+    created_at: float | None = Field(None, description="Unix time it was written")
     parent: str | None = Field(None, description="the version the job that made it started from")
     job: str | None = Field(None, description="the job that made it (null for a collection's base version)")
-    metrics: dict[str, Any] = {}
-    count: int | None = Field(None, description="vectors in its index when it was built")
+    metrics: dict[str, Any] = Field({}, description="what the job that made it measured (before, after, gate)")
+    count: int | None = Field(None, description="documents it serves: for the active version, now (writes since "
+                              "it was built included); for the others, when they were built")
+    built_count: int | None = Field(None, description="vectors in its index when it was built")
     encoder: dict[str, Any] | None = Field(None, description="{path, base} for fine-tuned weights it holds, "
                                            "{ref} for a base model it references")
     index: str | None = Field(None, description="the FAISS index kind it was built as")
@@ -107,19 +109,20 @@ class DocumentIn(Strict):
 
 
 class DocumentsPut(Strict):
-    documents: list[DocumentIn]
+    documents: list[DocumentIn] = Field(..., description="documents to insert or replace (by id), at most "
+                                        "STROP_MAX_DOCUMENTS_PER_REQUEST")
 
 
 class UpsertResult(BaseModel):
-    upserted: int
+    upserted: int = Field(..., description="documents stored and searchable before this answer")
     truncated: int = Field(0, description="documents longer than the encoder's max_seq_length tokens: stored whole, embedded from their first max_seq_length tokens")
 
 
 class DocumentOut(BaseModel):
-    id: str
-    text: str | None = None
-    image: str | None = None
-    metadata: dict[str, Any] = {}
+    id: str = Field(..., description="the caller's id")
+    text: str | None = Field(None, description="text or source code, verbatim")
+    image: str | None = Field(None, description="base64 image bytes (image collections)")
+    metadata: dict[str, Any] = Field({}, description="the document's metadata")
 
 
 class SearchRequest(Strict):
@@ -138,26 +141,26 @@ class SearchRequest(Strict):
 
 
 class Hit(BaseModel):
-    id: str
+    id: str = Field(..., description="the document's id")
     score: float = Field(..., description="cosine (text, code); cosine + lexical x BM25 with `lexical`; teacher "
                          "score with `rerank`; their fusion with `rerank` and `teacher_weight`; fused visual+text "
                          "score (image)")
-    text: str | None = None
-    metadata: dict[str, Any] = {}
+    text: str | None = Field(None, description="the document's text")
+    metadata: dict[str, Any] = Field({}, description="the document's metadata")
     scores: dict[str, float] | None = Field(None, description="parts of the score: {bi_encoder, teacher} when "
                                             "reranked, with lexical too when fused; {bi_encoder, lexical} with `lexical`; {visual, text} cosines in "
                                             "image collections")
 
 
 class Match(BaseModel):
-    id: str
-    score: float
+    id: str = Field(..., description="the identified reference (brand) document")
+    score: float = Field(..., description="its fused score, at or above the threshold")
 
 
 class SearchResponse(BaseModel):
-    hits: list[Hit]
+    hits: list[Hit] = Field(..., description="best first")
     version: str = Field(..., description="the version that answered (its encoder and index match)")
-    took_ms: float
+    took_ms: float = Field(..., description="server time for this request, in milliseconds")
     match: Match | None = Field(None, description="image collections: the best hit when its score reaches the "
                                 "open-set threshold, else null (the logo is not in the gallery)")
     threshold: float | None = Field(None, description="image collections: the version's calibrated open-set "
@@ -165,20 +168,21 @@ class SearchResponse(BaseModel):
 
 
 class FeedbackIn(Strict):
-    query: str = Field(..., min_length=1)
-    positive_ids: list[str] = Field(..., min_length=1)
-    negative_ids: list[str] = Field(default_factory=list)
+    query: str = Field(..., min_length=1, description="the query a user searched")
+    positive_ids: list[str] = Field(..., min_length=1, description="documents that answered it")
+    negative_ids: list[str] = Field(default_factory=list, description="documents shown that did not")
 
 
 class EvalPair(Strict):
-    query: str = Field(..., min_length=1)
-    positive_ids: list[str] = Field(..., min_length=1)
+    query: str = Field(..., min_length=1, description="the query text")
+    positive_ids: list[str] = Field(..., min_length=1, description="ids of the documents that answer it; each "
+                                    "must be in the collection")
 
 
 class EvaluateRequest(Strict):
-    pairs: list[EvalPair] = Field(..., min_length=1)
-    k: int = Field(10, ge=1, le=1000)
-    rerank: bool = False
+    pairs: list[EvalPair] = Field(..., min_length=1, description="judged queries, at most STROP_MAX_EVAL_PAIRS")
+    k: int = Field(10, ge=1, le=1000, description="the cut-off of recall@k")
+    rerank: bool = Field(False, description="as on search")
     lexical: float | None = Field(None, ge=0.0, le=1.0, description="as on search")
     teacher_weight: float | None = Field(None, ge=0.0, le=10.0, description="as on search")
 
@@ -186,5 +190,6 @@ class EvaluateRequest(Strict):
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(..., description="a collection name (its active encoder) or an encoder name")
-    input: str | list[str]
-    encoding_format: Literal["float", "base64"] = "float"
+    input: str | list[str] = Field(..., description="one text or a list of texts")
+    encoding_format: Literal["float", "base64"] = Field("float", description="float lists, or base64 of "
+                                                         "little-endian float32")

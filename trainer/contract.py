@@ -275,6 +275,9 @@ class GateSpec(Strict):
     metric: Literal["mrr@10", "recall@1", "recall@10", "ndcg@10"] = Field(
         "mrr@10", description="the metric compared before and after")
     min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="activate only if after - before >= min_delta")
+    min_pairs: int = Field(5, ge=1, le=100_000, description=(
+        "evaluation queries the gate needs to judge at all: with fewer (one held-out pair moves MRR@10 by 0 or "
+        "1) the job is rejected and its gate says why. Image collections count held-out brands"))
 
 
 class JobSpec(Strict):

@@ -386,7 +386,7 @@ def evaluate_gate_publish(run: EncoderRun) -> JobResult:
     enc1 = inference_encoder(run.model, "student", ctx.device)
     corpus1 = encode_corpus(enc1, run.snap.texts, ctx.reporter, "reencode")
     after = evaluate(enc1, with_overrides(corpus1, run.overrides, enc1), run.snap, run.evals)
-    passed = apply_gate(run.spec, run.before, after, ctx.reporter)
+    passed = apply_gate(run.spec, run.before, after, ctx.reporter, len(run.evals))
 
     ctx.reporter.enter("publish")
     vid = publish(ctx.store, ctx.vstore, run.snap, run.model, enc1, corpus1, ctx.job_id, ctx.reporter.metrics,
@@ -394,14 +394,22 @@ def evaluate_gate_publish(run: EncoderRun) -> JobResult:
     return finish(ctx, vid, passed and run.spec.activate, passed)
 
 
-def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], reporter: Reporter) -> bool:
-    """Record before/after and the gate's verdict in the job's metrics; True when it passed."""
+def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], reporter: Reporter,
+               pairs: int, **extra: Any) -> bool:
+    """Record before/after and the gate's verdict in the job's metrics; True when it passed.
+
+    ``pairs`` is how many evaluation queries the metrics stand on: below ``gate.min_pairs`` the gate
+    cannot judge (one held-out pair moves MRR by 0 or 1), so the job is rejected and says why."""
     metric = spec.gate.metric
     delta = after[metric] - before[metric]
-    passed = delta >= spec.gate.min_delta
-    reporter.metrics = {"before": before, "after": after,
-                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
-                                 "passed": passed}}
+    judged = pairs >= spec.gate.min_pairs
+    passed = judged and delta >= spec.gate.min_delta
+    gate: dict[str, Any] = {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
+                            "pairs": pairs, "min_pairs": spec.gate.min_pairs, "judged": judged, "passed": passed}
+    if not judged:
+        gate["reason"] = (f"{pairs} evaluation pairs are too few to judge (gate.min_pairs={spec.gate.min_pairs}): "
+                          "give eval.pairs, more training pairs to hold out, or lower gate.min_pairs")
+    reporter.metrics = {"before": before, "after": after, **extra, "gate": gate}
     return passed
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, status
 from strop.index.image.encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
 from strop.index.retention import version_sizes
 from strop.service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
-from strop.service.errors import ApiError
+from strop.service.errors import ApiError, error_responses
 from strop.service.manager import CollectionManager, CollectionState, check_name
 from strop.service.schemas import (
     CollectionCreate,
@@ -22,7 +22,7 @@ from strop.service.schemas import (
     VersionList,
 )
 
-router = APIRouter(tags=["collections"])
+router = APIRouter(tags=["collections"], responses=error_responses(400, 401, 403, 404, 409, 413, 422))
 
 
 def info(st: CollectionState, count: int, storage: StorageInfo | None = None) -> CollectionInfo:

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Request
 
 from strop.index.encoder import ALIASES
 from strop.service.deps import ManagerDep, Read, SettingsDep
-from strop.service.errors import ApiError
+from strop.service.errors import ApiError, error_responses
 from strop.service.models import LoadedModel
 from strop.service.schemas import EmbeddingsRequest
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], responses=error_responses(400, 401, 403, 413, 422, 429))
 
 
 def _model_for(name: str, request: Request) -> LoadedModel:

@@ -15,11 +15,11 @@ from fastapi import APIRouter, Query, Request
 from strop.index.code.parse import parse_tree
 from strop.index.code.sync import plan_sync
 from strop.service.deps import CollectionDep, ManagerDep, Read, Write
-from strop.service.errors import ApiError
+from strop.service.errors import ApiError, error_responses
 from strop.service.manager import CollectionManager
 from strop.service.writes import make_documents
 
-router = APIRouter(tags=["documents"])
+router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 403, 404, 413, 422))
 
 MAX_ARCHIVE_FILES = 50_000
 MAX_UNPACKED_BYTES = 512 * 1024 * 1024
@@ -100,7 +100,13 @@ def ingest_archive(manager: CollectionManager, name: str, data: bytes, batch: in
             "skipped_files": [{"path": p, "reason": r} for p, r in result.skipped]}
 
 
-@router.post("/collections/{name}/ingest/code", dependencies=[Write])
+_ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
+
+
+@router.post("/collections/{name}/ingest/code", dependencies=[Write], openapi_extra={"requestBody": {
+    "required": True, "description": "a zip, tar, tar.gz or tar.xz of the source tree (its .gitignore files apply)",
+    "content": {"application/zip": _ARCHIVE, "application/x-tar": _ARCHIVE, "application/gzip": _ARCHIVE,
+                "application/octet-stream": _ARCHIVE}}})
 async def ingest_code(st: CollectionDep, request: Request, manager: ManagerDep) -> dict:
     """Upload a zip or tar(.gz) of a Python tree; the collection is synced to it (upsert changed, delete vanished)."""
     if st.record.modality != "code":

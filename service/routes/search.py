@@ -17,13 +17,13 @@ from strop.index.metrics import evaluate_rankings
 from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
-from strop.service.errors import ApiError, image_error
+from strop.service.errors import ApiError, error_responses, image_error
 from strop.service.manager import CollectionManager, CollectionState, Served
 from strop.service.ranking import check_teacher, lexical_weight, reorder
 from strop.service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
 from strop.service.telemetry import Timer
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429))
 
 
 def check_query(query: str | None, image: str | None, st: CollectionState, settings: Settings) -> str:
@@ -160,6 +160,12 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
             raise ApiError(413, "query_too_long", f"pairs[{i}].query exceeds max_query_chars={settings.max_query_chars}")
     lexical = lexical_weight(body.rerank, body.lexical, body.teacher_weight, st, settings)
     check_teacher(body.rerank, st)
+    wanted = list(dict.fromkeys(i for p in body.pairs for i in p.positive_ids))
+    found = await to_thread.run_sync(manager.store.get_many, st.record.name, wanted)
+    missing = [i for i in wanted if i not in found]
+    if missing:  # a positive that cannot be retrieved would score 0 and hide in the mean
+        raise ApiError(422, "unknown_documents", f"{len(missing)} positive_ids are not in collection "
+                       f"{st.record.name!r}: {missing[:10]}; fix the pairs or upsert those documents first")
     served = st.served
     reorder_needed = body.rerank or lexical > 0
     k = max(body.k, 10, settings.rerank_depth if reorder_needed else 0)

@@ -217,8 +217,8 @@ def test_cancel_running_job_in_each_stage(client, corpus, workers, stage):
         raise AssertionError(f"job never reached stage {stage}: {job}")
     t0 = time.time()
     assert client.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
-    workers.procs[-1].wait(15)
-    assert time.time() - t0 < 10
+    workers.procs[-1].wait(120)  # generous: a busy machine is slow to tear a worker down
+    assert time.time() - t0 < 55  # the cancel cut the 60 s pause short
     assert client.get(f"/jobs/{job_id}").json()["state"] == "cancelled"
     assert active(client) == v0
     if stage == "waiting":
@@ -510,3 +510,25 @@ def test_work_horse_exits_when_worker_and_redis_die_together(make_client, env, c
         workers.stop()
         for pid in _worker_pids(data_dir):  # a horse that outlived the assertion (rq horses run in their own session)
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_gate_with_too_few_evaluation_pairs_does_not_judge(client, corpus, workers):
+    """One held-out pair moves MRR@10 by 0 or 1: the gate refuses to judge on fewer than gate.min_pairs,
+    rejects the job whatever the metric did, and the record says why."""
+    evals = load(client, corpus)
+    v0 = active(client)
+    one = {"pairs": evals["pairs"][:1]}
+    job_id = client.post("/collections/code/jobs", json=job_body(corpus, one, max_steps=3)).json()["job_id"]
+    workers.start()
+    job = wait(client, job_id)
+    gate = job["metrics"]["gate"]
+    assert job["state"] == "rejected" and gate["judged"] is False and gate["pairs"] == 1 and gate["min_pairs"] == 5
+    assert "too few" in gate["reason"] and "gate.min_pairs" in gate["reason"], gate
+    assert active(client) == v0
+    # the same job, told one pair is enough, is judged (and the permissive min_delta lets it through)
+    body = job_body(corpus, one, max_steps=3, gate={"metric": "mrr@10", "min_delta": -1.0, "min_pairs": 1})
+    job_id = client.post("/collections/code/jobs", json=body).json()["job_id"]
+    workers.start()
+    job = wait(client, job_id)
+    assert job["state"] == "succeeded" and job["metrics"]["gate"]["judged"] is True, job["metrics"]
+    assert active(client) == job["version"]

@@ -127,7 +127,7 @@ def test_a_running_jobs_parent_is_kept(make_client, env, corpus, workers, data_d
     assert v3 not in [v["id"] for v in versions(client)]
 
     assert client.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
-    workers.procs[-1].wait(30)
+    workers.procs[-1].wait(120)
     v4 = new_version()
     assert client.post(f"/collections/code/versions/{v4}/activate").status_code == 200
     assert [v["id"] for v in versions(client)] == [v4]  # the job ended: its parent goes too

@@ -523,7 +523,7 @@ def test_teacher_jobs_cancel_and_fail_cleanly(qclient, corpus, workers):  # noqa
     while qclient.get(f"/jobs/{job_id}").json()["stage"] != "train" and time.time() < end:
         time.sleep(0.1)
     assert qclient.delete(f"/jobs/{job_id}").json()["state"] == "cancelled"
-    workers.procs[-1].wait(15)
+    workers.procs[-1].wait(120)
     assert qclient.get("/collections/code").json()["teacher"] is None
     job_id = qclient.post("/collections/code/jobs", json=body).json()["job_id"]
     workers.start(STROP_FAULT_FAIL="evaluate_after")

@@ -163,7 +163,7 @@ def run_views_job(ctx: JobContext) -> JobResult:
     model.fusion.w_text = w_text
     model.fusion.threshold = after["threshold"]
     model.fusion.metrics = after
-    passed = apply_gate(spec, before, after, reporter)
+    passed = apply_gate(spec, before, after, reporter, len(train_idx))  # held-out views per known brand
     reporter.details["fusion_grid"] = grid
 
     reporter.enter("publish")

@@ -59,6 +59,7 @@ from strop.trainer.pipeline import (
     JobContext,
     JobResult,
     Reporter,
+    apply_gate,
     current_embeddings,
     mining_corpus,
     save_model,
@@ -266,11 +267,7 @@ def run_teacher_job(ctx: JobContext) -> JobResult:
     ce.logit_weight, after, fit = prior_rerank(ce, q_eval, corpus, snap, evals, depth, metric,
                                                reporter.count("evaluation queries reranked"))
     reporter.details["train"]["prior"].update(logit_weight=ce.logit_weight, **fit)
-    delta = after[metric] - before[metric]
-    passed = delta >= spec.gate.min_delta
-    reporter.metrics = {"before": before, "after": after, "rerank_depth": depth,
-                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
-                                 "passed": passed}}
+    passed = apply_gate(spec, before, after, reporter, len(evals), rerank_depth=depth)
 
     return _publish(job_id, collection, spec, store, data_dir, reporter, ce, student, passed)
 
@@ -327,26 +324,23 @@ def _fuse_job(ctx: JobContext, snap: Snapshot, student, enc, corpus: np.ndarray,
             shutil.rmtree(staged, ignore_errors=True)
             raise
         return _finish_fuse(job_id, collection, spec, store, data_dir, reporter, fused, student, before, after, fit,
+                            len(evals),
                             staged=staged)
     fused = FusedScorer(BiEncoderScorer(enc, f"prior:{snap.version}"), scorer, scale, scorer_spec=spec.fuse)
     reporter.enter("evaluate_after")
     fused.logit_weight, after, fit = prior_rerank(fused, q_eval, corpus, snap, evals, spec.rerank_depth,
                                                   spec.gate.metric, reporter.count("evaluation queries reranked"))
-    return _finish_fuse(job_id, collection, spec, store, data_dir, reporter, fused, student, before, after, fit)
+    return _finish_fuse(job_id, collection, spec, store, data_dir, reporter, fused, student, before, after, fit,
+                        len(evals))
 
 
 def _finish_fuse(job_id: str, collection: str, spec: JobSpec, store: DocumentStore, data_dir: str,
                  reporter: Reporter, fused: FusedScorer | FoldedScorer, student, before: dict, after: dict, fit: dict,
-                 staged: Path | None = None) -> JobResult:
+                 n_evals: int, staged: Path | None = None) -> JobResult:
     """Gate a fuse teacher on its held-out metrics and publish it (from ``staged`` when it is on disk already)."""
-    metric = spec.gate.metric
     reporter.details["train"] = {**reporter.details.get("train", {"steps": 0}), "fuse": spec.fuse,
                                  "prior": {"scale": fused.prior_scale, "logit_weight": fused.logit_weight, **fit}}
-    delta = after[metric] - before[metric]
-    passed = delta >= spec.gate.min_delta
-    reporter.metrics = {"before": before, "after": after, "rerank_depth": spec.rerank_depth,
-                        "gate": {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
-                                 "passed": passed}}
+    passed = apply_gate(spec, before, after, reporter, n_evals, rerank_depth=spec.rerank_depth)
     return _publish(job_id, collection, spec, store, data_dir, reporter, fused, student, passed, staged=staged)
 
 
