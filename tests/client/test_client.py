@@ -28,7 +28,7 @@ def job_spec() -> dict:
     return {"train": {"pairs": [{"query": f"notes about {t}", "positive_id": f"{t.split()[0]}-0"} for t in TOPICS]},
             "eval": {"pairs": [{"query": t, "positive_ids": [f"{t.split()[0]}-{j}" for j in range(3)]}
                               for t in TOPICS]},
-            "max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "gate": {"metric": "mrr@10", "min_delta": -1.0}}
+            "max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "gate": {"metric": "mrr@10", "min_delta": -1.0, "min_pairs": 1}}
 
 
 @pytest.fixture()

@@ -352,14 +352,14 @@ def test_evaluate(docs_client) -> None:
     assert body["n"] == 8
     assert body["mrr@10"] == pytest.approx(1.0) and body["recall@1"] == pytest.approx(1.0)
     assert body["recall@10"] == pytest.approx(1.0) and body["ndcg@10"] == pytest.approx(1.0)
-    # a positive that does not exist can't be found: half the pairs score zero
+    # a positive that does not exist could never be found: refused, not averaged in as a zero
     bad = pairs[:4] + [{"query": d["text"], "positive_ids": ["no-such-doc"]} for d in docs[:4]]
-    body = docs_client.post("/collections/docs/evaluate", json={"pairs": bad}).json()
-    assert body["n"] == 8 and body["mrr@10"] == pytest.approx(0.5) and body["recall@1"] == pytest.approx(0.5)
-    # two positives, one found first: recall@1 counts the query as a hit
-    two = [{"query": docs[0]["text"], "positive_ids": [docs[0]["id"], "no-such-doc"]}]
+    r = docs_client.post("/collections/docs/evaluate", json={"pairs": bad})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_documents"
+    # two positives, the first found first: recall@1 counts the query as a hit
+    two = [{"query": docs[0]["text"], "positive_ids": [docs[0]["id"], docs[1]["id"]]}]
     body = docs_client.post("/collections/docs/evaluate", json={"pairs": two, "k": 5}).json()
-    assert body["mrr@10"] == pytest.approx(1.0) and body["recall@5"] == pytest.approx(0.5)
+    assert body["mrr@10"] == pytest.approx(1.0) and body["recall@1"] == pytest.approx(1.0)
     assert body["ndcg@10"] == pytest.approx(1.0 / (1.0 + 1.0 / math.log2(3)))
     expect_error(docs_client.post("/collections/docs/evaluate", json={"pairs": []}), 422)
     expect_error(docs_client.post("/collections/docs/evaluate", json={"pairs": [{"query": "", "positive_ids": ["a"]}]}), 422)

@@ -246,7 +246,7 @@ def test_train_jobs_and_versions_commands(live_server, tmp_path: Path):
     ok(strop("collections", "create", "tj-notes", *url))
     ok(strop("documents", "add", "tj-notes", str(docs_file(tmp_path)), *url))
     opts = json.dumps({"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3,
-                       "gate": {"metric": "mrr@10", "min_delta": -1.0}})
+                       "gate": {"metric": "mrr@10", "min_delta": -1.0, "min_pairs": 1}})
     out = ok(strop("train", "tj-notes", "--pairs", str(pairs_file(tmp_path)), "--options", opts, *url, timeout=300))
     result = json.loads(out.stdout)
     assert result["state"] == "succeeded" and result["version"] and "] succeeded" in out.stderr  # the bar
@@ -341,7 +341,7 @@ def test_serve_search_train_restart(tmp_path: Path, tiny_encoder_path: str):
         pairs.write_text("\n".join(json.dumps({"query": f"{d['text'].split(',')[0]}", "positive_id": d["id"]})
                                    for d in docs))
         opts = json.dumps({"epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
-                           "gate": {"metric": "mrr@10", "min_delta": -1.0}})
+                           "gate": {"metric": "mrr@10", "min_delta": -1.0, "min_pairs": 1}})
         out = subprocess.run([sys.executable, "-m", "strop.service.cli", "train", "notes", "--pairs", str(pairs),
                               "--url", url, "--options", opts], env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr[-3000:]
