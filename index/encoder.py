@@ -105,6 +105,8 @@ class Encoder:
         self.dim = int(model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
                        else model.get_sentence_embedding_dimension())
         self.max_seq_length = int(model.max_seq_length or 512)
+        self._count_tokenizer: Any = None  # token_lengths' private copy of the tokenizer
+        self._count_lock = threading.Lock()
         self.tokenizer = model.tokenizer
         self._lock = threading.Lock()
 
@@ -149,7 +151,13 @@ class Encoder:
 
     # -- encoding -----------------------------------------------------------------------
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        out = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        """Token counts without truncation. Safe from any thread: a fast tokenizer keeps its truncation
+        and padding settings as shared state, so counting on the model's own tokenizer while the model
+        thread encodes corrupts both; counting uses a private copy, one caller at a time."""
+        with self._count_lock:
+            if self._count_tokenizer is None:
+                self._count_tokenizer = copy.deepcopy(self.tokenizer)
+            out = self._count_tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
         return [len(x) for x in out]
 
     def count_truncated(self, texts: Sequence[str]) -> int:

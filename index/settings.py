@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("strop", description="key prefix / rq queue name prefix in Redis")
     no_worker: bool = False
     api_keys: str = Field("", description="comma-separated KEY:SCOPE pairs, scope = read|write|admin")
+    metrics_public: bool = Field(False, description="serve /metrics without a key even when keys are configured "
+                                                    "(it lists collection names and sizes)")
 
     default_encoder: str = "all-MiniLM-L6-v2"
     allowed_encoders: str = Field("", description="extra encoder specs /v1/embeddings may load by name")

@@ -25,6 +25,7 @@ from strop.service.manager import CollectionManager
 from strop.service.models import ModelRegistry
 from strop.service.routes import collections, documents, embeddings, health, ingest, jobs, search
 from strop.service.routes import docs as api_docs
+from strop.service.security import AuthenticateFirst
 from strop.service.telemetry import Telemetry, Timer
 
 log = logging.getLogger("strop.app")
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               headers={"Retry-After": str(int(exc.retry_after + 0.999))})
 
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthenticateFirst, keys=settings.keys())  # outermost of the two: 401 before any body
 
     app.add_middleware(_Observe, telemetry=app.state.telemetry)
 

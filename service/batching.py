@@ -215,10 +215,10 @@ class EncodeBatcher:
         self._set_threads(1 if len(batch) <= self.small_batch else self._threads)
         try:
             vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch).vectors
-        except BaseException as e:  # noqa: BLE001
-            for q in batch:
-                q.done(None, e)
-            return
+        except Exception:  # noqa: BLE001 - one member's input broke the batch: the others must not fail with it
+            batch, vecs = self._encode_alone(batch)
+            if not batch:
+                return
         dt = time.perf_counter() - t0
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * dt
         if self._observe:
@@ -236,6 +236,20 @@ class EncodeBatcher:
                 self._search_pool.submit(_run_search, qs, block)
             else:
                 _run_search(qs, block)
+
+    def _encode_alone(self, batch: list[_Query]) -> tuple[list[_Query], np.ndarray]:
+        """Encode each member of a failed batch by itself: the ones that fail get their own error,
+        the rest go on to their search as if the batch had worked."""
+        ok: list[_Query] = []
+        rows: list[np.ndarray] = []
+        for q in batch:
+            try:
+                rows.append(self.encoder.encode([q.text], batch_size=1).vectors[0])
+                ok.append(q)
+            except Exception as e:  # noqa: BLE001 - reported to this request alone
+                log.warning("an input failed to encode: %s: %s", type(e).__name__, e)
+                q.done(None, e)
+        return ok, (np.stack(rows) if rows else np.empty((0, self.encoder.dim), np.float32))
 
     def _fail_pending(self) -> None:
         while True:

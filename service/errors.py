@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -100,7 +101,8 @@ def install(app: FastAPI) -> None:
             # and FastAPI wraps any body-reading error in a generic 400. It is a 413.
             limit = request.app.state.settings.max_body_bytes
             return error_response(413, "body_too_large", f"request body exceeds max_body_bytes={limit}")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                                                            "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(NotFound)
@@ -114,6 +116,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(VersionError)
     async def _version(_: Request, exc: VersionError) -> JSONResponse:
         return error_response(404, "version_not_found", str(exc))
+
+    @app.exception_handler(redis.RedisError)
+    async def _queue_down(_: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("job queue unavailable: %s: %s", type(exc).__name__, exc)
+        return error_response(503, "queue_unavailable", "the job queue (Redis) is not answering; searches and "
+                              "writes still work: retry the job request later", headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -21,8 +21,9 @@ from strop.service.schemas import (
     VersionInfo,
     VersionList,
 )
+from strop.service.strictjson import StrictJSONRoute
 
-router = APIRouter(tags=["collections"], responses=error_responses(400, 401, 403, 404, 409, 413, 422))
+router = APIRouter(route_class=StrictJSONRoute, tags=["collections"], responses=error_responses(400, 401, 403, 404, 409, 413, 422))
 
 
 def info(st: CollectionState, count: int, storage: StorageInfo | None = None) -> CollectionInfo:

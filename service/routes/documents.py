@@ -14,9 +14,10 @@ from strop.index.settings import Settings
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from strop.service.errors import ApiError, error_responses, image_error
 from strop.service.schemas import DocumentOut, DocumentsPut, UpsertResult
+from strop.service.strictjson import StrictJSONRoute
 from strop.service.writes import make_documents
 
-router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 403, 404, 413, 422, 429))
+router = APIRouter(route_class=StrictJSONRoute, tags=["documents"], responses=error_responses(400, 401, 403, 404, 413, 422, 429))
 
 
 def validate_documents(body: DocumentsPut, modality: str, settings: Settings) -> list[dict]:

@@ -13,8 +13,9 @@ from strop.service.deps import ManagerDep, Read, SettingsDep
 from strop.service.errors import ApiError, error_responses
 from strop.service.models import LoadedModel
 from strop.service.schemas import EmbeddingsRequest
+from strop.service.strictjson import StrictJSONRoute
 
-router = APIRouter(tags=["embeddings"], responses=error_responses(400, 401, 403, 413, 422, 429))
+router = APIRouter(route_class=StrictJSONRoute, tags=["embeddings"], responses=error_responses(400, 401, 403, 413, 422, 429))
 
 
 def _model_for(name: str, request: Request) -> LoadedModel:

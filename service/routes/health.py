@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from anyio import to_thread
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from strop.service.errors import error_response
+from strop.service.security import metrics_access
+from strop.service.strictjson import StrictJSONRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictJSONRoute, tags=["health"])
 
 
 @router.get("/healthz")
@@ -38,7 +40,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-@router.get("/metrics", response_class=PlainTextResponse,
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(metrics_access)],
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"}})
 async def metrics(request: Request) -> Response:

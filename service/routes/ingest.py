@@ -17,9 +17,10 @@ from strop.index.code.sync import plan_sync
 from strop.service.deps import CollectionDep, ManagerDep, Read, Write
 from strop.service.errors import ApiError, error_responses
 from strop.service.manager import CollectionManager
+from strop.service.strictjson import StrictJSONRoute
 from strop.service.writes import make_documents
 
-router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 403, 404, 413, 422))
+router = APIRouter(route_class=StrictJSONRoute, tags=["documents"], responses=error_responses(400, 401, 403, 404, 413, 422))
 
 MAX_ARCHIVE_FILES = 50_000
 MAX_UNPACKED_BYTES = 512 * 1024 * 1024

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Request, status
 from strop.service.deps import Admin, CollectionDep, ManagerDep, Read
 from strop.service.errors import ApiError, error_responses
 from strop.service.routes.validation import check_job
+from strop.service.strictjson import StrictJSONRoute
 from strop.trainer.contract import JobSpec
 
-router = APIRouter(tags=["jobs"], responses=error_responses(400, 401, 403, 404, 413, 422, 503))
+router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], responses=error_responses(400, 401, 403, 404, 413, 422, 503))
 
 
 def _queue(request: Request) -> Any:

@@ -21,9 +21,10 @@ from strop.service.errors import ApiError, error_responses, image_error
 from strop.service.manager import CollectionManager, CollectionState, Served
 from strop.service.ranking import check_teacher, lexical_weight, reorder
 from strop.service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
+from strop.service.strictjson import StrictJSONRoute
 from strop.service.telemetry import Timer
 
-router = APIRouter(tags=["search"], responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429))
+router = APIRouter(route_class=StrictJSONRoute, tags=["search"], responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429))
 
 
 def check_query(query: str | None, image: str | None, st: CollectionState, settings: Settings) -> str:

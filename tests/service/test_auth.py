@@ -91,11 +91,12 @@ def test_rejected_writes_change_nothing(client) -> None:
     assert [c["name"] for c in client.get("/collections", headers=bearer(READ)).json()["collections"]] == ["docs"]
 
 
-def test_probes_are_open(client) -> None:
-    # load balancers and Prometheus scrape without keys
+def test_probes_are_open_and_metrics_need_a_read_key(client) -> None:
+    # load balancers probe without keys; /metrics names every collection, so it takes a read key
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
-    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(READ)).status_code == 200
 
 
 def test_no_keys_means_open_on_loopback(make_client) -> None:
