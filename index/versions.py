@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+VERSION_ID = re.compile(r"v[0-9]{1,12}")
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ENCODER_DIR = "encoder"
@@ -129,8 +131,8 @@ class VersionStore:
         return total
 
     def path(self, vid: str) -> Path:
-        if not vid or "/" in vid or vid.startswith("."):
-            raise VersionError(f"bad version id {vid!r}")
+        if not isinstance(vid, str) or not VERSION_ID.fullmatch(vid):
+            raise VersionError(f"no version {vid[:80]!r}: version ids look like v0001")
         return self.versions / vid
 
     def write(self, vid: str, fill: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:

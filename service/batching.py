@@ -73,6 +73,7 @@ class EncodeBatcher:
         # both cores costs more in wake-ups than it saves (bench/serving.py, c=1 p50 9.2 -> 7.1 ms),
         # and it leaves the other core to HTTP and FAISS. Bulk and larger batches use all threads.
         self.small_batch = 4
+        self.bulk_tokens = 2048  # estimated tokens per bulk chunk (see _chunk_len)
         self._threads = max(1, torch.get_num_threads())
         self._thread = threading.Thread(target=self._run, name=f"encode:{encoder.name}", daemon=True)
         self._thread.start()
@@ -182,7 +183,7 @@ class EncodeBatcher:
             if bulk is not None:
                 assert bulk_order is not None and bulk_out is not None
                 # a chunk of the length-sorted bulk request, then look at queries again
-                idx = bulk_order[bulk_pos : bulk_pos + self.max_batch * 4]
+                idx = bulk_order[bulk_pos : bulk_pos + self._chunk_len(bulk.texts, bulk_order, bulk_pos)]
                 self._set_threads(self._threads)
                 try:
                     vecs = self.encoder.encode([bulk.texts[i] for i in idx], batch_size=self.max_batch).vectors
@@ -200,6 +201,21 @@ class EncodeBatcher:
                 return
             self._wake.wait(0.5)
             self._wake.clear()
+
+    def _chunk_len(self, texts: Sequence[Any], order: np.ndarray, start: int) -> int:
+        """How many bulk items the next chunk takes: up to 4 micro-batches, and no more than
+        ``bulk_tokens`` estimated tokens, so a query waits at most about one such chunk however long the
+        bulk request's texts are (256 inputs of 15k characters used to hold queries for seconds)."""
+        limit = getattr(self.encoder, "max_seq_length", 512)
+        used = n = 0
+        for i in order[start : start + self.max_batch * 4]:
+            t = texts[i]
+            cost = min(len(t) // 4 + 2, limit) if isinstance(t, str) else limit  # ~4 characters a token
+            if n and used + cost > self.bulk_tokens:
+                break
+            used += cost
+            n += 1
+        return max(n, 1)
 
     def _drain_queries(self) -> list[_Query]:
         out: list[_Query] = []

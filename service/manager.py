@@ -42,6 +42,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MODALITIES = ("text", "code", "image")
 
 
+class BadEncoder(ValueError):
+    """A collection's encoder does not load (a missing path, a directory that holds no model)."""
+
+
 def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # fullmatch: "$" alone admits a trailing "\n"
         raise ValueError(
@@ -165,7 +169,10 @@ class CollectionManager(Writes, Activation):
         check_name(name)
         spec = IndexSpec.from_dict({"auto_threshold": self.auto_threshold, **index})
         # Load the encoder first so a bad name fails before anything is stored.
-        model = self.models.acquire(encoder)
+        try:
+            model = self.models.acquire(encoder)
+        except Exception as e:  # noqa: BLE001 - whatever the loader raises, the caller named a bad model
+            raise BadEncoder(f"could not load encoder {encoder!r}: {type(e).__name__}: {e}"[:500]) from e
         try:
             self.store.create_collection(name, modality, encoder, spec.to_dict())
             try:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Scalar = str | int | float | bool | None
+MAX_FILTER_KEYS = 64
 
 
 class Strict(BaseModel):
@@ -137,7 +138,22 @@ class SearchRequest(Strict):
                                          "teacher's order, sort by bi-encoder cosine (+ lexical) + teacher_weight x "
                                          "the teacher's score on [0, 1] (sigmoid of a cross-encoder's logit, "
                                          "(cos + 1) / 2 of a bi-encoder's)")
-    filter: dict[str, Scalar] | None = Field(None, description="metadata equality filter; several keys = AND")
+    filter: dict[str, Scalar] | None = Field(None, description=(
+        f"metadata equality filter; several keys = AND. At most {MAX_FILTER_KEYS} keys, each 1-256 characters "
+        "without quotes, backslashes or control characters"))
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, v: dict[str, Scalar] | None) -> dict[str, Scalar] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_FILTER_KEYS:
+            raise ValueError(f"{len(v)} filter keys; at most {MAX_FILTER_KEYS}")
+        for key in v:
+            if not 1 <= len(key) <= 256 or any(c in key for c in '"\\') or any(ord(c) < 32 for c in key):
+                raise ValueError(f"filter key {key[:80]!r} must be 1-256 characters without quotes, backslashes "
+                                 "or control characters")
+        return v
 
 
 class Hit(BaseModel):

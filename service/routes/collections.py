@@ -11,7 +11,7 @@ from strop.index.image.encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
 from strop.index.retention import version_sizes
 from strop.service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
 from strop.service.errors import ApiError, error_responses
-from strop.service.manager import CollectionManager, CollectionState, check_name
+from strop.service.manager import BadEncoder, CollectionManager, CollectionState, check_name
 from strop.service.schemas import (
     CollectionCreate,
     CollectionInfo,
@@ -67,8 +67,8 @@ async def create_collection(body: CollectionCreate, manager: ManagerDep, setting
         raise ApiError(409, "conflict", f"collection {body.name!r} already exists")
     try:
         st = await to_thread.run_sync(manager.create, body.name, body.modality, encoder, body.index.as_spec())
-    except OSError as e:
-        raise ApiError(422, "bad_encoder", f"could not load encoder {encoder!r}: {e}") from None
+    except BadEncoder as e:
+        raise ApiError(422, "bad_encoder", f"{e}: name a sentence-transformers model directory or hub name") from None
     return info(st, 0)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
-import shutil
+import lzma
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
@@ -35,44 +38,86 @@ async def list_documents(st: CollectionDep, manager: ManagerDep, after: str = ""
     return {"documents": docs, "next": docs[-1]["id"] if len(docs) == limit else None}
 
 
-def _safe_member(name: str) -> bool:
-    p = PurePosixPath(name)
-    return not p.is_absolute() and ".." not in p.parts and not name.startswith("/")
+MAX_ARCHIVE_DEPTH = 64  # directories a member's path may go down
+MAX_INGEST_DOCUMENTS = 20_000  # definitions one upload may create or update
+_CHUNK = 1 << 16
+
+
+class _Budget:
+    """Counts what an archive really unpacks to (entries and bytes), whatever its headers claim."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.bytes = 0
+
+    def entry(self) -> None:
+        self.entries += 1
+        if self.entries > MAX_ARCHIVE_FILES:
+            raise ApiError(413, "archive_too_large", f"archive has more than {MAX_ARCHIVE_FILES} entries")
+
+    def copy(self, src: BinaryIO, target: Path) -> None:
+        with open(target, "wb") as out:
+            while block := src.read(_CHUNK):
+                self.bytes += len(block)
+                if self.bytes > MAX_UNPACKED_BYTES:
+                    raise ApiError(413, "archive_too_large",
+                                   f"archive unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+                out.write(block)
+
+
+def _target(dest: Path, name: str) -> Path | None:
+    """Where a member goes under ``dest``; None for entries that name no file (``.``, ``./``)."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    parts = [s for s in p.parts if s not in ("", ".")]
+    if p.is_absolute() or ".." in parts or any("\0" in s for s in parts):
+        raise ApiError(422, "unsafe_archive", f"archive member {name[:200]!r} escapes the archive root")
+    if len(parts) > MAX_ARCHIVE_DEPTH:
+        raise ApiError(422, "archive_too_deep", f"archive member {name[:200]!r} is more than "
+                       f"{MAX_ARCHIVE_DEPTH} directories deep")
+    return dest.joinpath(*parts) if parts else None
+
+
+def _write(budget: _Budget, dest: Path, name: str, open_member: Callable[[], BinaryIO]) -> None:
+    target = _target(dest, name)
+    if target is None:
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src:
+            budget.copy(src, target)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError):
+        raise ApiError(422, "bad_archive", f"archive member {name[:200]!r} collides with another entry "
+                       "(a file and a directory of the same name)") from None
+    except OSError as e:
+        raise ApiError(422, "bad_archive", f"archive member {name[:200]!r} cannot be unpacked: "
+                       f"{e.strerror or e}") from None
 
 
 def _unpack(data: bytes, dest: Path) -> None:
-    total = 0
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
-            if len(infos) > MAX_ARCHIVE_FILES:
-                raise ApiError(413, "archive_too_large", f"archive has more than {MAX_ARCHIVE_FILES} files")
-            for info in infos:
-                if not _safe_member(info.filename):
-                    raise ApiError(422, "unsafe_archive", f"archive member {info.filename!r} escapes the archive root")
-                total += info.file_size
-                if total > MAX_UNPACKED_BYTES:
-                    raise ApiError(413, "archive_too_large", f"archive unpacks to more than {MAX_UNPACKED_BYTES} bytes")
-                target = dest / info.filename
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-        return
+    """Unpack a zip or a (compressed) tarball under ``dest``, counting entries as they are read and
+    bytes as they are written; only regular files are written (links and devices are skipped)."""
+    budget = _Budget()
     try:
-        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-    except tarfile.TarError:
-        raise ApiError(422, "bad_archive", "body is neither a zip file nor a (compressed) tarball") from None
-    with tf:
-        members = [m for m in tf.getmembers() if m.isfile()]
-        if len(members) > MAX_ARCHIVE_FILES:
-            raise ApiError(413, "archive_too_large", f"archive has more than {MAX_ARCHIVE_FILES} files")
-        for m in members:
-            if not _safe_member(m.name):
-                raise ApiError(422, "unsafe_archive", f"archive member {m.name!r} escapes the archive root")
-            total += m.size
-            if total > MAX_UNPACKED_BYTES:
-                raise ApiError(413, "archive_too_large", f"archive unpacks to more than {MAX_UNPACKED_BYTES} bytes")
-        tf.extractall(dest, members=members, filter="data")
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                for info in zf.infolist():
+                    budget.entry()
+                    if not info.is_dir():
+                        _write(budget, dest, info.filename, lambda info=info: zf.open(info))
+            return
+        try:
+            tf = tarfile.open(fileobj=io.BytesIO(data), mode="r|*")  # a stream: members are read one by one
+        except tarfile.TarError:
+            raise ApiError(422, "bad_archive", "body is neither a zip file nor a (compressed) tarball") from None
+        with tf:
+            for m in tf:
+                budget.entry()
+                if m.isfile():
+                    _write(budget, dest, m.name, lambda m=m: tf.extractfile(m))  # type: ignore[arg-type,return-value]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+            OSError, ValueError, NotImplementedError, RuntimeError) as e:
+        raise ApiError(422, "bad_archive", f"the archive is damaged or uses an unsupported feature: "
+                       f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
 def ingest_archive(manager: CollectionManager, name: str, data: bytes, batch: int = 500) -> dict:
@@ -83,6 +128,10 @@ def ingest_archive(manager: CollectionManager, name: str, data: bytes, batch: in
         if len(entries) == 1 and entries[0].is_dir():
             root = entries[0]  # a tarball of one top-level folder: ids start below it
         result = parse_tree(root)
+    if len(result.docs) > MAX_INGEST_DOCUMENTS:
+        raise ApiError(413, "too_many_definitions", f"the archive holds {len(result.docs)} definitions; one "
+                       f"upload may hold {MAX_INGEST_DOCUMENTS}: split the tree, or use `strop ingest code`, "
+                       "which sends batches")
     existing: dict[str, dict] = {}
     after = ""
     while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,3 +158,33 @@ def test_log_of_the_isolation_server_has_no_tracebacks(server: str, tmp_path: Pa
     # the refusals above are 4xx at the edge: nothing reached a model thread as an unhandled error
     r = httpx.get(server + "/metrics", timeout=30)
     assert r.status_code == 200 and 'status="500"' not in r.text
+
+
+def test_bulk_work_is_cut_into_chunks_queries_can_pass(tiny_encoder_path: str) -> None:
+    """A bulk encode of long texts goes through the model thread in chunks of a bounded token
+    budget, so a query waits for one chunk, not for the whole bulk request."""
+    import numpy as np
+
+    enc = Encoder.load(tiny_encoder_path, precision="fp32", device="cpu")
+    batcher = EncodeBatcher(enc, max_batch=32)
+    try:
+        long = ["word " * 3000] * 64  # 15,000 characters each: every one is a full max_seq_length
+        order = np.arange(len(long))
+        n = batcher._chunk_len(long, order, 0)
+        assert n * min(len(long[0]) // 4 + 2, enc.max_seq_length) <= batcher.bulk_tokens
+        assert n < 32 and batcher._chunk_len(["hi"] * 500, np.arange(500), 0) == 128  # short texts: 4 batches
+        assert batcher._chunk_len(["x" * 10**6], np.arange(1), 0) == 1  # always progress
+
+        async def race() -> tuple[float, float]:
+            t0 = time.perf_counter()
+            bulk = asyncio.ensure_future(batcher.encode_bulk(long * 4))
+            await asyncio.sleep(0.05)  # the bulk request is in the model thread
+            await batcher.encode_query("a short question")
+            t_query = time.perf_counter() - t0
+            await bulk
+            return t_query, time.perf_counter() - t0
+
+        t_query, t_bulk = asyncio.run(race())
+        assert t_query < t_bulk / 2, (t_query, t_bulk)  # the query did not wait for the whole bulk
+    finally:
+        batcher.close()
