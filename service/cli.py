@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -70,27 +72,105 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"strop: embedded redis at {url}", file=sys.stderr)
     worker = None
     if not settings.no_worker:  # the child reads the same STROP_* environment; the flags name what serve chose
-        worker = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "worker",
+        worker = SupervisedWorker([sys.executable, "-m", "strop.service.cli", "worker",
                                    "--redis-url", settings.redis_url or "",
-                                   "--data-dir", str(settings.data_dir.resolve())])
+                                   "--data-dir", str(settings.data_dir.resolve()),
+                                   "--exit-with-parent", str(os.getpid())]
+                                  + (["--embedded-redis"] if embedded is not None else []))
+        worker.start()
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with this handler in place that
     # becomes SystemExit, so the worker and the embedded Redis below are always stopped too.
     def _exit(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
+    app = create_app(settings)
+    if worker is not None:
+        app.state.worker_status = worker.status  # /readyz reports it
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                    timeout_graceful_shutdown=10)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
         if embedded is not None:
             embedded.shutdown()
+
+
+class SupervisedWorker:
+    """The worker process `strop serve` starts, restarted whenever it exits while serve runs (it exits
+    when it loses Redis, for one), with a backoff of 1 s doubling to 30 s after quick failures."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            proc = self.proc
+            assert proc is not None
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stop.is_set():
+                return
+            self.last_exit = code
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            logging.getLogger("strop.serve").warning("the training worker exited (%s); restarting it in %.0f s",
+                                                     code, backoff)
+            if self._stop.wait(backoff):
+                return
+            self.restarts += 1
+            self.proc = subprocess.Popen(self.argv)
+
+    def status(self) -> str:
+        if self.proc is not None and self.proc.poll() is None:
+            return "ok" if not self.restarts else f"ok (restarted {self.restarts} times)"
+        return f"restarting (last exit {self.last_exit})"
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _exit_with_parent(parent: int, embedded_redis: str | None) -> None:
+    """Stop this worker when the process that started it is gone (a `strop serve` killed with -9):
+    SIGTERM lets rq finish its warm shutdown; a worker that does not end in 30 s exits hard. The
+    embedded Redis that serve started (``embedded_redis``) is shut down too (its append-only file
+    keeps the queue), so nothing of serve's stays behind."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                log = logging.getLogger("strop.worker")
+                log.warning("strop serve (pid %d) is gone: stopping", parent)
+                if embedded_redis:
+                    import redis
+
+                    try:
+                        redis.Redis.from_url(embedded_redis, socket_timeout=5).shutdown()
+                    except redis.RedisError:  # gone already, or the shutdown closed the connection
+                        pass
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 # -- worker ---------------------------------------------------------------------------------
@@ -116,6 +196,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
             break
         except redis.RedisError:
             time.sleep(1)
+    if args.exit_with_parent:
+        _exit_with_parent(args.exit_with_parent, settings.redis_url if args.embedded_redis else None)
     worker = Worker([Queue(queue_name(prefix), connection=conn)], connection=conn)
     worker.work(with_scheduler=False, logging_level="INFO", burst=args.burst)
 
@@ -537,6 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--data-dir", default=None, help="the data dir the API uses "
                    "(default: STROP_DATA_DIR or ./strop-data)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty (tests, batch runs)")
+    w.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                   help="stop when process PID (the `strop serve` that started this worker) is gone")
+    w.add_argument("--embedded-redis", action="store_true",
+                   help="with --exit-with-parent: the Redis is the one `strop serve` embeds; shut it down too")
     w.set_defaults(fn=cmd_worker)
 
     # client commands: each takes --url and --api-key; option help shows defaults

@@ -34,6 +34,9 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = "ok"
         except Exception as e:  # noqa: BLE001
             checks["redis"] = f"unreachable: {type(e).__name__}"
+    worker_status = getattr(state, "worker_status", None)  # the worker `strop serve` started, if any
+    if worker_status is not None:
+        checks["worker"] = worker_status()
     ok = checks["collections"] == "ok" and checks["redis"] in ("ok", "not configured")
     if not ok:
         return error_response(503, "not_ready", "; ".join(f"{k}: {v}" for k, v in checks.items()))
