@@ -25,7 +25,7 @@ composited onto white: logos are drawn for light backgrounds and the encoders se
 JPEG EXIF orientation is applied, animated images give their first frame.
 
 Error codes: ``empty_image``, ``image_too_large``, ``image_too_many_pixels``,
-``image_truncated``, ``not_an_image``, ``unsupported_image_format``, ``unsafe_svg``,
+``image_truncated``, ``not_an_image``, ``unsupported_image_format``, ``unsafe_svg``, ``svg_too_complex``,
 ``invalid_image``.
 """
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class ImageLimits:
 
 
 IMAGE_LIMITS = ImageLimits()
+# Decoded images are downscaled to this side at most (JPEG at decode time, by draft mode): the
+# visual encoder letterboxes to 160 px and OCR reads logos' text well below it.
+MAX_DECODED_SIDE = 2048
+# Raster decodes that run at once, process-wide: a 40 MP decode needs up to ~0.5 GB while it runs.
+_DECODE_SLOTS = threading.BoundedSemaphore(2)
 FORMATS = ("png", "jpeg", "webp", "svg")
 
 
@@ -124,12 +130,22 @@ def decode_image(data: bytes, *, max_bytes: int | None = None, max_pixels: int |
 
 
 def _decode_raster(data: bytes, fmt: str, max_pixels: int, max_side: int) -> Image.Image:
+    with _DECODE_SLOTS:  # a few big decodes at once, whatever the number of callers
+        img = _decode_raster_now(data, fmt, max_pixels, max_side)
+        if max(img.size) > MAX_DECODED_SIDE:  # what encoders and OCR need; bounds memory downstream
+            img.thumbnail((MAX_DECODED_SIDE, MAX_DECODED_SIDE), Image.Resampling.LANCZOS)
+        return img
+
+
+def _decode_raster_now(data: bytes, fmt: str, max_pixels: int, max_side: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[fmt.upper()])
             w, h = img.size
             _check_size(w, h, max_pixels, max_side)
+            if fmt == "jpeg":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the target
+                img.draft("RGB", (MAX_DECODED_SIDE, MAX_DECODED_SIDE))
             img.load()
     except ImageError:
         raise
@@ -189,6 +205,17 @@ def _render_svg(data: bytes, side: int) -> Image.Image:
     if _SVG_FORBIDDEN.search(data):
         raise ImageError("unsafe_svg", "SVGs with a DOCTYPE or ENTITY declaration are refused "
                          "(external entities could read files): remove the declaration")
+    from strop.index.image.svgrender import renderer
+
+    png = renderer().render(data, side)  # in a child process, within a time budget
+    img = Image.open(io.BytesIO(png))
+    img.load()
+    return to_rgb(img)
+
+
+def render_svg_png(data: bytes, side: int) -> bytes:
+    """Render a (checked) SVG to PNG bytes with cairosvg: no file or network access. Runs in the
+    renderer's child process (:mod:`strop.index.image.svgrender`)."""
     from cairosvg.surface import PNGSurface
 
     try:
@@ -201,9 +228,7 @@ def _render_svg(data: bytes, side: int) -> Image.Image:
         if "entit" in text.lower() or "external" in text.lower():
             raise ImageError("unsafe_svg", f"the SVG was refused by the safe parser: {text}") from None
         raise ImageError("invalid_image", f"the SVG could not be rendered: {text[:200]}") from None
-    img = Image.open(io.BytesIO(png))
-    img.load()
-    return to_rgb(img)
+    return png
 
 
 def check_crops(scales: Sequence[float]) -> tuple[float, ...]:
