@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(32, description="micro-batch size of query encoding")
     queue_size: int = Field(512, description="pending encode requests per model before 429")
+    bulk_chunk_tokens: int = Field(512, ge=16, description=(
+        "bulk encodes (upsert, evaluate, many-input embeddings) go through a model's thread in chunks of about "
+        "this many tokens, serving waiting queries between chunks: smaller keeps query latency under bulk "
+        "work lower, larger gives bulk work a little more throughput"))
     index_auto_threshold: int = 50_000
     version_retention: int = Field(5, ge=0, description="versions kept besides the active one; older ones are removed with their files and vectors")
     poll_interval_s: float = 1.0

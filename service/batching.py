@@ -59,6 +59,7 @@ class EncodeBatcher:
         queue_size: int = 512,
         search_pool: cf.Executor | None = None,
         observe: Callable[[int, float], None] | None = None,
+        bulk_tokens: int = 512,
     ):
         self.encoder = encoder
         self.max_batch = max_batch
@@ -73,7 +74,7 @@ class EncodeBatcher:
         # both cores costs more in wake-ups than it saves (bench/serving.py, c=1 p50 9.2 -> 7.1 ms),
         # and it leaves the other core to HTTP and FAISS. Bulk and larger batches use all threads.
         self.small_batch = 4
-        self.bulk_tokens = 2048  # estimated tokens per bulk chunk (see _chunk_len)
+        self.bulk_tokens = bulk_tokens  # estimated tokens per bulk chunk (see _chunk_len)
         self._threads = max(1, torch.get_num_threads())
         self._thread = threading.Thread(target=self._run, name=f"encode:{encoder.name}", daemon=True)
         self._thread.start()

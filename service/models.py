@@ -41,7 +41,9 @@ class ModelRegistry:
         observe: Callable[[int, float], None] | None = None,
         grace_s: float = 30.0,
         teacher_disk_cache: DiskCache | None = None,
+        bulk_tokens: int = 512,
     ):
+        self.bulk_tokens = bulk_tokens
         self.teacher_disk_cache = teacher_disk_cache
         self.precision = precision
         self.device = device or default_device()
@@ -66,7 +68,8 @@ class ModelRegistry:
             else:
                 encoder = Encoder.load(source, precision=self.precision, device=self.device)
             log.info("loaded encoder %s (%s, dim %d)", source, encoder.precision, encoder.dim)
-            return encoder, EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe)
+            return encoder, EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe,
+                                          bulk_tokens=self.bulk_tokens)
 
         return self._acquire(self.key(source), load)
 
