@@ -176,7 +176,7 @@ def _exit_with_parent(parent: int, embedded_redis: str | None) -> None:
 # -- worker ---------------------------------------------------------------------------------
 def cmd_worker(args: argparse.Namespace) -> None:
     import redis
-    from rq import Queue, Worker
+    from rq import Queue
 
     from strop.trainer import worker as trainer_worker
     from strop.trainer.contract import queue_name
@@ -198,7 +198,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
             time.sleep(1)
     if args.exit_with_parent:
         _exit_with_parent(args.exit_with_parent, settings.redis_url if args.embedded_redis else None)
-    worker = Worker([Queue(queue_name(prefix), connection=conn)], connection=conn)
+    worker = trainer_worker.QueueWorker([Queue(queue_name(prefix), connection=conn)], connection=conn)
     worker.work(with_scheduler=False, logging_level="INFO", burst=args.burst)
 
 
