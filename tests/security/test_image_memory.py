@@ -12,7 +12,6 @@ import httpx
 from conftest import free_port, render_logo, serve_env, start_serve, stop_serve
 from PIL import Image, ImageDraw
 
-
 N = 6  # max-size images searched at once
 
 
