@@ -78,7 +78,7 @@ def test_tar_entries_are_counted_while_streaming(client) -> None:
             tf.addfile(info)
     t0 = time.process_time()
     _error(_ingest(client, buf.getvalue()), 413, "archive_too_large")
-    assert time.process_time() - t0 < 10
+    assert time.process_time() - t0 < 4  # ~1.6 s: tar headers parsed up to the 50,000-entry cap, no further
 
 
 def _lying_zip() -> bytes:
