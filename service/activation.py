@@ -4,35 +4,20 @@ prune old versions after it, and load the collection's teacher."""
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from strop.index.store import DocumentStore
-    from strop.service.manager import CollectionState, Served
-    from strop.service.models import LoadedModel, ModelRegistry
+from typing import Any
 
 from strop.index.collection import apply_changes, catch_up
 from strop.index.retention import prune_versions
 from strop.index.store import NotFound
+from strop.service.models import LoadedModel
+from strop.service.state import ManagerBase, Served
 
 log = logging.getLogger("strop.manager")
 
 
-class Activation:
+class Activation(ManagerBase):
     """Mixed into :class:`strop.service.manager.CollectionManager`."""
 
-    store: DocumentStore
-    models: ModelRegistry
-    data_dir: Path
-    retention: int
-    on_activate: Callable[[str, str], None] | None
-    _states: dict[str, CollectionState]
-    _lock: threading.RLock
-
-    def state(self, name: str) -> CollectionState: ...  # provided by CollectionManager
 
     def activate(self, name: str, vid: str, write_pointer: bool = True) -> Served:
         """Load ``vid``, catch it up with the store, swap it in; the old one keeps serving until then."""

@@ -12,8 +12,9 @@ from fastapi import Depends, Request
 
 from strop.index.settings import Settings
 from strop.index.store import DocumentStore
-from strop.service.manager import CollectionManager, CollectionState
+from strop.service.manager import CollectionManager
 from strop.service.security import require
+from strop.service.state import CollectionState
 
 
 async def get_settings(request: Request) -> Settings:

@@ -15,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,12 @@ from strop.index.collection import (
     load_index,
 )
 from strop.index.faiss_index import IndexSpec
-from strop.index.live import LiveIndex
 from strop.index.retention import clean_versions
 from strop.index.store import CollectionRecord, Conflict, DocumentStore, NotFound
 from strop.index.versions import VersionStore, new_version_id
 from strop.service.activation import Activation
-from strop.service.models import LoadedModel, ModelRegistry
+from strop.service.models import ModelRegistry
+from strop.service.state import CollectionState, Served
 from strop.service.writes import Writes
 
 log = logging.getLogger("strop.manager")
@@ -52,33 +51,6 @@ def check_name(name: str) -> None:
             f"invalid collection name {name!r}: use 1-63 characters from a-z, 0-9, '-' and '_', "
             "starting with a letter or digit"
         )
-
-
-@dataclass
-class Served:
-    version: ServedVersion
-    model: LoadedModel
-
-    @property
-    def id(self) -> str:
-        return self.version.id
-
-    @property
-    def live(self) -> LiveIndex:
-        return self.version.live
-
-
-@dataclass
-class CollectionState:
-    record: CollectionRecord
-    vstore: VersionStore
-    served: Served
-    cursor: int
-    id_map: dict[str, int]
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
-    compacting: bool = False
-    active_mtime: float = 0.0
-    teacher: LoadedModel | None = None
 
 
 class CollectionManager(Writes, Activation):

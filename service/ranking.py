@@ -24,7 +24,7 @@ from anyio import to_thread
 from strop.index.lexical import fuse
 from strop.index.settings import Settings
 from strop.service.errors import ApiError
-from strop.service.manager import CollectionState
+from strop.service.state import CollectionState
 
 
 @dataclass

@@ -7,37 +7,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from strop.index.store import DocumentStore
-    from strop.service.manager import CollectionState
-    from strop.service.models import ModelRegistry
+from typing import Any
 
 import numpy as np
 
 from strop.index.collection import doc_text
 from strop.index.live import LiveIndex
 from strop.index.store import Document
+from strop.service.state import CollectionState, ManagerBase, Served
 
 log = logging.getLogger("strop.manager")
 
 
-class Writes:
+class Writes(ManagerBase):
     """Mixed into :class:`strop.service.manager.CollectionManager`."""
 
-    store: DocumentStore
-    models: ModelRegistry
-    data_dir: Path
-    retention: int
-    on_activate: Callable[[str, str], None] | None
-    _states: dict[str, CollectionState]
-    _lock: threading.RLock
-
-    def state(self, name: str) -> CollectionState: ...  # provided by CollectionManager
 
     def upsert(self, name: str, docs: Sequence[Document]) -> tuple[int, int]:
         """Encode, store durably, index. Returns (upserted, truncated)."""
@@ -76,7 +62,6 @@ class Writes:
     def _compact(self, name: str, st: CollectionState) -> None:
         """Rebuild the main index off the request path, then swap (writes meanwhile are replayed)."""
         from strop.index import faiss_index as fi
-        from strop.service.manager import Served  # (manager mixes this class in)
 
         try:
             served = st.served

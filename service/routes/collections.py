@@ -11,7 +11,7 @@ from strop.index.image.encoder import DEFAULT_IMAGE_ENCODER, is_image_spec
 from strop.index.retention import version_sizes
 from strop.service.deps import Admin, CollectionDep, ManagerDep, Read, SettingsDep
 from strop.service.errors import ApiError, error_responses
-from strop.service.manager import BadEncoder, CollectionManager, CollectionState, check_name
+from strop.service.manager import BadEncoder, CollectionManager, check_name
 from strop.service.schemas import (
     CollectionCreate,
     CollectionInfo,
@@ -21,6 +21,7 @@ from strop.service.schemas import (
     VersionInfo,
     VersionList,
 )
+from strop.service.state import CollectionState
 from strop.service.strictjson import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["collections"], responses=error_responses(400, 401, 403, 404, 409, 413, 422))

@@ -18,9 +18,10 @@ from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
 from strop.service.errors import ApiError, error_responses, image_error
-from strop.service.manager import CollectionManager, CollectionState, Served
+from strop.service.manager import CollectionManager
 from strop.service.ranking import check_teacher, lexical_weight, reorder
 from strop.service.schemas import EvaluateRequest, FeedbackIn, Hit, SearchRequest, SearchResponse
+from strop.service.state import CollectionState, Served
 from strop.service.strictjson import StrictJSONRoute
 from strop.service.telemetry import Timer
 
