@@ -13,12 +13,16 @@ import multiprocessing as mp
 import threading
 from typing import Any
 
-RENDER_BUDGET_S = 5.0
+RENDER_BUDGET_S = 2.0  # a logo renders in milliseconds; this bounds what a hostile SVG costs
+START_TIMEOUT_S = 120.0  # the child's start (an interpreter and cairosvg), not counted in the budget
 
 
 def _serve(conn: Any) -> None:  # the child: render whatever arrives until the pipe closes
+    import cairosvg.surface  # noqa: F401 - imported before "ready", so no render pays for it
+
     from strop.index.image.decode import ImageError, render_svg_png
 
+    conn.send(("ready", None))
     while True:
         try:
             data, side = conn.recv()
@@ -48,6 +52,9 @@ class SvgRenderer:
         self._proc.start()
         child.close()
         self._conn = parent
+        if not parent.poll(START_TIMEOUT_S) or parent.recv()[0] != "ready":
+            self._kill()
+            raise RuntimeError("the SVG renderer process did not start")
 
     def _kill(self) -> None:
         if self._proc is not None:
