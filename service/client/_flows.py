@@ -258,11 +258,25 @@ def follow_job(job_id: str, on_progress: Callable[[Job], None] | None = None, po
         if on_progress is not None:
             on_progress(job)
         if job["state"] in TERMINAL_STATES:
+            if job["state"] == "succeeded" and job.get("version") and (job.get("details") or {}).get("activated"):
+                yield from _until_served(job["collection"], job["version"])
             return job
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"job {job_id} is still {job['state']} after {timeout}s; it keeps running "
                                f"(follow it again, or cancel it)")
         yield Sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def _until_served(collection: str, version: str, wait_s: float = 30.0) -> Flow[None]:
+    """The worker activates a job's version and the API process swaps to it on the announcement (or
+    its next poll), a moment later: wait for that, so a search right after ``follow_job`` sees the
+    new version. Gives up quietly after ``wait_s`` (another activation may have come first)."""
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        info = yield from get_collection(collection)
+        if info["version"]["id"] == version:
+            return
+        yield Sleep(0.2)
 
 
 # -- versions -------------------------------------------------------------------------------------
