@@ -267,6 +267,12 @@ def test_a_job_the_api_failed_as_lost_stops_and_publishes_nothing(client, corpus
         time.sleep(0.1)
     assert not r.exists(lock), "the horse kept the collection after its job was failed"
     os.kill(w.pid, signal.SIGKILL)
+    w.wait(30)
+    # the killed worker may have been blocked in its dequeue (a BLMOVE on the server); until Redis sees
+    # its socket close, a job pushed now would be handed to it and lost with it: wait for that
+    end = time.time() + 30
+    while time.time() < end and any(c.get("cmd") in ("blmove", "brpoplpush", "blpop") for c in r.client_list()):
+        time.sleep(0.1)
     job = client.get(f"/jobs/{job_id}").json()
     assert job["state"] == "failed" and job["error"] == "worker lost (test)"
     assert active(client) == v0
