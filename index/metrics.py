@@ -42,3 +42,15 @@ def evaluate_rankings(rankings: Sequence[Sequence[str]], positives: Sequence[Seq
             len(set(p).intersection(r[:10])) / max(len(set(p)), 1) for r, p in zip(rankings, positives, strict=True)
         ) / n)
     return out
+
+
+def query_ranks(rankings: Sequence[Sequence[str]], positives: Sequence[Sequence[str]], k: int = 10) -> list[dict]:
+    """Per query: the 1-based rank of its first positive within the top ``k`` (None when none is
+    there), its reciprocal rank and the ids ranked above it (the whole top 3 when it was missed)."""
+    out = []
+    for ranked, pos in zip(rankings, positives, strict=True):
+        pset = set(pos)
+        rank = next((i for i, doc in enumerate(ranked[:k], start=1) if doc in pset), None)
+        out.append({"rank": rank, "reciprocal_rank": 1.0 / rank if rank else 0.0,
+                    "top": list(ranked[: min(rank - 1, 3) if rank else 3])})
+    return out

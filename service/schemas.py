@@ -201,6 +201,8 @@ class EvaluateRequest(Strict):
     rerank: bool = Field(False, description="as on search")
     lexical: float | None = Field(None, ge=0.0, le=1.0, description="as on search")
     teacher_weight: float | None = Field(None, ge=0.0, le=10.0, description="as on search")
+    per_query: bool = Field(False, description="also answer `queries`: each pair's rank of its first positive "
+                            "within k (null when missed), its reciprocal rank and the ids ranked above it")
 
 
 class EmbeddingsRequest(BaseModel):

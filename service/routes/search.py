@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from strop.index.collection import doc_text
 from strop.index.image.decode import ImageError, decode_image
-from strop.index.metrics import evaluate_rankings
+from strop.index.metrics import evaluate_rankings, query_ranks
 from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
 from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
@@ -151,7 +151,8 @@ async def image_search(body: SearchRequest, st: CollectionState, manager: Collec
 
 @router.post("/collections/{name}/evaluate", dependencies=[Read])
 async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> dict[str, Any]:
-    """MRR@10, recall@1, recall@k and nDCG@10 of the active version on the given (query, positive_ids) pairs."""
+    """MRR@10, recall@1, recall@k and nDCG@10 of the active version on the given (query, positive_ids) pairs;
+    with `per_query`, each query's rank too."""
     if st.record.modality == "image":
         raise ApiError(422, "wrong_modality", "evaluate takes text queries; an image collection's views jobs "
                        "report top-1/top-5 identification and open-set metrics in the job record")
@@ -188,6 +189,10 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
     rankings = [[docs[row[i][0]].id for i in order] for row, order in zip(kept, orders, strict=True)]
     out = evaluate_rankings(rankings, [p.positive_ids for p in body.pairs], k=body.k)
     out["version"] = served.id
+    if body.per_query:
+        ranks = query_ranks(rankings, [p.positive_ids for p in body.pairs], k=body.k)
+        out["queries"] = [{"query": p.query, "positive_ids": p.positive_ids, **r}
+                          for p, r in zip(body.pairs, ranks, strict=True)]
     return out
 
 
