@@ -26,7 +26,7 @@ WORKDIR /src
 # dependencies in their own layer: a source change does not reinstall them
 COPY pyproject.toml README.md ./
 # (empty stand-ins for every package pyproject.toml lists, so `pip install .` resolves the dependencies)
-RUN for d in index index/code index/image trainer trainer/teacher trainer/image service service/routes \
+RUN for d in index index/code index/image trainer trainer/teacher trainer/image service service/routes service/console \
              service/client; do mkdir -p "$d" && touch "$d/__init__.py"; done \
  && pip install . \
  && pip uninstall -y strop

@@ -23,7 +23,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 # (empty stand-ins for every package pyproject.toml lists, so `pip install .` resolves the dependencies)
-RUN for d in index index/code index/image trainer trainer/teacher trainer/image service service/routes \
+RUN for d in index index/code index/image trainer trainer/teacher trainer/image service service/routes service/console \
              service/client; do mkdir -p "$d" && touch "$d/__init__.py"; done \
  && pip install . \
  && pip uninstall -y strop

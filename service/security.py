@@ -50,7 +50,10 @@ async def metrics_access(request: Request) -> None:
         await require("read")(request)
 
 
-PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics", "/console")
+# Page shells and their static files: they hold no data (the console's scripts call the API with the
+# key the user types), so a browser can load them before it has a key to send.
+PUBLIC_PREFIXES = ("/docs/", "/console/")
 
 
 class AuthenticateFirst:
@@ -64,7 +67,7 @@ class AuthenticateFirst:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not self.keys or path in PUBLIC_PATHS or path.startswith("/docs/"):
+        if scope["type"] != "http" or not self.keys or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}

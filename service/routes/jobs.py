@@ -1,17 +1,26 @@
-"""Training jobs: submit, follow, list, cancel."""
+"""Training jobs: submit, follow (JSON or a Server-Sent Events stream), list, cancel."""
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
+import anyio
 from anyio import to_thread
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from strop.service.deps import Admin, CollectionDep, ManagerDep, Read
 from strop.service.errors import ApiError, error_responses
 from strop.service.routes.validation import check_job
 from strop.service.strictjson import StrictJSONRoute
-from strop.trainer.contract import JobSpec
+from strop.trainer.contract import TERMINAL, JobSpec
+
+EVENTS_POLL_S = 0.5  # how often a stream reads the job record
+EVENTS_PER_CALLER = 8  # open streams per API key (per client address when no keys are configured)
+EVENTS_TOTAL = 256  # open streams per API process
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], responses=error_responses(400, 401, 403, 404, 413, 422, 503))
 
@@ -63,3 +72,77 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     """Cancel a queued or running job; the active version stays as it was."""
     queue = _queue(request)
     return job_view(await to_thread.run_sync(queue.cancel, job_id))
+
+
+class StreamSlots:
+    """Counts open event streams per caller and in all, so streams cannot pile up without bound."""
+
+    def __init__(self, per_caller: int, total: int):
+        self.per_caller, self.total = per_caller, total
+        self.open: Counter[str] = Counter()
+
+    def take(self, caller: str) -> None:
+        if self.open[caller] >= self.per_caller:
+            raise ApiError(429, "too_many_streams", f"{self.per_caller} event streams are already open for this "
+                           "caller: close one (or poll GET /jobs/{job_id})", headers={"Retry-After": "5"})
+        if sum(self.open.values()) >= self.total:
+            raise ApiError(429, "too_many_streams", f"this server has {self.total} event streams open; retry "
+                           "later or poll GET /jobs/{job_id}", headers={"Retry-After": "5"})
+        self.open[caller] += 1
+
+    def give(self, caller: str) -> None:
+        self.open[caller] -= 1
+        if self.open[caller] <= 0:
+            del self.open[caller]
+
+
+def _caller(request: Request) -> str:
+    """The API key (hashed) when keys are configured, else the client's address."""
+    auth = request.headers.get("authorization", "")
+    if request.app.state.settings.keys() and auth:
+        return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "?")
+
+
+async def _stream_slot(job_id: str, request: Request) -> AsyncIterator[dict[str, Any]]:
+    """The job's record (404 before any stream starts when it is unknown) while holding a stream slot,
+    released when the stream ends, however it ends."""
+    queue = _queue(request)
+    rec = job_view(await to_thread.run_sync(queue.get, job_id))
+    slots = getattr(request.app.state, "job_streams", None)
+    if slots is None:
+        slots = request.app.state.job_streams = StreamSlots(EVENTS_PER_CALLER, EVENTS_TOTAL)
+    caller = _caller(request)
+    slots.take(caller)
+    try:
+        yield rec
+    finally:
+        slots.give(caller)
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=[Read],
+            responses={200: {"description": "`event: job` with the job as on GET /jobs/{job_id}, sent at once and "
+                                            "on every change; `event: end` after a terminal state, then the "
+                                            "stream closes. A `: ping` comment every 15 s keeps proxies open."},
+                       429: {"description": "too many open streams for this caller or this server"}})
+async def job_events(request: Request,
+                     first: Annotated[dict[str, Any], Depends(_stream_slot)]) -> AsyncIterator[ServerSentEvent]:
+    """Follow a job as Server-Sent Events: its state, stage and progress whenever they change, until it ends.
+
+    At most 8 streams per API key (per client address without keys); a 429 beyond that."""
+    queue = _queue(request)
+    rec, n = first, 0
+    while True:
+        n += 1
+        yield ServerSentEvent(event="job", id=str(n), data=rec)
+        if rec["state"] in TERMINAL:
+            yield ServerSentEvent(event="end", data={"job_id": rec["job_id"], "state": rec["state"]})
+            return
+        while True:
+            await anyio.sleep(EVENTS_POLL_S)
+            if await request.is_disconnected():
+                return
+            now = job_view(await to_thread.run_sync(queue.get, rec["job_id"]))
+            if now != rec:
+                rec = now
+                break
