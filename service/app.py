@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from strop.index.settings import Settings
 from strop.index.store import DocumentStore
-from strop.service import errors
+from strop.service import console, errors
 from strop.service.batching import Overloaded
 from strop.service.errors import error_response
 from strop.service.manager import CollectionManager
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, embeddings, collections, ingest, documents, search, jobs):
         app.include_router(module.router)
     api_docs.install(app)
+    console.install(app)
     return app
 
 
