@@ -446,7 +446,8 @@ def cmd_ingest_code(args: argparse.Namespace) -> None:
 
     with _client(args, timeout=600) as c:
         try:
-            ingest_code(c, Path(args.path), args.collection, exclude=args.exclude)
+            ingest_code(c, Path(args.path), args.collection, exclude=args.exclude,
+                        include_generated=args.include_generated)
         except NotADirectoryError as e:
             raise UsageError(str(e)) from None
 
@@ -678,14 +679,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the server's)")
 
     ingest = group("ingest", "ingest a source tree")
-    c = command(ingest, "code", cmd_ingest_code, "sync a Python source tree into a code collection",
-                "Parse every Python file under PATH (honouring .gitignore) into function and class documents, "
-                "then make the collection match: new and changed definitions are upserted, vanished ones "
-                "deleted. The collection is created as a code collection when missing.")
+    c = command(ingest, "code", cmd_ingest_code, "sync a source tree into a code collection",
+                "Parse every Python, Go, Java, JavaScript, TypeScript and Rust file under PATH (by extension, "
+                "honouring .gitignore) into function, method and type documents, then make the collection "
+                "match: new and changed definitions are upserted, vanished ones deleted. Generated and "
+                "minified files and vendored folders are skipped and counted per language. The collection "
+                "is created as a code collection when missing.")
     c.add_argument("path", help="root folder of the source tree")
     c.add_argument("--collection", required=True, help="the code collection to sync")
     c.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="gitignore-style pattern to skip, on top of .gitignore (repeatable), e.g. 'tests/'")
+    c.add_argument("--include-generated", action="store_true",
+                   help="also read generated and minified files (*.min.js, `Code generated ... DO NOT EDIT.`, lines "
+                   "over 1,000 characters) and vendored folders (node_modules, vendor, third_party...)")
 
     cols = group("collections", "create, list, show and delete collections")
     c = command(cols, "create", cmd_collections_create, "create a collection")

@@ -159,7 +159,7 @@ def _group(snap: Snapshot, row: int, key: str | None) -> str:
 
 
 def docstring_pairs(snap: Snapshot) -> list[Pair]:
-    """(docstring summary -> code without the docstring) for every function and method that has one."""
+    """(docstring or doc-comment summary -> code without it) for every function and method that has one."""
     from strop.index.code.parse import split_docstring, usable_docstring
 
     out = []
@@ -168,7 +168,7 @@ def docstring_pairs(snap: Snapshot) -> list[Pair]:
         if meta.get("kind") not in ("function", "method") or not usable_docstring(summary):
             continue
         try:
-            _, code = split_docstring(text)
+            _, code = split_docstring(text, meta)  # the doc comment, in the document's language
         except SyntaxError:
             continue
         if code.strip():
@@ -184,7 +184,7 @@ def stripped_texts(snap: Snapshot) -> list[str]:
     for row, meta in enumerate(snap.metadata):
         if meta.get("kind") in ("function", "method") and meta.get("docstring"):
             try:
-                _, code = split_docstring(out[row])
+                _, code = split_docstring(out[row], meta)
             except SyntaxError:
                 continue
             if code.strip():

@@ -1,28 +1,35 @@
-"""Turn a Python source tree into code documents (one per function, method and class).
+"""Turn a source tree into code documents (one per function, method, class, struct, interface...).
 
-Pure standard library (``ast``, ``pathlib``, ``fnmatch``) so it can run anywhere the service
-runs, without the encoder stack. The documents it produces are what a code-search index
-stores: a stable dotted id, the source text of the definition, and metadata for display and
-for building docstring -> code training pairs (see :func:`split_docstring`).
+Python is read with the standard library's ``ast``; Go, Java, JavaScript, TypeScript and Rust with
+tree-sitter (:mod:`strop.index.code.treesitter`); the language comes from the file extension
+(:mod:`strop.index.code.languages`), so one tree may mix them. No encoder stack is needed. The
+documents it produces are what a code-search index stores: a stable id, the source text of the
+definition, and metadata for display, for filters (``language``, ``kind``...) and for building
+docstring -> code training pairs (see :func:`split_docstring`).
 """
 
 from __future__ import annotations
 
 import ast
-import os
 import re
 import textwrap
 import tokenize
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 
+from strop.index.code.languages import EXTENSIONS, generated_reason, language_of
+from strop.index.code.walk import ALWAYS_SKIP_DIRS, iter_source_files
+
 __all__ = [
+    "ALWAYS_SKIP_DIRS",
     "CodeDoc",
     "ParseResult",
+    "context_header",
     "iter_python_files",
+    "iter_source_files",
     "module_name",
     "parse_source",
     "parse_tree",
@@ -33,21 +40,19 @@ __all__ = [
 
 _DefNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
-# Directories never walked into, whatever .gitignore says (VCS data and bytecode caches).
-ALWAYS_SKIP_DIRS: frozenset[str] = frozenset({".git", "__pycache__"})
-
 
 @dataclass(frozen=True)
 class CodeDoc:
-    """One definition (function, method or class) as a searchable document.
+    """One definition (function, method, class, struct, interface...) as a searchable document.
 
-    ``id`` is ``<dotted module>.<qualified name>`` (``pkg.mod.Class.method``), suffixed with
-    ``#2``, ``#3``... when a name is defined more than once in a module (property setters,
-    ``if``/``else`` alternatives). ``text`` is the definition's source, decorators and
-    docstring included. ``metadata`` holds ``path``, ``module``, ``qualname``, ``line``,
-    ``end_line``, ``kind``, ``signature`` and ``docstring`` (the docstring's summary sentence,
-    or ``""``). ``module`` and ``qualname`` also give the document its embedding header
-    (:func:`context_header`).
+    Python: ``id`` is ``<dotted module>.<qualified name>`` (``pkg.mod.Class.method``); other
+    languages: ``<path>:<qualified name>`` (``net/http/client.go:Client.Do``), so a ``.js`` and a
+    ``.ts`` file of one name never collide. Suffixed with ``#2``, ``#3``... when a name is defined
+    more than once in a file (property setters, ``if``/``else`` alternatives, overloads). ``text``
+    is the definition's source, decorators and docstring (or doc comment) included. ``metadata``
+    holds ``path``, ``module``, ``qualname``, ``line``, ``end_line``, ``kind``, ``signature``,
+    ``docstring`` (the docstring's or doc comment's summary sentence, or ``""``) and ``language``.
+    ``module`` and ``qualname`` also give the document its embedding header (:func:`context_header`).
     """
 
     id: str
@@ -57,12 +62,26 @@ class CodeDoc:
 
 @dataclass
 class ParseResult:
-    """What :func:`parse_tree` found: the documents, how many ``.py`` files it examined
-    (skipped ones included) and the files it could not use, as (relative path, reason)."""
+    """What :func:`parse_tree` found: the documents, how many source files it examined (skipped
+    ones included), the files (and definitions) it could not use as (relative path, reason), the
+    vendored folders it left out, and per language the counts of :data:`COUNTS`."""
 
     docs: list[CodeDoc] = field(default_factory=list)
     files: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    vendored: list[str] = field(default_factory=list)
+    languages: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count(self, language: str, what: str, n: int = 1) -> None:
+        self.languages.setdefault(language, Counter())[what] += n
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per language, every count of :data:`COUNTS` (zeros included), languages sorted."""
+        return {lang: {k: int(c[k]) for k in COUNTS} for lang, c in sorted(self.languages.items())}
+
+
+# what parse_tree counts per language: files seen, definitions kept, and why files (or definitions) were not
+COUNTS = ("files", "definitions", "unparsable", "generated", "too_large", "undecodable", "definitions_too_large")
 
 
 def context_header(metadata: dict | None) -> str | None:
@@ -72,15 +91,21 @@ def context_header(metadata: dict | None) -> str | None:
     ``# json decoder JSONDecoder decode``. A definition's own text rarely says which module or
     class it belongs to, and queries often name that domain ("decode a JSON document"): on the
     stdlib benchmark the header raised zero-shot MRR@10 from 0.53 to 0.59 (docs/benchmarks.md).
-    It is a Python comment, so the text stays parseable (docstring jobs split it). ``None`` when
-    the metadata has no string ``qualname``.
+    It is a comment of the document's ``language`` (``#`` for Python, the default; ``//`` for the
+    others, whose module paths are split at any punctuation: ``// net http Client Do``), so the
+    text stays parseable (docstring jobs split it). ``None`` when the metadata has no string
+    ``qualname``.
     """
     if not metadata or not isinstance(metadata.get("qualname"), str) or not metadata["qualname"]:
         return None
     module = metadata.get("module")
     where = f"{module}.{metadata['qualname']}" if isinstance(module, str) and module else metadata["qualname"]
-    words = [w for w in re.split(r"[._#\s]+", where) if w]
-    return "# " + " ".join(words) if words else None
+    language = metadata.get("language")
+    if language in (None, "python") or not isinstance(language, str):
+        words = [w for w in re.split(r"[._#\s]+", where) if w]
+        return "# " + " ".join(words) if words else None
+    words = [w for w in re.split(r"[\W_]+", where) if w]
+    return "// " + " ".join(words) if words else None
 
 
 # --------------------------------------------------------------------------------------
@@ -235,16 +260,25 @@ def _is_docstring_stmt(stmt: ast.stmt) -> bool:
     )
 
 
-def split_docstring(source: str) -> tuple[str, str]:
-    """Split a def/class source into (docstring summary, source without the docstring).
+def split_docstring(source: str, metadata: Mapping | None = None) -> tuple[str, str]:
+    """Split a definition's source into (docstring summary, source without the docstring).
 
-    Works on ``ast`` positions, not patterns: the docstring statement's lines are removed and
+    ``metadata`` names the document's ``language`` (Python when absent). For other languages the
+    doc comment is removed (:func:`strop.index.code.treesitter.split_doc_comment`), keeping the
+    location header the text may start with, and nothing raises.
+
+    Python works on ``ast`` positions, not patterns: the docstring statement's lines are removed and
     everything else is kept verbatim (comments, blank lines, formatting). A docstring sharing
     its line with other code is cut out of that line (``def f(): "doc"; return 1`` becomes
     ``def f(): return 1``). If the docstring was the whole body, ``pass`` takes its place.
     Without a docstring the result is ``("", source)``. Indented input is dedented first.
-    Raises ``SyntaxError`` if the source does not parse.
+    Raises ``SyntaxError`` if the Python source does not parse.
     """
+    language = metadata.get("language") if metadata else None
+    if isinstance(language, str) and language != "python":
+        from strop.index.code.treesitter import split_doc_comment
+
+        return split_doc_comment(source, language, context_header(metadata))
     text = _normalize_newlines(source)
     try:
         tree = ast.parse(text)
@@ -342,6 +376,7 @@ def parse_source(source: str, module: str, path: str) -> list[CodeDoc]:
             "kind": kind,
             "signature": _signature(node),
             "docstring": summarize_docstring(ast.get_docstring(node)),
+            "language": "python",
         }
         docs.append(CodeDoc(id=doc_id, text=body, metadata=meta))
 
@@ -370,186 +405,45 @@ def module_name(rel_path: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Walking a tree (.gitignore aware)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Rule:
-    base: tuple[str, ...]  # directory holding the .gitignore, relative to the walk root
-    segments: tuple[str, ...]  # fnmatch patterns per path segment ("**" = any depth)
-    negated: bool
-    dir_only: bool
-    anchored: bool  # pattern contained "/" -> matched against the path below `base`
-
-
-def _unescape(segment: str) -> str:
-    """Turn gitignore ``\\x`` escapes into fnmatch's ``[x]``."""
-    out, i = [], 0
-    while i < len(segment):
-        if segment[i] == "\\" and i + 1 < len(segment):
-            out.append(f"[{segment[i + 1]}]")
-            i += 2
-        else:
-            out.append(segment[i])
-            i += 1
-    return "".join(out)
-
-
-def _parse_rule(line: str, base: tuple[str, ...]) -> _Rule | None:
-    """One .gitignore line -> rule (``None`` for blanks and comments)."""
-    line = line.rstrip("\n\r")
-    while line.endswith(" ") and not line.endswith("\\ "):
-        line = line[:-1]
-    if not line or line.startswith("#"):
-        return None
-    negated = line.startswith("!")
-    if negated:
-        line = line[1:]
-    dir_only = line.endswith("/")
-    line = line.rstrip("/")
-    if not line:
-        return None
-    anchored = "/" in line
-    segments: list[str] = []
-    for seg in line.strip("/").split("/"):
-        if not seg or (seg == "**" and segments and segments[-1] == "**"):
-            continue
-        segments.append(seg if seg == "**" else _unescape(seg))
-    return _Rule(base, tuple(segments), negated, dir_only, anchored)
-
-
-def _match_segments(pats: tuple[str, ...], parts: tuple[str, ...]) -> bool:
-    """Whether path segments ``parts`` match pattern segments ``pats`` ("**" = any number of segments).
-
-    Dynamic programming over (pattern position, path position): O(len(pats) x len(parts)) segment
-    matches whatever the pattern, so nested ``**`` cannot make it exponential (a recursive matcher,
-    like a backtracking regex, takes seconds to minutes on ``**/a/**/a/**/a/**/z`` against a deep
-    path; that includes pathspec's ``re`` backend, measured at 26 s for one 60-deep path)."""
-    n, m = len(pats), len(parts)
-    # ok[j] after processing pattern i: pats[i:] matches parts[j:]
-    ok = [False] * (m + 1)
-    ok[m] = True  # the empty pattern matches the empty rest
-    for i in range(n - 1, -1, -1):
-        head = pats[i]
-        nxt = [False] * (m + 1)
-        if head == "**":
-            if i == n - 1:
-                for j in range(m):  # trailing "/**": everything inside, not the dir itself
-                    nxt[j] = True
-            else:
-                acc = False
-                for j in range(m, -1, -1):  # "**" absorbs parts[j:k] for any k >= j
-                    acc = acc or ok[j]
-                    nxt[j] = acc
-        else:
-            for j in range(m):
-                nxt[j] = ok[j + 1] and fnmatchcase(parts[j], head)
-        ok = nxt
-    return ok[0]
-
-
-def _rule_matches(rule: _Rule, parts: tuple[str, ...], is_dir: bool) -> bool:
-    if rule.dir_only and not is_dir:
-        return False
-    if parts[: len(rule.base)] != rule.base or len(parts) == len(rule.base):
-        return False
-    below = parts[len(rule.base) :]
-    if rule.anchored:
-        return _match_segments(rule.segments, below)
-    return fnmatchcase(below[-1], rule.segments[0])
-
-
-def _ignored(rules: Sequence[_Rule], parts: tuple[str, ...], is_dir: bool) -> bool:
-    for rule in reversed(rules):  # last matching rule wins; deeper .gitignore files come last
-        if _rule_matches(rule, parts, is_dir):
-            return not rule.negated
-    return False
-
-
-def _read_gitignore(path: Path, base: tuple[str, ...]) -> list[_Rule]:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    return [r for line in text.split("\n") if (r := _parse_rule(line, base)) is not None]
-
-
-def _is_environment(path: Path) -> bool:
-    """A virtualenv/venv (has ``pyvenv.cfg``) or a conda environment (has ``conda-meta/``)."""
-    return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
-
-
-def iter_python_files(root: str | Path, extra_ignore: Sequence[str] = ()) -> Iterator[Path]:
-    """Yield the ``*.py`` files under ``root`` in a deterministic (sorted, depth-first) order.
-
-    Skipping rules:
-
-    * ``.git`` and ``__pycache__`` directories are always skipped;
-    * Python environments are skipped wherever they are and whatever they are called: any
-      directory containing ``pyvenv.cfg`` (venv/virtualenv, also inside ``.tox``) or
-      ``conda-meta/``. Other conventional names (``build``, ``dist``, ``node_modules``,
-      ``venv`` without ``pyvenv.cfg``...) are only skipped when a ``.gitignore`` says so;
-    * ``.gitignore`` files in ``root`` and below apply to their directory's subtree, with
-      this subset of git's semantics: blank lines and ``#`` comments, ``!`` negation (last
-      match wins, deeper files override shallower ones), trailing ``/`` = directories only,
-      a ``/`` at the start or middle anchors the pattern to the .gitignore's directory
-      (otherwise it matches a name at any depth), ``*``, ``?``, ``[...]`` (not crossing
-      ``/``), ``**`` as a whole segment, and ``\\`` escapes. As in git, a file inside an
-      ignored directory cannot be re-included. Not read: ``.gitignore`` files above
-      ``root``, ``.git/info/exclude`` and the global excludes file;
-    * ``extra_ignore`` patterns behave as if they were lines of a ``.gitignore`` in ``root``
-      (read before it, so the tree's own file can override them).
-
-    Symlinked directories are not followed (avoids cycles); symlinked files are yielded.
-    """
-    root = Path(root)
-    base_rules = [r for p in extra_ignore if (r := _parse_rule(p, ())) is not None]
-    yield from _walk(root, (), base_rules)
-
-
-def _walk(directory: Path, parts: tuple[str, ...], rules: list[_Rule]) -> Iterator[Path]:
-    gitignore = directory / ".gitignore"
-    if gitignore.is_file():
-        rules = rules + _read_gitignore(gitignore, parts)
-    try:
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError:
-        return
-    for entry in entries:
-        child = (*parts, entry.name)
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            is_file = not is_dir and entry.is_file()
-        except OSError:
-            continue
-        if is_dir:
-            path = Path(entry.path)
-            if entry.name in ALWAYS_SKIP_DIRS or _ignored(rules, child, True) or _is_environment(path):
-                continue
-            yield from _walk(path, child, rules)
-        elif is_file and entry.name.endswith(".py") and not _ignored(rules, child, False):
-            yield Path(entry.path)
-
-
-# --------------------------------------------------------------------------------------
 # Parsing a tree
 # --------------------------------------------------------------------------------------
 
 
-def _read_source(path: Path) -> str:
-    """Decode a Python file the way the interpreter would (PEP 263 cookie, BOM, else UTF-8).
+def iter_python_files(root: str | Path, extra_ignore: Sequence[str] = ()) -> Iterator[Path]:
+    """The ``*.py`` files under ``root`` (:func:`~strop.index.code.walk.iter_source_files`)."""
+    yield from iter_source_files(root, (".py",), extra_ignore)
+
+
+def _read_source(path: Path, language: str = "python") -> str:
+    """Decode a source file: Python the way the interpreter would (PEP 263 cookie, BOM, else
+    UTF-8), the other languages as UTF-8 (a BOM dropped); line ends become ``\\n``.
 
     Raises ``UnicodeDecodeError``/``SyntaxError`` (bad cookie) or ``OSError``."""
     data = path.read_bytes()
+    if language != "python":
+        return _normalize_newlines(data.decode("utf-8-sig"))
     with open(path, "rb") as fh:
         encoding, _ = tokenize.detect_encoding(fh.readline)
     return data.decode(encoding)
 
 
-MAX_FILE_BYTES = 256 * 1024  # larger .py files are data (pydoc's topics), generated or hostile
+MAX_FILE_BYTES = 256 * 1024  # larger source files are data (pydoc's topics), generated or hostile
 MAX_DEFINITION_CHARS = 200_000  # a document's text limit (STROP_MAX_DOCUMENT_CHARS' default)
+
+
+def _definitions(source: str, language: str, rel: str) -> list[CodeDoc]:
+    """The documents of one file. Raises ``SyntaxError`` (Python), ``TreeSitterError`` (the others)."""
+    if language == "python":
+        return parse_source(source, module_name(rel), rel)
+    from strop.index.code.treesitter import parse_definitions
+
+    docs: list[CodeDoc] = []
+    seen: dict[str, int] = {}
+    for text, meta in parse_definitions(source, language, rel):
+        base = f"{rel}:{meta['qualname']}"
+        seen[base] = seen.get(base, 0) + 1
+        docs.append(CodeDoc(base if seen[base] == 1 else f"{base}#{seen[base]}", text, meta))
+    return docs
 
 
 def parse_tree(
@@ -558,50 +452,83 @@ def parse_tree(
     extra_ignore: Sequence[str] = (),
     max_file_bytes: int = MAX_FILE_BYTES,
     max_definition_chars: int = MAX_DEFINITION_CHARS,
+    languages: Collection[str] | None = None,
+    include_generated: bool = False,
 ) -> ParseResult:
-    """Parse every Python file :func:`iter_python_files` yields under ``root``.
+    """Parse every source file under ``root`` in the ``languages`` asked for (default: all of
+    :data:`~strop.index.code.languages.EXTENSIONS`), each by its extension.
 
-    Module names and ``metadata["path"]`` are relative to ``root``. Files that cannot be read,
-    decoded or parsed are listed in ``skipped`` with a reason instead of failing the run, and so
-    are files over ``max_file_bytes`` (parsing costs hundreds of bytes of memory per byte of
-    source) and definitions over ``max_definition_chars`` (as ``path:line``).
+    Files are walked as :func:`~strop.index.code.walk.iter_source_files` does. Module names and
+    ``metadata["path"]`` are relative to ``root``. Files that cannot be read, decoded or parsed are
+    listed in ``skipped`` with a reason instead of failing the run, and so are files over
+    ``max_file_bytes`` (parsing costs hundreds of bytes of memory per byte of source) and
+    definitions over ``max_definition_chars`` (as ``path:line``). Unless ``include_generated``,
+    generated and minified files (:func:`~strop.index.code.languages.generated_reason`) are skipped
+    and vendored folders are not walked (listed in ``vendored``). Every file and skip is counted
+    per language in ``languages``. A tree-sitter file with syntax errors is skipped whole, as a
+    Python one is: tree-sitter recovers, but where its definitions begin and end is then a guess.
     ``progress(done, total)`` is called after each file (total is known up front).
     """
+    from strop.index.code.treesitter import TreeSitterError
+
     root = Path(root)
-    files = list(iter_python_files(root, extra_ignore))
-    result = ParseResult(files=len(files))
+    suffixes = [ext for ext, lang in EXTENSIONS.items() if languages is None or lang in languages]
+    result = ParseResult()
+    files = list(iter_source_files(root, suffixes, extra_ignore, vendored=include_generated,
+                                   on_vendored=result.vendored.append))
+    result.files = len(files)
     for done, path in enumerate(files, start=1):
         rel = path.relative_to(root).as_posix()
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = 0  # reading it below reports why
-        if size > max_file_bytes:
-            result.skipped.append((rel, f"too large: {size} bytes; files over {max_file_bytes} are skipped"))
-            if progress is not None:
-                progress(done, len(files))
-            continue
-        try:
-            source = _read_source(path)
-        except (UnicodeDecodeError, LookupError) as exc:
-            result.skipped.append((rel, f"undecodable: {exc}"))
-        except SyntaxError as exc:  # invalid coding cookie
-            result.skipped.append((rel, f"undecodable: {exc.msg}"))
-        except OSError as exc:
-            result.skipped.append((rel, f"unreadable: {exc}"))
+        language = language_of(rel) or "python"
+        result.count(language, "files")
+        why = _skip_reason(path, rel, language, max_file_bytes)
+        if isinstance(why, tuple):
+            result.count(language, why[0])
+            result.skipped.append((rel, why[1]))
         else:
-            try:
-                for doc in parse_source(source, module_name(rel), rel):
-                    if len(doc.text) > max_definition_chars:
-                        result.skipped.append((f"{rel}:{doc.metadata.get('line', '?')}",
-                                               f"definition too large: {len(doc.text)} characters; "
-                                               f"the limit is {max_definition_chars}"))
-                    else:
-                        result.docs.append(doc)
-            except SyntaxError as exc:
-                result.skipped.append((rel, f"syntax error: {exc.msg} (line {exc.lineno})"))
-            except (ValueError, RecursionError, MemoryError) as exc:  # e.g. null bytes
-                result.skipped.append((rel, f"unparsable: {type(exc).__name__}: {exc}"))
+            source = why
+            reason = None if include_generated else generated_reason(path.name, source)
+            if reason is not None:
+                result.count(language, "generated")
+                result.skipped.append((rel, reason))
+            else:
+                try:
+                    for doc in _definitions(source, language, rel):
+                        if len(doc.text) > max_definition_chars:
+                            result.count(language, "definitions_too_large")
+                            result.skipped.append((f"{rel}:{doc.metadata.get('line', '?')}",
+                                                   f"definition too large: {len(doc.text)} characters; "
+                                                   f"the limit is {max_definition_chars}"))
+                        else:
+                            result.count(language, "definitions")
+                            result.docs.append(doc)
+                except SyntaxError as exc:
+                    result.count(language, "unparsable")
+                    result.skipped.append((rel, f"syntax error: {exc.msg} (line {exc.lineno})"))
+                except TreeSitterError as exc:
+                    result.count(language, "unparsable")
+                    result.skipped.append((rel, str(exc)))
+                except (ValueError, RecursionError, MemoryError) as exc:  # e.g. null bytes
+                    result.count(language, "unparsable")
+                    result.skipped.append((rel, f"unparsable: {type(exc).__name__}: {exc}"))
         if progress is not None:
             progress(done, len(files))
     return result
+
+
+def _skip_reason(path: Path, rel: str, language: str, max_file_bytes: int) -> str | tuple[str, str]:
+    """The file's source, or (count, reason) when it cannot be used."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # reading it below reports why
+    if size > max_file_bytes:
+        return "too_large", f"too large: {size} bytes; files over {max_file_bytes} are skipped"
+    try:
+        return _read_source(path, language)
+    except (UnicodeDecodeError, LookupError) as exc:
+        return "undecodable", f"undecodable: {exc}"
+    except SyntaxError as exc:  # invalid coding cookie
+        return "undecodable", f"undecodable: {exc.msg}"
+    except OSError as exc:
+        return "undecodable", f"unreadable: {exc}"

@@ -292,24 +292,28 @@ def activate_version(collection: str, version_id: str) -> Flow[Activated]:
 
 # -- code ------------------------------------------------------------------------------------------
 def ingest_code(collection: str, path: str | os.PathLike[str], exclude: Sequence[str] = (),
-                progress: IngestProgress | None = None, batch_size: int = 200) -> Flow[IngestSummary]:
-    """Make ``collection`` (created as a code collection if missing) hold the definitions of the Python
-    tree at ``path``: new and changed ones are upserted, vanished ones deleted, the rest left alone.
+                progress: IngestProgress | None = None, batch_size: int = 200,
+                include_generated: bool = False) -> Flow[IngestSummary]:
+    """Make ``collection`` (created as a code collection if missing) hold the definitions of the source
+    tree at ``path`` (Python, Go, Java, JavaScript, TypeScript and Rust, by file extension): new and
+    changed ones are upserted, vanished ones deleted, the rest left alone.
 
     It parses here and syncs through the document routes rather than uploading an archive to
     ``POST /collections/{c}/ingest/code``: that works with any strop server, sends only what changed,
     reports progress per batch and is not bound by the server's body size limit.
     ``exclude``: gitignore-style patterns on top of the tree's .gitignore files.
-    ``progress(stage, done, total)`` with stage "parse", "upsert" or "delete".
+    ``include_generated``: also read generated and minified files and vendored folders (skipped and
+    counted by default). ``progress(stage, done, total)`` with stage "parse", "upsert" or "delete".
     """
     from strop.index.code.parse import parse_tree
     from strop.index.code.sync import plan_sync
 
     root = Path(path)
     if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a directory: give the root folder of a Python source tree")
+        raise NotADirectoryError(f"{root} is not a directory: give the root folder of a source tree")
     on_parse = (lambda d, t: progress("parse", d, t)) if progress is not None else None
-    result = yield Blocking(lambda: parse_tree(root, progress=on_parse, extra_ignore=tuple(exclude)))
+    result = yield Blocking(lambda: parse_tree(root, progress=on_parse, extra_ignore=tuple(exclude),
+                                               include_generated=include_generated))
     try:
         info = yield from get_collection(collection)
     except StropError as e:
@@ -336,7 +340,8 @@ def ingest_code(collection: str, path: str | os.PathLike[str], exclude: Sequence
             progress("delete", n, len(plan.delete))
     return {"files": result.files, "documents": len(result.docs), "upserted": upserted,
             "unchanged": plan.unchanged, "deleted": len(plan.delete),
-            "skipped_files": [{"path": p, "reason": r} for p, r in result.skipped]}
+            "skipped_files": [{"path": p, "reason": r} for p, r in result.skipped],
+            "languages": result.summary(), "vendored_dirs": list(result.vendored)}
 
 
 # -- health ---------------------------------------------------------------------------------------

@@ -183,3 +183,5 @@ class IngestSummary(TypedDict):
     unchanged: int
     deleted: int
     skipped_files: list[SkippedFile]
+    languages: dict[str, dict[str, int]]  # per language: files, definitions, unparsable, generated, too_large...
+    vendored_dirs: list[str]  # vendored folders left out (node_modules, vendor, third_party...)

@@ -1,4 +1,5 @@
-"""Listing documents, and ingesting a Python source archive (zip or tarball) into a code collection."""
+"""Listing documents, and ingesting a source archive (zip or tarball) into a code collection: Python, Go,
+Java, JavaScript, TypeScript and Rust files, each by its extension."""
 
 from __future__ import annotations
 
@@ -120,14 +121,15 @@ def _unpack(data: bytes, dest: Path) -> None:
                        f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
-def ingest_archive(manager: CollectionManager, name: str, data: bytes, batch: int = 500) -> dict:
+def ingest_archive(manager: CollectionManager, name: str, data: bytes, batch: int = 500,
+                   include_generated: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="strop-ingest-") as tmp:
         root = Path(tmp)
         _unpack(data, root)
         entries = [p for p in root.iterdir()]
         if len(entries) == 1 and entries[0].is_dir():
             root = entries[0]  # a tarball of one top-level folder: ids start below it
-        result = parse_tree(root)
+        result = parse_tree(root, include_generated=include_generated)
     if len(result.docs) > MAX_INGEST_DOCUMENTS:
         raise ApiError(413, "too_many_definitions", f"the archive holds {len(result.docs)} definitions; one "
                        f"upload may hold {MAX_INGEST_DOCUMENTS}: split the tree, or use `strop ingest code`, "
@@ -147,7 +149,8 @@ def ingest_archive(manager: CollectionManager, name: str, data: bytes, batch: in
         manager.delete_document(name, doc_id)
     return {"files": result.files, "documents": len(result.docs), "upserted": len(plan.upsert),
             "unchanged": plan.unchanged, "deleted": len(plan.delete),
-            "skipped_files": [{"path": p, "reason": r} for p, r in result.skipped]}
+            "skipped_files": [{"path": p, "reason": r} for p, r in result.skipped],
+            "languages": result.summary(), "vendored_dirs": result.vendored}
 
 
 _ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
@@ -157,11 +160,15 @@ _ARCHIVE = {"schema": {"type": "string", "format": "binary"}}
     "required": True, "description": "a zip, tar, tar.gz or tar.xz of the source tree (its .gitignore files apply)",
     "content": {"application/zip": _ARCHIVE, "application/x-tar": _ARCHIVE, "application/gzip": _ARCHIVE,
                 "application/octet-stream": _ARCHIVE}}})
-async def ingest_code(st: CollectionDep, request: Request, manager: ManagerDep) -> dict:
-    """Upload a zip or tar(.gz) of a Python tree; the collection is synced to it (upsert changed, delete vanished)."""
+async def ingest_code(st: CollectionDep, request: Request, manager: ManagerDep,
+                      include_generated: bool = Query(False, description="also read generated and minified files "
+                                                      "and vendored folders (node_modules, vendor...)")) -> dict:
+    """Upload a zip or tar(.gz) of a source tree (Python, Go, Java, JavaScript, TypeScript, Rust); the collection
+    is synced to it (upsert changed, delete vanished). Skips are counted per language in `languages`."""
     if st.record.modality != "code":
         raise ApiError(422, "wrong_modality", f"collection {st.record.name!r} holds {st.record.modality}, not code")
     data = await request.body()
     if not data:
         raise ApiError(422, "empty_body", "send the archive bytes as the request body")
-    return await to_thread.run_sync(ingest_archive, manager, st.record.name, data)
+    return await to_thread.run_sync(lambda: ingest_archive(manager, st.record.name, data,
+                                                           include_generated=include_generated))
