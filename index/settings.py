@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     teacher_cache_entries: int = Field(200_000, ge=0, description=(
         "document embeddings that bi-encoder teachers keep on disk under data_dir/teacher-cache "
         "(shared by the API and workers; 0 = off)"))
+    autopilot: bool = Field(True, description="workers run the autopilot scheduler (one leads at a time, elected "
+                                              "through Redis); false leaves autopilot policies to other workers")
+    autopilot_tick_s: float = Field(5.0, gt=0.0, le=3600.0, description="how often the leading worker checks "
+                                                                       "autopilot triggers and round outcomes")
     fault_pause: str = Field("", description="fault drills only: 'STAGE=SECONDS' makes a job pause on entering STAGE")
     fault_fail: str = Field("", description="fault drills only: a job fails on entering this stage")
 

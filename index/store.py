@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from strop.index.autopilot_records import AUTOPILOT_SCHEMA, AutopilotRecords
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS collections (
@@ -91,7 +93,7 @@ CREATE TABLE IF NOT EXISTS version_pins (
     created_at REAL NOT NULL,
     PRIMARY KEY (collection, owner, version)
 );
-"""
+""" + AUTOPILOT_SCHEMA
 
 
 class StoreError(Exception):
@@ -152,7 +154,7 @@ def _enable_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
             time.sleep(0.02)
 
 
-class DocumentStore:
+class DocumentStore(AutopilotRecords):
     """Thread-safe facade over one SQLite file (a connection per thread)."""
 
     def __init__(self, path: str | Path):
@@ -241,6 +243,7 @@ class DocumentStore:
             db.execute("DELETE FROM documents WHERE collection = ?", (name,))
             db.execute("DELETE FROM feedback WHERE collection = ?", (name,))
             db.execute("DELETE FROM version_pins WHERE collection = ?", (name,))
+            self.drop_autopilot(db, name)
             db.executemany("DELETE FROM vectors WHERE rid = ?", ((r,) for r in rids))
 
     def next_version_number(self, name: str) -> int:

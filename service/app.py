@@ -23,7 +23,7 @@ from strop.service.batching import Overloaded
 from strop.service.errors import error_response
 from strop.service.manager import CollectionManager
 from strop.service.models import ModelRegistry
-from strop.service.routes import collections, documents, embeddings, health, ingest, jobs, search
+from strop.service.routes import autopilot, collections, documents, embeddings, health, ingest, jobs, search
 from strop.service.routes import docs as api_docs
 from strop.service.security import AuthenticateFirst
 from strop.service.telemetry import Telemetry, Timer
@@ -63,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     on_activate=queue.announce if queue is not None else None)
         app.state.store, app.state.models, app.state.manager, app.state.queue = store, models, manager, queue
         app.state.embedding_models = {}
+        from strop.service.searchlog import SearchLog
+
+        app.state.searchlog = SearchLog(queue.redis if queue is not None else None, settings.redis_prefix)
         app.state.ready = False
         await to_thread.run_sync(manager.open_all)
         app.state.ready = True
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             if listener is not None:
                 await to_thread.run_sync(listener.join, 3.0)
+            app.state.searchlog.close()
             manager.close()
             models.close()
             if queue is not None:
@@ -109,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(_Observe, telemetry=app.state.telemetry)
 
-    for module in (health, embeddings, collections, ingest, documents, search, jobs):
+    for module in (health, embeddings, collections, ingest, documents, search, jobs, autopilot):
         app.include_router(module.router)
     api_docs.install(app)
     console.install(app)

@@ -198,6 +198,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
             time.sleep(1)
     if args.exit_with_parent:
         _exit_with_parent(args.exit_with_parent, settings.redis_url if args.embedded_redis else None)
+    if settings.autopilot and not args.burst:
+        from strop.index.store import DocumentStore
+        from strop.trainer.autopilot import Autopilot
+
+        Autopilot(DocumentStore(settings.db_path), redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+                  prefix, settings.autopilot_tick_s).start()
     worker = trainer_worker.QueueWorker([Queue(queue_name(prefix), connection=conn)], connection=conn)
     worker.work(with_scheduler=False, logging_level="INFO", burst=args.burst)
 

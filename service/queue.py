@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
@@ -16,12 +15,10 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from strop.index.store import DocumentStore
-from strop.trainer.contract import JOB_FUNCTION, TERMINAL, announce, cancel_key, events_channel, queue_name
+from strop.trainer.contract import TERMINAL, announce, cancel_key, events_channel, queue_name
+from strop.trainer.queueing import reconcile_job, submit_job
 
 log = logging.getLogger("strop.queue")
-
-JOB_TIMEOUT_S = 6 * 3600
-HEARTBEAT_STALE_S = 60.0
 
 
 class JobQueue:
@@ -37,44 +34,14 @@ class JobQueue:
 
     # -- jobs -----------------------------------------------------------------------------
     def submit(self, collection: str, kind: str, spec: dict[str, Any]) -> str:
-        job_id = uuid.uuid4().hex
-        self.store.create_job(job_id, collection, kind, spec)
-        try:
-            self.queue.enqueue(JOB_FUNCTION, job_id, job_id=job_id, job_timeout=JOB_TIMEOUT_S,
-                               result_ttl=86400, failure_ttl=7 * 86400,
-                               meta={"collection": collection, "prefix": self.prefix})
-        except redis.RedisError as e:
-            self.store.update_job(job_id, state="failed", error=f"could not enqueue: {e}", finished_at=time.time())
-            raise
-        return job_id
+        return submit_job(self.store, self.queue, self.prefix, collection, kind, spec)
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self.reconcile(self.store.get_job(job_id))
 
     def reconcile(self, rec: dict[str, Any]) -> dict[str, Any]:
         """A running job whose worker vanished (kill -9, lost machine) is failed, not running forever."""
-        if rec["state"] not in ("queued", "running"):
-            return rec
-        now = time.time()
-        beat = rec.get("heartbeat_at") or rec.get("started_at")
-        if rec["state"] == "running" and beat and now - beat > HEARTBEAT_STALE_S:
-            msg = f"worker lost (no heartbeat for {int(now - beat)}s); the active version is unchanged: resubmit the job"
-            if self.store.finish_job_if(rec["id"], ("running",), state="failed", error=msg, finished_at=now):
-                return self.store.get_job(rec["id"])
-        if rec["state"] == "queued":
-            try:
-                status = Job.fetch(rec["id"], connection=self.redis).get_status(refresh=True)
-            except NoSuchJobError:
-                status = None
-            except redis.RedisError:
-                return rec
-            if status is None or str(status) in ("JobStatus.FAILED", "failed", "JobStatus.STOPPED", "stopped"):
-                if now - rec["created_at"] > HEARTBEAT_STALE_S:
-                    self.store.finish_job_if(rec["id"], ("queued",), state="failed",
-                                             error="the queue lost this job before a worker ran it; resubmit",
-                                             finished_at=now)
-                    return self.store.get_job(rec["id"])
-        return rec
+        return reconcile_job(self.store, self.redis, rec)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         rec = self.store.get_job(job_id)

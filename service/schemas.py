@@ -177,6 +177,8 @@ class SearchResponse(BaseModel):
     hits: list[Hit] = Field(..., description="best first")
     version: str = Field(..., description="the version that answered (its encoder and index match)")
     took_ms: float = Field(..., description="server time for this request, in milliseconds")
+    search_id: str | None = Field(None, description="text and code collections: report the hit a user chose "
+                                  "with POST /collections/{c}/feedback {search_id, positive_ids}")
     match: Match | None = Field(None, description="image collections: the best hit when its score reaches the "
                                 "open-set threshold, else null (the logo is not in the gallery)")
     threshold: float | None = Field(None, description="image collections: the version's calibrated open-set "
@@ -184,8 +186,11 @@ class SearchResponse(BaseModel):
 
 
 class FeedbackIn(Strict):
-    query: str = Field(..., min_length=1, description="the query a user searched")
-    positive_ids: list[str] = Field(..., min_length=1, description="documents that answered it")
+    query: str | None = Field(None, min_length=1, description="the query a user searched (or give search_id)")
+    search_id: str | None = Field(None, min_length=1, max_length=64, description=(
+        "the search_id of a search response (text and code collections, kept for a day): the feedback is for "
+        "that search's query, which need not be sent again"))
+    positive_ids: list[str] = Field(..., min_length=1, description="documents that answered it (the hit used)")
     negative_ids: list[str] = Field(default_factory=list, description="documents shown that did not")
 
 

@@ -72,6 +72,8 @@ class TrainPair(Strict):
 
     query: str = Field(..., min_length=1, description="the query text, as users type it")
     positive_id: str = Field(..., min_length=1, description="id of a document in the collection that answers it")
+    negative_ids: list[str] = Field(default_factory=list, max_length=64, description=(
+        "documents shown for the query that did not answer it (from feedback); trained on as extra negatives"))
 
 
 class TrainSpec(Strict):
@@ -269,6 +271,18 @@ class OpenSetSpec(Strict):
                                     description="target false-accept rate of the open-set threshold")
 
 
+class RegressionSet(Strict):
+    """Evaluation pairs a new version must not lose on (an earlier autopilot round's yardstick, or any
+    suite of queries a deployment promised to keep answering)."""
+
+    name: str = Field(..., min_length=1, max_length=200, description="how the gate's report names this set")
+    pairs: list[EvalPair] = Field(..., min_length=1, max_length=100_000, description="judged queries")
+    reference: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "the metric this set reached when it was first met (an autopilot round's score right after it was "
+        "activated); the gate measures the loss from the lower of it and the active version's score, so drift "
+        "cannot pile up round after round. Default: the active version's score"))
+
+
 class GateSpec(Strict):
     """When a job's new version is activated: the metric on the evaluation pairs must not drop."""
 
@@ -278,6 +292,25 @@ class GateSpec(Strict):
     min_pairs: int = Field(5, ge=1, le=100_000, description=(
         "evaluation queries the gate needs to judge at all: with fewer (one held-out pair moves MRR@10 by 0 or "
         "1) the job is rejected and its gate says why. Image collections count held-out brands"))
+    regression_sets: list[RegressionSet] = Field(default_factory=list, max_length=1000, description=(
+        "further evaluation sets measured before and after: the version is refused when any of them loses more "
+        "than max_regression (autopilot rounds pass every earlier round's yardstick here)"))
+    max_regression: float = Field(0.01, ge=0.0, le=1.0, description=(
+        "the most the metric may fall on any regression set, from the lower of its reference and the active "
+        "version's score"))
+
+
+class ReplaySpec(Strict):
+    """Continual training without forgetting: pairs earlier jobs learnt, trained on again beside the new ones,
+    with the new encoder kept close to the one it starts from on them (Mod-X-style distillation of the
+    starting encoder's in-batch similarities)."""
+
+    pairs: list[TrainPair] = Field(..., min_length=1, max_length=200_000, description=(
+        "pairs learnt earlier (autopilot: a sample of what earlier rounds trained on)"))
+    distill_weight: float = Field(1.0, ge=0.0, le=100.0, description=(
+        "weight of the KL divergence between the starting encoder's and the trained encoder's softmax over each "
+        "replayed query's in-batch documents (0 = replay the pairs with InfoNCE only)"))
+    temperature: float = Field(0.05, gt=0.0, le=1.0, description="softmax temperature of that distillation")
 
 
 class JobSpec(Strict):
@@ -335,6 +368,9 @@ class JobSpec(Strict):
         "teacher is loaded"))
     views: ViewsSpec = Field(default_factory=ViewsSpec, description="image collections (train.source views)")
     open_set: OpenSetSpec = Field(default_factory=OpenSetSpec, description="image collections")
+    replay: ReplaySpec | None = Field(None, description=(
+        "encoder jobs: earlier pairs replayed with distillation from the starting encoder, so what it learnt "
+        "is kept (autopilot rounds set it; off)"))
     gate: GateSpec = Field(default_factory=GateSpec, description="when the new version is activated")
     activate: bool = Field(True, description="activate the new version when it passes the gate; false keeps "
                                              "it for a manual POST .../versions/{id}/activate")
@@ -350,6 +386,10 @@ class JobSpec(Strict):
         if self.pseudo != PseudoSpec() and not self.train.queries:  # (a stored spec carries the defaults)
             raise ValueError("pseudo sets how the teacher labels train.queries: give train.queries "
                              "(unlabelled queries), or leave pseudo out")
+        if self.replay is not None and (self.kind != "encoder" or self.train.source == "views"):
+            raise ValueError("replay is for encoder jobs on text and code collections")
+        if self.gate.regression_sets and (self.kind != "encoder" or self.train.source == "views"):
+            raise ValueError("gate.regression_sets are for encoder jobs on text and code collections")
         if self.train.queries and self.kind != "encoder":
             raise ValueError("train.queries (pseudo-labelled by the teacher) is for encoder jobs")
         if self.train.queries and self.train.pairs is None and self.train.source in (None, "pairs") \

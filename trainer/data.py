@@ -51,6 +51,7 @@ class Pair:
     negatives: list[int] = field(default_factory=list)  # given (feedback) negatives
     group: str = ""
     positive_text: str | None = None  # train on this instead of the stored text (docstrings: code without it)
+    replay: bool = False  # learnt by an earlier job (spec.replay): distilled from the starting encoder
 
 
 def positive_text(p: Pair, texts: list[str]) -> str:
@@ -62,6 +63,15 @@ class EvalPair:
     query: str
     positives: list[int]
     text_overrides: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class RegressionEval:
+    """A regression set of the gate, resolved against the snapshot."""
+
+    name: str
+    reference: float | None
+    evals: list[EvalPair]
 
 
 def snapshot(store: DocumentStore, data_dir: str, collection: str, job_id: str | None = None) -> Snapshot:
@@ -95,7 +105,7 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
             if row is None:
                 dropped += 1  # deleted since submission
                 continue
-            pairs.append(Pair(p.query, row))
+            pairs.append(Pair(p.query, row, negatives=[snap.pos[i] for i in p.negative_ids if i in snap.pos]))
     elif source == "feedback":
         for fb in store.list_feedback(snap.collection):
             rows = [snap.pos[i] for i in fb["positive_ids"] if i in snap.pos]
@@ -140,6 +150,10 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
     if not train and pairs:
         raise ValueError("every training pair was held out for evaluation: give eval.pairs or more pairs")
     info = {"train_pairs": len(train), "eval_pairs": len(evals), "dropped_pairs": dropped, "source": source}
+    if spec.replay is not None:
+        replayed = replay_pairs(spec, snap, {e.query for e in evals})
+        info["replay_pairs"] = len(replayed)
+        train = train + replayed
     if leaked:
         info["dropped_eval_group_pairs"] = leaked
     if source == "docstrings":
@@ -151,6 +165,34 @@ def assemble_pairs(spec: JobSpec, store: DocumentStore, snap: Snapshot) -> tuple
             e.text_overrides = {r: by_row[r].positive_text for r in e.positives
                                 if r in by_row and by_row[r].positive_text is not None}
     return train, evals, info
+
+
+def replay_pairs(spec: JobSpec, snap: Snapshot, eval_queries: set[str]) -> list[Pair]:
+    """The job's replayed pairs whose positives still exist (never one whose query is evaluated)."""
+    assert spec.replay is not None
+    out = []
+    for p in spec.replay.pairs:
+        row = snap.pos.get(p.positive_id)
+        if row is None or p.query in eval_queries:
+            continue
+        out.append(Pair(p.query, row, negatives=[snap.pos[i] for i in p.negative_ids if i in snap.pos],
+                        replay=True))
+    return out
+
+
+def regression_evals(spec: JobSpec, snap: Snapshot) -> list[RegressionEval]:
+    """The gate's regression sets as evaluation pairs on the snapshot. On a docstrings job a positive
+    is searched without its docstring (stripped text), as held-out functions are."""
+    out = []
+    for rs in spec.gate.regression_sets:
+        evals = [EvalPair(e.query, [snap.pos[i] for i in e.positive_ids if i in snap.pos]) for e in rs.pairs]
+        evals = [e for e in evals if e.positives]
+        if snap.train_texts is not None:
+            for e in evals:
+                e.text_overrides = {r: snap.train_texts[r] for r in e.positives
+                                    if snap.train_texts[r] != snap.texts[r]}
+        out.append(RegressionEval(rs.name, rs.reference, evals))
+    return out
 
 
 def _group(snap: Snapshot, row: int, key: str | None) -> str:

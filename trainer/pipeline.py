@@ -27,7 +27,16 @@ from strop.index.store import DocumentStore
 from strop.index.teacher import load_teacher
 from strop.index.versions import VersionStore, new_version_id
 from strop.trainer.contract import JobSpec
-from strop.trainer.data import EvalPair, Pair, Snapshot, assemble_pairs, eval_overrides, snapshot
+from strop.trainer.data import (
+    EvalPair,
+    Pair,
+    RegressionEval,
+    Snapshot,
+    assemble_pairs,
+    eval_overrides,
+    regression_evals,
+    snapshot,
+)
 from strop.trainer.mining import MiningStats, mine
 from strop.trainer.teaching import TeacherCache, denoise, pseudo_label, score_pairs, semantic_positives
 from strop.trainer.train import Cancelled, Progress, fine_tune, inference_encoder, load_model
@@ -159,6 +168,13 @@ def with_overrides(corpus: np.ndarray, overrides: dict[int, str], encoder: Encod
     return out
 
 
+def evaluate_set(encoder: Encoder, corpus_emb: np.ndarray, snap: Snapshot, evals: list[EvalPair]) -> dict:
+    """Metrics on one evaluation set with its own text overrides (empty sets score nothing)."""
+    if not evals:
+        return {}
+    return evaluate(encoder, with_overrides(corpus_emb, eval_overrides(evals), encoder), snap, evals)
+
+
 def evaluate(encoder: Encoder, corpus_emb: np.ndarray, snap: Snapshot, evals: list[EvalPair], k: int = 10) -> dict:
     import faiss
 
@@ -225,6 +241,8 @@ class EncoderRun:
     stats: MiningStats = field(default_factory=MiningStats)
     cache: TeacherCache | None = None
     before: dict[str, Any] = field(default_factory=dict)
+    regressions: list[RegressionEval] = field(default_factory=list)  # the gate's regression sets
+    regress_before: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_encoder_job(ctx: JobContext) -> JobResult:
@@ -256,6 +274,8 @@ def evaluate_before(run: EncoderRun) -> None:
     corpus0 = current_embeddings(ctx.store, ctx.vstore, run.snap, enc0, ctx.reporter)
     run.overrides = eval_overrides(run.evals)
     run.before = evaluate(enc0, with_overrides(corpus0, run.overrides, enc0), run.snap, run.evals)
+    run.regressions = regression_evals(run.spec, run.snap)
+    run.regress_before = [evaluate_set(enc0, corpus0, run.snap, r.evals) for r in run.regressions]
     ctx.reporter.metrics = {"before": run.before}
     run.corpus = mining_corpus(corpus0, run.snap, run.texts, enc0, ctx.reporter)
 
@@ -386,7 +406,10 @@ def evaluate_gate_publish(run: EncoderRun) -> JobResult:
     enc1 = inference_encoder(run.model, "student", ctx.device)
     corpus1 = encode_corpus(enc1, run.snap.texts, ctx.reporter, "reencode")
     after = evaluate(enc1, with_overrides(corpus1, run.overrides, enc1), run.snap, run.evals)
-    passed = apply_gate(run.spec, run.before, after, ctx.reporter, len(run.evals))
+    regressions = [{"name": r.name, "reference": r.reference, "pairs": len(r.evals), "before": b,
+                    "after": evaluate_set(enc1, corpus1, run.snap, r.evals)}
+                   for r, b in zip(run.regressions, run.regress_before, strict=True)]
+    passed = apply_gate(run.spec, run.before, after, ctx.reporter, len(run.evals), regressions=regressions)
 
     ctx.reporter.enter("publish")
     vid = publish(ctx.store, ctx.vstore, run.snap, run.model, enc1, corpus1, ctx.job_id, ctx.reporter.metrics,
@@ -395,20 +418,45 @@ def evaluate_gate_publish(run: EncoderRun) -> JobResult:
 
 
 def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], reporter: Reporter,
-               pairs: int, **extra: Any) -> bool:
+               pairs: int, regressions: list[dict[str, Any]] | None = None, **extra: Any) -> bool:
     """Record before/after and the gate's verdict in the job's metrics; True when it passed.
 
     ``pairs`` is how many evaluation queries the metrics stand on: below ``gate.min_pairs`` the gate
-    cannot judge (one held-out pair moves MRR by 0 or 1), so the job is rejected and says why."""
+    cannot judge (one held-out pair moves MRR by 0 or 1), so the job is rejected and says why.
+    ``regressions`` are the gate's regression sets measured before and after: each may lose at most
+    ``gate.max_regression`` from the lower of its reference and its score before the job."""
     metric = spec.gate.metric
     delta = after[metric] - before[metric]
     judged = pairs >= spec.gate.min_pairs
     passed = judged and delta >= spec.gate.min_delta
     gate: dict[str, Any] = {"metric": metric, "delta": round(delta, 5), "min_delta": spec.gate.min_delta,
                             "pairs": pairs, "min_pairs": spec.gate.min_pairs, "judged": judged, "passed": passed}
+    reasons = []
     if not judged:
-        gate["reason"] = (f"{pairs} evaluation pairs are too few to judge (gate.min_pairs={spec.gate.min_pairs}): "
-                          "give eval.pairs, more training pairs to hold out, or lower gate.min_pairs")
+        reasons.append(f"{pairs} evaluation pairs are too few to judge (gate.min_pairs={spec.gate.min_pairs}): "
+                       "give eval.pairs, more training pairs to hold out, or lower gate.min_pairs")
+    elif delta < spec.gate.min_delta:
+        reasons.append(f"{metric} moved {delta:+.4f} on the evaluation pairs (gate.min_delta={spec.gate.min_delta})")
+    checked = []
+    for r in regressions or []:
+        if not r["before"]:  # every positive of the set is gone from the collection
+            checked.append({**r, "passed": True, "skipped": "no pair of the set is in the collection"})
+            continue
+        b, a = r["before"][metric], r["after"][metric]
+        floor = b if r["reference"] is None else min(b, r["reference"])
+        loss = floor - a
+        ok = loss <= spec.gate.max_regression + 1e-9
+        checked.append({**r, "loss": round(loss, 5), "passed": ok})
+        if not ok:
+            passed = False
+            reasons.append(f"{metric} on regression set {r['name']!r} fell to {a:.4f} from {floor:.4f} "
+                           f"(loss {loss:.4f} > gate.max_regression={spec.gate.max_regression})")
+    if checked:
+        gate["regressions"] = checked
+        gate["max_regression"] = spec.gate.max_regression
+    gate["passed"] = passed
+    if reasons:
+        gate["reason"] = "; ".join(reasons)
     reporter.metrics = {"before": before, "after": after, **extra, "gate": gate}
     return passed
 

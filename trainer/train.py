@@ -169,6 +169,11 @@ def fine_tune(
         generator=gen,
         ensure=teacher_ensure,
     )
+    if spec.replay is not None and spec.replay.distill_weight > 0 and any(p.replay for p in pairs):
+        # the encoder the job starts from, frozen: replayed queries keep its in-batch similarities
+        extras.anchor = frozen_copy(model)
+        extras.anchor_weight = spec.replay.distill_weight
+        extras.anchor_temperature = spec.replay.temperature
     model.train()
     step = 0
     ema: float | None = None
@@ -219,6 +224,9 @@ class StepExtras:
     mix_hardest: int = 8
     generator: torch.Generator | None = None
     ensure: Callable[[list[tuple[int, int]]], None] | None = None  # listwise: score missing keys into teacher
+    anchor: object | None = None  # replay: the starting encoder, frozen
+    anchor_weight: float = 0.0
+    anchor_temperature: float = 0.05
 
 
 def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]], batch: list[int],
@@ -268,9 +276,34 @@ def _step(model, pairs: list[Pair], texts: list[str], negatives: list[list[int]]
             loss = loss + extras.distill_weight * _distill_listwise(raw, batch, uniq, mask, extras)
         else:
             loss = loss + extras.distill_weight * _distill(raw, batch, pairs, negatives, col, extras)
+    if extras is not None and extras.anchor is not None:
+        rows = [a for a, i in enumerate(batch) if pairs[i].replay]
+        if rows:
+            loss = loss + extras.anchor_weight * _anchor_kl(extras, q[rows], d, [queries[a] for a in rows],
+                                                            doc_texts, mask[rows], device)
     if queue is not None:
         queue.enqueue(doc_texts[: len(batch)], torch.tensor([pairs[i].positive for i in batch]), device)
     return loss
+
+
+def frozen_copy(model):
+    """A copy of ``model`` that takes no gradient (the anchor of replay distillation)."""
+    anchor = copy.deepcopy(model).eval()
+    for p in anchor.parameters():
+        p.requires_grad_(False)
+    return anchor
+
+
+def _anchor_kl(extras: StepExtras, q: torch.Tensor, d: torch.Tensor, queries: list[str], doc_texts: list[str],
+               mask: torch.Tensor, device: str) -> torch.Tensor:
+    """KL(anchor || student) over replayed queries' in-batch documents: Mod-X-style distillation that keeps
+    how the starting encoder related each earlier query to every document of the batch, not only its
+    positive (masked cells, other copies of a relevant document, are left out)."""
+    with torch.no_grad():
+        qa = F.normalize(_embed(extras.anchor, queries, device), dim=-1)
+        da = F.normalize(_embed(extras.anchor, doc_texts, device), dim=-1)
+    t = extras.anchor_temperature
+    return listwise_kl(q @ d.T / t, qa @ da.T / t, ~mask)
 
 
 def _distill_listwise(raw: torch.Tensor, batch: list[int], uniq: list[int], mask: torch.Tensor,

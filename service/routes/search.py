@@ -16,7 +16,7 @@ from strop.index.image.decode import ImageError, decode_image
 from strop.index.metrics import evaluate_rankings, query_ranks
 from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
-from strop.service.deps import CollectionDep, ManagerDep, Read, SettingsDep, Write
+from strop.service.deps import CollectionDep, ManagerDep, Read, SearchLogDep, SettingsDep, Write
 from strop.service.errors import ApiError, error_responses, image_error
 from strop.service.manager import CollectionManager
 from strop.service.ranking import check_teacher, lexical_weight, reorder
@@ -68,7 +68,8 @@ async def search_docs(served: Served, store: DocumentStore, query: str, k: int, 
 
 @router.post("/collections/{name}/search", response_model=SearchResponse, response_model_exclude_none=True,
              dependencies=[Read])
-async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> SearchResponse:
+async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, settings: SettingsDep,
+                 searchlog: SearchLogDep) -> SearchResponse:
     """Nearest documents to `query` (cosine). `filter` keeps documents whose metadata equals every given key."""
     timer = Timer()
     check_top_k(body.top_k, settings)
@@ -94,7 +95,8 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
                 for i in ranked.order[: body.top_k]]
     else:
         hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]
-    return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3))
+    search_id = searchlog.record(st.record.name, query)
+    return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3), search_id=search_id)
 
 
 async def image_search(body: SearchRequest, st: CollectionState, manager: CollectionManager,
@@ -197,15 +199,30 @@ async def evaluate(body: EvaluateRequest, st: CollectionDep, manager: ManagerDep
 
 
 @router.post("/collections/{name}/feedback", status_code=status.HTTP_202_ACCEPTED, dependencies=[Write])
-async def feedback(body: FeedbackIn, st: CollectionDep, manager: ManagerDep, settings: SettingsDep) -> dict:
-    """Record which documents answered a query (and which did not); `train.source: "feedback"` learns from it."""
-    if len(body.query) > settings.max_query_chars:
+async def feedback(body: FeedbackIn, st: CollectionDep, manager: ManagerDep, settings: SettingsDep,
+                   searchlog: SearchLogDep) -> dict:
+    """Record which documents answered a query (and which did not); `train.source: "feedback"` and the
+    autopilot learn from it. A click on a search hit: `{search_id, positive_ids: [hit id]}`."""
+    query = body.query
+    if body.search_id is not None:
+        found_search = await to_thread.run_sync(searchlog.lookup, body.search_id)
+        if found_search is None:
+            raise ApiError(422, "unknown_search", f"search_id {body.search_id!r} is unknown or expired (kept a "
+                           "day): send the query instead")
+        if found_search[0] != st.record.name:
+            raise ApiError(422, "unknown_search", f"search_id {body.search_id!r} is a search of another collection")
+        if query is not None and query != found_search[1]:
+            raise ApiError(422, "search_id_mismatch", "query differs from the query of search_id: send one of them")
+        query = found_search[1]
+    if query is None:
+        raise ApiError(422, "missing_query", "give the query, or the search_id of the search the feedback is for")
+    if len(query) > settings.max_query_chars:
         raise ApiError(413, "query_too_long", f"query exceeds max_query_chars={settings.max_query_chars}")
     ids = body.positive_ids + body.negative_ids
     found = await to_thread.run_sync(manager.store.get_many, st.record.name, ids)
     missing = [i for i in ids if i not in found]
     if missing:
         raise ApiError(422, "unknown_documents", f"documents not in collection {st.record.name!r}: {missing[:10]}")
-    fid = await to_thread.run_sync(manager.store.add_feedback, st.record.name, body.query,
+    fid = await to_thread.run_sync(manager.store.add_feedback, st.record.name, query,
                                    body.positive_ids, body.negative_ids)
     return {"accepted": True, "id": fid}
