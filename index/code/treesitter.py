@@ -212,7 +212,7 @@ def _signature(f: _File, node: Node, body: Node | None) -> str:
 
 
 def _define(f: _File, kind: str, qualname: str, node: Node, outer: Node | None = None,
-            body: Node | None = None, sig_node: Node | None = None, sig_prefix: str = "") -> None:
+            body: Node | None = None, sig_node: Node | None = None, sig: str | None = None) -> None:
     """Record one definition: ``node`` is the declaration, ``outer`` the statement that holds it
     (``export ...``, ``const x = ...``) and whose doc comment it gets."""
     outer = outer or node
@@ -220,7 +220,7 @@ def _define(f: _File, kind: str, qualname: str, node: Node, outer: Node | None =
     if body is None:
         body = node.child_by_field_name("body")
     docs = docs + _inner_docs(f, body)
-    f.emit(kind, qualname, first, outer, docs, sig_prefix + _signature(f, sig_node or node, body))
+    f.emit(kind, qualname, first, outer, docs, sig if sig is not None else _signature(f, sig_node or node, body))
 
 
 # -- Go -----------------------------------------------------------------------------------
@@ -252,10 +252,11 @@ def _walk_go(f: _File, root: Node) -> None:
                 t = spec.child_by_field_name("type")
                 kind = {"struct_type": "struct", "interface_type": "interface"}.get(t.type if t else "", "type")
                 name = f.text(spec.child_by_field_name("name"))
-                if grouped:  # `type ( A struct{...}; B = int )`: each spec is a definition of its own
-                    _define(f, kind, name, spec, body=t if kind != "type" else None, sig_prefix="type ")
-                else:
-                    _define(f, kind, name, node, body=t if kind != "type" else None)
+                params = f.text(spec.child_by_field_name("type_parameters"))
+                shape = kind if kind != "type" else ("= " if spec.type == "type_alias" else "") + f.text(t)
+                sig = re.sub(r"\s+", " ", f"type {name}{params} {shape}")[:MAX_SIGNATURE_CHARS]
+                # `type ( A struct{...}; B = int )`: each spec is a definition of its own
+                _define(f, kind, name, spec if grouped else node, sig=sig)
 
 
 # -- Java ---------------------------------------------------------------------------------
