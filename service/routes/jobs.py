@@ -120,11 +120,20 @@ async def _stream_slot(job_id: str, request: Request) -> AsyncIterator[dict[str,
         slots.give(caller)
 
 
+def _json_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Error responses of a streaming route: JSON, whatever the stream's own media type."""
+    return {s: {"description": r["description"],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            for s, r in error_responses(*statuses).items()}
+
+
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=[Read],
             responses={200: {"description": "`event: job` with the job as on GET /jobs/{job_id}, sent at once and "
                                             "on every change; `event: end` after a terminal state, then the "
                                             "stream closes. A `: ping` comment every 15 s keeps proxies open."},
-                       429: {"description": "too many open streams for this caller or this server"}})
+                       **_json_errors(400, 401, 403, 404, 413, 422, 503),
+                       429: {**_json_errors(429)[429], "description": "too many open event streams for this "
+                             "caller or this server: retry after Retry-After seconds"}})
 async def job_events(request: Request,
                      first: Annotated[dict[str, Any], Depends(_stream_slot)]) -> AsyncIterator[ServerSentEvent]:
     """Follow a job as Server-Sent Events: its state, stage and progress whenever they change, until it ends.

@@ -97,7 +97,7 @@ def test_refusals_come_before_any_stream(server: str):
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     spec = httpx.get(f"{server}/openapi.json").json()["paths"]["/jobs/{job_id}/events"]["get"]
     assert "text/event-stream" in spec["responses"]["200"]["content"]
-    assert "429" in spec["responses"]
+    assert set(spec["responses"]["429"]["content"]) == set(spec["responses"]["404"]["content"]) == {"application/json"}
 
 
 def test_streams_are_bounded_per_caller_and_released_on_disconnect(server: str):
