@@ -599,6 +599,89 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> None:
     print(f"job {job['job_id']}: {job['state']}")
 
 
+# feedback and autopilot
+def cmd_feedback(args: argparse.Namespace) -> None:
+    if (args.query is None) == (args.search_id is None):
+        raise UsageError("give the query (--query TEXT) or the search it answers (--search-id ID), one of them")
+    with _client(args) as c:
+        out = c.feedback(args.collection, args.query, args.positive, args.negative, search_id=args.search_id)
+    print(f"feedback {out['id']} recorded")
+
+
+def autopilot_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy a `strop autopilot set` command line describes (a --policy file, then the flags on top)."""
+    policy: dict[str, Any] = {}
+    if args.policy:
+        try:
+            policy = json.loads(Path(args.policy).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--policy {args.policy}: {e}") from None
+        if not isinstance(policy, dict):
+            raise UsageError(f"--policy {args.policy}: a JSON object is needed")
+    triggers = dict(policy.get("triggers") or {})
+    for flag, key in (("min_feedback", "min_feedback"), ("min_documents", "min_documents"), ("interval", "interval_s")):
+        if getattr(args, flag) is not None:
+            triggers[key] = getattr(args, flag)
+    policy["triggers"] = triggers
+    if args.job:
+        try:
+            policy["job"] = {**policy.get("job", {}), **json.loads(args.job)}
+        except ValueError as e:
+            raise UsageError(f"--job: {e}") from None
+    if args.yardstick:
+        policy["yardstick"] = {"pairs": read_eval_pairs(args.yardstick)}
+    elif args.holdout is not None:
+        policy["yardstick"] = {"holdout": args.holdout}
+    replay = dict(policy.get("replay") or {})
+    if args.replay is not None:
+        replay["max_pairs"] = args.replay
+    if args.distill_weight is not None:
+        replay["distill_weight"] = args.distill_weight
+    if replay:
+        policy["replay"] = replay
+    if args.disabled:
+        policy["enabled"] = False
+    return policy
+
+
+def _print_autopilot(view: Mapping[str, Any]) -> None:
+    counts, t = view["counts"], view["policy"]["triggers"]
+    now = ", ".join(f"{k} {v}" for k, v in (("feedback", f"{counts['feedback']}/{t.get('min_feedback', '-')}"),
+                                               ("documents", f"{counts['documents']}/{t.get('min_documents', '-')}"),
+                                               ("seconds", f"{counts['seconds']:.0f}/{t.get('interval_s', '-')}")))
+    print(f"{view['collection']}: {view['state']}; since the last round: {now}")
+    if view.get("waiting"):
+        print(f"  waiting: {view['waiting']}")
+    if view["rounds"]:
+        rows = []
+        for r in view["rounds"]:
+            out = r["outcome"]
+            before, after = (out.get("before") or {}).get("mrr@10"), (out.get("after") or {}).get("mrr@10")
+            rows.append([r["round"], r["state"], _when(r["created_at"]), ",".join(r["triggers"]),
+                         f"{before:.4f}" if before is not None else "-", f"{after:.4f}" if after is not None else "-",
+                         out.get("version") or "-", out.get("reason", "activated" if out.get("activated") else "")])
+        _table(rows, ["ROUND", "STATE", "STARTED", "TRIGGERS", "BEFORE", "AFTER", "VERSION", "OUTCOME"])
+
+
+def cmd_autopilot_set(args: argparse.Namespace) -> None:
+    policy = autopilot_policy(args)
+    with _client(args) as c:
+        view = c.set_autopilot(args.collection, policy)
+    _print_json(view) if args.json else _print_autopilot(view)
+
+
+def cmd_autopilot_show(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        view = c.get_autopilot(args.collection)
+    _print_json(view) if args.json else _print_autopilot(view)
+
+
+def cmd_autopilot_off(args: argparse.Namespace) -> None:
+    with _client(args) as c:
+        view = c.disable_autopilot(args.collection)
+    print(f"{view['collection']}: autopilot off ({view['rounds_started']} rounds so far)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``strop`` argument parser (also used by tests to check the Dockerfiles' and compose commands)."""
     p = argparse.ArgumentParser(prog="strop", description="self-improving embedding search")
@@ -683,6 +766,44 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rerank", action="store_true", help="rerank with the collection's teacher")
     c.add_argument("--lexical", type=float, default=None, metavar="W", help="add W x BM25, as in search "
                    "(default: the server's)")
+
+    c = command(sub, "feedback", cmd_feedback, "record which documents answered a query",
+                "Record feedback: the documents that answered a query (a user's click), and optionally the ones "
+                "shown that did not. Feedback jobs and the autopilot learn from it.")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--query", default=None, help="the query searched")
+    c.add_argument("--search-id", default=None, help="the search_id of the search (from `strop search --json`)")
+    c.add_argument("--positive", action="append", required=True, metavar="ID", help="a document that answered "
+                   "(repeatable)")
+    c.add_argument("--negative", action="append", default=[], metavar="ID", help="a document shown that did not "
+                   "(repeatable)")
+
+    auto = group("autopilot", "let the trainer improve a collection by itself")
+    c = command(auto, "set", cmd_autopilot_set, "set a collection's autopilot policy",
+                "Set (or replace) the policy: a round starts when any trigger is met, trains the round's job on "
+                "the feedback not yet learnt (with a replay of earlier rounds'), and is activated only if it "
+                "does not lose on its yardstick or any earlier round's (docs/autopilot.md).")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--policy", metavar="FILE.json", help="the whole policy as JSON; the flags below override it")
+    c.add_argument("--min-feedback", type=int, default=None, metavar="N", help="start after N feedback events")
+    c.add_argument("--min-documents", type=int, default=None, metavar="N", help="start after N document changes")
+    c.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                   help="start after this long, once there is anything new")
+    c.add_argument("--job", metavar="JSON", help="the round's job fields, e.g. '{\"epochs\": 2}'")
+    c.add_argument("--yardstick", metavar="FILE.jsonl", help="fixed evaluation pairs for every round")
+    c.add_argument("--holdout", type=float, default=None, metavar="SHARE",
+                   help="share of feedback queries frozen as yardsticks (default 0.2 without --yardstick)")
+    c.add_argument("--replay", type=int, default=None, metavar="N", help="earlier pairs replayed per round at "
+                   "most (0 = none; default 2000)")
+    c.add_argument("--distill-weight", type=float, default=None, metavar="W",
+                   help="weight of distillation from the previous encoder on replayed queries (default 1)")
+    c.add_argument("--disabled", action="store_true", help="store the policy without starting rounds")
+    c.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    c = command(auto, "show", cmd_autopilot_show, "show the policy, trigger counts and rounds")
+    c.add_argument("collection", help="collection name")
+    c.add_argument("--json", action="store_true", help="print the API's answer as JSON")
+    c = command(auto, "off", cmd_autopilot_off, "turn the autopilot off (policy and history kept)")
+    c.add_argument("collection", help="collection name")
 
     ingest = group("ingest", "ingest a source tree")
     c = command(ingest, "code", cmd_ingest_code, "sync a source tree into a code collection",

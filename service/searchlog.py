@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -39,7 +40,8 @@ class SearchLog:
         return f"{self.prefix}:search:{search_id}"
 
     def record(self, collection: str, query: str) -> str:
-        search_id = secrets.token_hex(8)
+        # issue time (ms, 11 hex digits) + 48 random bits: a lookup can tell a fresh id still on its way to Redis
+        search_id = f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
         with self._lock:
             self._local[search_id] = (collection, query)
             if len(self._local) > self.entries:
@@ -47,6 +49,17 @@ class SearchLog:
         if self.redis is not None:
             self._pending.append((search_id, collection, query))
         return search_id
+
+    def in_flight(self, search_id: str) -> bool:
+        """Whether an id another process may have issued is so fresh that its Redis copy may not be written
+        yet (worth asking again shortly)."""
+        if self.redis is None or len(search_id) != 23:
+            return False
+        try:
+            issued = int(search_id[:11], 16) / 1000
+        except ValueError:
+            return False
+        return -1.0 < time.time() - issued < 10 * self.flush_s + 1.0
 
     def lookup(self, search_id: str) -> tuple[str, str] | None:
         """(collection, query) of a recent search, or None when unknown or expired. May block on Redis:

@@ -23,6 +23,7 @@ from strop.client.errors import StropError
 from strop.client.types import (
     TERMINAL_STATES,
     Activated,
+    Autopilot,
     CollectionInfo,
     Deleted,
     Document,
@@ -203,11 +204,29 @@ def evaluate(collection: str, pairs: Iterable[Mapping[str, Any]], k: int = 10, r
     return (yield Call("POST", f"{_coll(collection)}/evaluate", json=body))
 
 
-def feedback(collection: str, query: str, positive_ids: Sequence[str],
-             negative_ids: Sequence[str] | None = None) -> Flow[FeedbackResult]:
-    """Record which documents answered ``query`` (and which did not); feedback jobs learn from it."""
-    body = {"query": query, "positive_ids": list(positive_ids), "negative_ids": list(negative_ids or [])}
+def feedback(collection: str, query: str | None, positive_ids: Sequence[str],
+             negative_ids: Sequence[str] | None = None, *, search_id: str | None = None) -> Flow[FeedbackResult]:
+    """Record which documents answered ``query`` (and which did not); feedback jobs and the autopilot learn
+    from it. A click on a hit: ``feedback(c, None, [hit_id], search_id=result["search_id"])``."""
+    body = {"positive_ids": list(positive_ids), "negative_ids": list(negative_ids or []),
+            **_given(query=query, search_id=search_id)}
     return (yield Call("POST", f"{_coll(collection)}/feedback", json=body))
+
+
+# -- autopilot ------------------------------------------------------------------------------------
+def set_autopilot(collection: str, policy: Mapping[str, Any]) -> Flow[Autopilot]:
+    """Set the collection's autopilot policy (triggers, job template, yardstick, replay: docs/autopilot.md)."""
+    return (yield Call("PUT", f"{_coll(collection)}/autopilot", json=dict(policy)))
+
+
+def get_autopilot(collection: str) -> Flow[Autopilot]:
+    """The policy, what each trigger counts now, and the rounds, newest first."""
+    return (yield Call("GET", f"{_coll(collection)}/autopilot"))
+
+
+def disable_autopilot(collection: str) -> Flow[Autopilot]:
+    """Turn the autopilot off (policy and history kept)."""
+    return (yield Call("DELETE", f"{_coll(collection)}/autopilot"))
 
 
 def embeddings_response(input: str | Sequence[str], model: str,

@@ -90,6 +90,7 @@ class _SearchRequired(TypedDict):
 
 
 class SearchResult(_SearchRequired, total=False):
+    search_id: str  # text and code collections: report a click with feedback(..., search_id=)
     match: Match | None  # image collections: the open-set answer
     threshold: float  # image collections
 
@@ -115,6 +116,37 @@ class EmbeddingsResponse(TypedDict):
     data: list[Embedding]
     model: str
     usage: dict[str, int]
+
+
+class AutopilotRound(TypedDict):
+    round: int
+    job_id: str
+    state: JobState
+    triggers: dict[str, Any]
+    feedback_from: int
+    feedback_to: int
+    yardstick_pairs: int
+    reference: float | None
+    outcome: dict[str, Any]  # version, activated, before, after, gate, reason
+    created_at: float
+    finished_at: float | None
+
+
+class _AutopilotRequired(TypedDict):
+    collection: str
+    enabled: bool
+    state: str  # watching | round_in_flight | backing_off | disabled
+    policy: dict[str, Any]
+    counts: dict[str, Any]  # feedback, documents, seconds since the last round
+    due: dict[str, Any]
+    rounds_started: int
+    failures_in_a_row: int
+    backoff_until: float | None
+    rounds: list[AutopilotRound]
+
+
+class Autopilot(_AutopilotRequired, total=False):
+    waiting: str  # why a due round has not started
 
 
 class JobSubmitted(TypedDict):

@@ -33,22 +33,22 @@ class AutopilotRound(BaseModel):
     outcome: dict[str, Any] = Field(..., description="version, activated, before/after on the yardstick, the gate "
                                                      "(with every earlier round's yardstick), reason when not "
                                                      "activated")
-    created_at: float
-    finished_at: float | None = None
+    created_at: float = Field(..., description="when it started (Unix seconds)")
+    finished_at: float | None = Field(None, description="when its job ended")
 
 
 class AutopilotStatus(BaseModel):
-    collection: str
-    enabled: bool
+    collection: str = Field(..., description="the collection")
+    enabled: bool = Field(..., description="false after DELETE (or a policy put with enabled false)")
     state: str = Field(..., description="watching, round_in_flight, backing_off or disabled")
     policy: dict[str, Any] = Field(..., description="the policy as given")
     counts: dict[str, Any] = Field(..., description="feedback events, document changes and seconds since the "
                                                     "last round started")
     due: dict[str, Any] = Field(..., description="triggers met now")
     waiting: str | None = Field(None, description="why a due round has not started")
-    rounds_started: int
-    failures_in_a_row: int
-    backoff_until: float | None = None
+    rounds_started: int = Field(..., description="rounds started since the policy was first set")
+    failures_in_a_row: int = Field(..., description="failed rounds since the last that did not fail")
+    backoff_until: float | None = Field(None, description="no round starts before this time after a failure")
     rounds: list[AutopilotRound] = Field(..., description="newest first (the last 50)")
 
 

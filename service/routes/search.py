@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -206,6 +207,9 @@ async def feedback(body: FeedbackIn, st: CollectionDep, manager: ManagerDep, set
     query = body.query
     if body.search_id is not None:
         found_search = await to_thread.run_sync(searchlog.lookup, body.search_id)
+        while found_search is None and searchlog.in_flight(body.search_id):  # issued elsewhere a moment ago
+            await asyncio.sleep(0.05)  # on the loop, holding no worker thread
+            found_search = await to_thread.run_sync(searchlog.lookup, body.search_id)
         if found_search is None:
             raise ApiError(422, "unknown_search", f"search_id {body.search_id!r} is unknown or expired (kept a "
                            "day): send the query instead")

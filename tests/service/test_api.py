@@ -392,6 +392,28 @@ def test_feedback(docs_client) -> None:
     assert len(store.list_feedback("docs")) == 2  # rejected feedback is not stored
 
 
+def test_click_feedback_by_search_id(docs_client) -> None:
+    found = docs_client.post("/collections/docs/search", json={"query": "subject 7", "top_k": 3}).json()
+    sid = found["search_id"]
+    hit = found["hits"][0]["id"]
+    r = docs_client.post("/collections/docs/feedback", json={"search_id": sid, "positive_ids": [hit]})
+    assert r.status_code == 202, r.text
+    r = docs_client.post("/collections/docs/feedback", json={"search_id": sid, "query": "subject 7",
+                                                             "positive_ids": [hit]})
+    assert r.status_code == 202, r.text
+    store = docs_client.app.state.store
+    assert [f["query"] for f in store.list_feedback("docs")] == ["subject 7", "subject 7"]
+    expect_error(docs_client.post("/collections/docs/feedback", json={"search_id": sid, "query": "other",
+                                                                      "positive_ids": [hit]}), 422, "search_id_mismatch")
+    expect_error(docs_client.post("/collections/docs/feedback", json={"search_id": "0" * 23, "positive_ids": [hit]}),
+                 422, "unknown_search")
+    expect_error(docs_client.post("/collections/docs/feedback", json={"positive_ids": [hit]}), 422, "missing_query")
+    create(docs_client, name="other", docs=corpus())
+    expect_error(docs_client.post("/collections/other/feedback", json={"search_id": sid, "positive_ids": [hit]}),
+                 422, "unknown_search")
+    assert len(store.list_feedback("docs")) == 2
+
+
 # -- versions ----------------------------------------------------------------------------------------------
 
 
