@@ -240,6 +240,32 @@ def test_search_and_evaluate_commands(live_server, tmp_path: Path):
     fails(strop("evaluate", "se-notes", "--pairs", str(unknown), "--k", "0", *url), 1, "error 422 invalid_request: ", "k")
 
 
+def test_feedback_and_autopilot_commands(live_server, tmp_path: Path):
+    strop = live_server.strop
+    url = ["--url", live_server.url]
+    ok(strop("collections", "create", "ap-notes", *url))
+    ok(strop("documents", "add", "ap-notes", str(docs_file(tmp_path)), *url))
+    fails(strop("autopilot", "show", "ap-notes", *url), 1, "error 404 no_autopilot: ")
+    fails(strop("autopilot", "set", "ap-notes", *url), 1, "error 422 ", "every trigger is off")
+    fails(strop("autopilot", "set", "ap-notes", "--min-feedback", "5", "--job", '{"epochs": 0}', *url), 1,
+          "error 422 ", "job template")
+    fails(strop("autopilot", "set", "ap-notes", "--min-feedback", "5", "--job", "{", *url), 2, "--job")
+    out = ok(strop("autopilot", "set", "ap-notes", "--min-feedback", "50", "--job", '{"epochs": 1}', "--replay", "100",
+                   *url)).stdout
+    assert out.startswith("ap-notes: watching; since the last round: feedback 0/50"), out
+    found = json.loads(ok(strop("search", "ap-notes", "rivers and lakes", "--json", *url)).stdout)
+    hit = found["hits"][0]["id"]
+    assert ok(strop("feedback", "ap-notes", "--search-id", found["search_id"], "--positive", hit, *url)).stdout \
+        .startswith("feedback ")
+    ok(strop("feedback", "ap-notes", "--query", "stars", "--positive", "stars-0", "--negative", "rivers-0", *url))
+    fails(strop("feedback", "ap-notes", "--positive", hit, *url), 2, "--query")
+    fails(strop("feedback", "ap-notes", "--query", "q", "--positive", "ghost", *url), 1, "error 422 unknown_documents: ")
+    shown = json.loads(ok(strop("autopilot", "show", "ap-notes", "--json", *url)).stdout)
+    assert shown["counts"]["feedback"] == 2 and shown["policy"]["replay"] == {"max_pairs": 100}
+    assert ok(strop("autopilot", "off", "ap-notes", *url)).stdout.strip() == "ap-notes: autopilot off (0 rounds so far)"
+    assert "ap-notes: disabled" in ok(strop("autopilot", "show", "ap-notes", *url)).stdout
+
+
 def test_train_jobs_and_versions_commands(live_server, tmp_path: Path):
     strop = live_server.strop
     url = ["--url", live_server.url]
