@@ -84,10 +84,14 @@ class AutopilotPolicy(Strict):
         "6 hours)"))
 
     def source(self) -> Literal["feedback", "docstrings"]:
-        return (self.job.get("train") or {}).get("source") or "feedback"  # type: ignore[no-any-return]
+        train = self.job.get("train")
+        return (train.get("source") if isinstance(train, dict) else None) or "feedback"  # type: ignore[return-value]
 
     @model_validator(mode="after")
     def _template(self) -> AutopilotPolicy:
+        for key in ("train", "gate"):
+            if key in self.job and not isinstance(self.job[key], dict):
+                raise ValueError(f"job.{key} must be an object")
         for key, sub in OWNED.items():
             if key not in self.job:
                 continue
