@@ -62,3 +62,30 @@ def test_every_console_file_is_package_data():
     # setuptools globs: '*' stays inside one folder
     missing = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
     assert missing == []
+
+
+def test_version_sizes_are_reused_until_a_write_changes_them(make_client):
+    """The console reads collection sizes on every page; they are cached, but never stale."""
+    from strop.index.retention import version_sizes
+
+    client = make_client()
+    client.post("/collections", json={"name": "sized"})
+
+    def put(ids: range) -> None:
+        docs = [{"id": f"d{i}", "text": f"document number {i}"} for i in ids]
+        assert client.put("/collections/sized/documents", json={"documents": docs}).status_code == 200
+
+    def listed() -> dict:
+        return {v["id"]: v["vector_bytes"] for v in client.get("/collections/sized/versions").json()["versions"]}
+
+    put(range(10))
+    first = client.get("/collections/sized").json()["storage"]
+    assert first["versions"][0]["vector_rows"] == 10 and listed()["v0001"] == first["versions"][0]["vector_bytes"]
+    put(range(10, 25))
+    second = client.get("/collections/sized").json()["storage"]
+    assert second["versions"][0]["vector_rows"] == 25 and second["bytes"] > first["bytes"]
+    assert client.delete("/collections/sized/documents/d0").status_code == 200
+    third = client.get("/collections/sized").json()["storage"]
+    assert third["versions"][0]["vector_rows"] == 24
+    st = client.app.state.manager.state("sized")
+    assert third["versions"][0]["vector_bytes"] == version_sizes(client.app.state.store, st.vstore)["v0001"]["vector_bytes"]
