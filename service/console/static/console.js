@@ -667,6 +667,7 @@
     try {
       await load();
       if (!$("#alert").classList.contains("info")) alertBox("");  // an earlier error is resolved
+      body.dataset.readyMs = String(Math.round(performance.now()));  // since navigation began
       body.dataset.ready = "true";
     } catch (e) {
       report(e);
