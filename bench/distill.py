@@ -120,7 +120,7 @@ def pseudo_check(data_dir: Path, data: dict, candidates: int, thresholds: list[f
 
     settings = Settings(data_dir=data_dir)  # as the server of the run: its teacher cache, its device
     device = settings.resolved_device()
-    store = DocumentStore(settings.db_path)
+    store = DocumentStore(settings.store_location())
     snap = snapshot(store, str(data_dir), "set")
     if not snap.teacher:
         return "pseudo check: the collection has no teacher"

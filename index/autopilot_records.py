@@ -149,8 +149,8 @@ class AutopilotRecords:
                 db.execute("UPDATE autopilot SET failures = 0, backoff_until = NULL, updated_at = ?"
                            " WHERE collection = ?", (now, collection))
             if learned_to is not None:
-                db.execute("UPDATE autopilot SET learned_mark = MAX(learned_mark, ?) WHERE collection = ?",
-                           (learned_to, collection))
+                db.execute("UPDATE autopilot SET learned_mark = CASE WHEN learned_mark > ? THEN learned_mark ELSE ? END"
+                           " WHERE collection = ?", (learned_to, learned_to, collection))
             return True
 
     def set_round_state(self, collection: str, number: int, state: str) -> None:
@@ -168,7 +168,7 @@ class AutopilotRecords:
         """Rounds newest first."""
         rows = self._conn().execute(
             "SELECT * FROM autopilot_rounds WHERE collection = ? ORDER BY round DESC LIMIT ?",
-            (collection, limit if limit is not None else -1)).fetchall()
+            (collection, limit if limit is not None else 2**62)).fetchall()
         out = []
         for r in rows:
             d = dict(r)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strop.index.store import _enable_wal
+from strop.index.sqlbackend import _enable_wal
 
 log = logging.getLogger(__name__)
 

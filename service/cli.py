@@ -39,6 +39,8 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Any:
         overrides["data_dir"] = Path(args.data_dir)
     if getattr(args, "redis_url", None):
         overrides["redis_url"] = args.redis_url
+    if getattr(args, "store_url", None):
+        overrides["store_url"] = args.store_url
     try:
         return Settings(**overrides)
     except ValidationError as e:  # e.g. a non-loopback host without API keys
@@ -75,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         worker = SupervisedWorker([sys.executable, "-m", "strop.service.cli", "worker",
                                    "--redis-url", settings.redis_url or "",
                                    "--data-dir", str(settings.data_dir.resolve()),
+                                   *(["--store-url", settings.store_url] if settings.store_url else []),
                                    "--exit-with-parent", str(os.getpid())]
                                   + (["--embedded-redis"] if embedded is not None else []))
         worker.start()
@@ -202,7 +205,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         from strop.index.store import DocumentStore
         from strop.trainer.autopilot import Autopilot
 
-        Autopilot(DocumentStore(settings.db_path), redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+        Autopilot(DocumentStore(settings.store_location()), redis.Redis.from_url(settings.redis_url, socket_timeout=10),
                   prefix, settings.autopilot_tick_s).start()
     worker = trainer_worker.QueueWorker([Queue(queue_name(prefix), connection=conn)], connection=conn)
     worker.work(with_scheduler=False, logging_level="INFO", burst=args.burst)
@@ -698,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: STROP_DATA_DIR or ./strop-data)")
     s.add_argument("--redis-url", default=None, help="an external Redis for jobs and events, e.g. "
                    "redis://host:6379/0 (default: STROP_REDIS_URL, or an embedded one)")
+    s.add_argument("--store-url", default=None, help="the document store: sqlite:///PATH or "
+                   "postgresql://USER@HOST:PORT/DB (default: STROP_STORE_URL, or SQLite in the data dir)")
     s.add_argument("--no-worker", action="store_true", default=None,
                    help="start no training worker here (deployments run `strop worker`; STROP_NO_WORKER)")
     s.set_defaults(fn=cmd_serve)
@@ -708,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--redis-url", default=None, help="the Redis the API uses (default: STROP_REDIS_URL; required)")
     w.add_argument("--data-dir", default=None, help="the data dir the API uses "
                    "(default: STROP_DATA_DIR or ./strop-data)")
+    w.add_argument("--store-url", default=None, help="the document store the API uses (default: "
+                   "STROP_STORE_URL, or SQLite in the data dir)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty (tests, batch runs)")
     w.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
                    help="stop when process PID (the `strop serve` that started this worker) is gone")

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from strop.index.sqlbackend import StoreUnavailable
 from strop.index.store import Conflict, NotFound
 from strop.index.versions import VersionError
 
@@ -122,6 +123,16 @@ def install(app: FastAPI) -> None:
         log.warning("job queue unavailable: %s: %s", type(exc).__name__, exc)
         return error_response(503, "queue_unavailable", "the job queue (Redis) is not answering; searches and "
                               "writes still work: retry the job request later", headers={"Retry-After": "5"})
+
+    async def _store_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("document store unavailable: %s: %s", type(exc).__name__, exc)
+        return error_response(503, "store_unavailable", "the document store (PostgreSQL) is not answering: "
+                              "retry later", headers={"Retry-After": "5"})
+
+    import psycopg
+
+    for exc_type in (StoreUnavailable, psycopg.OperationalError, psycopg.InterfaceError):
+        app.add_exception_handler(exc_type, _store_down)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -34,6 +34,51 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+PG_ADMIN_URL = os.environ.get("STROP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of this test run's own (PostgreSQL 15 at 127.0.0.1:5432, trust auth), dropped
+    at the end."""
+    import uuid
+
+    import psycopg
+
+    name = "strop_test_" + uuid.uuid4().hex[:10]
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(f"PostgreSQL must run at {PG_ADMIN_URL} (.ci/run starts it): {e}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture()
+def pg_url(pg_database: str) -> str:
+    """A fresh, empty schema in the test run's database, as a store URL."""
+    import uuid
+
+    import psycopg
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{pg_database}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store backend in turn: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "strop.db")
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture()
 def make_client(data_dir: Path, tiny_encoder_path: str):
     """Build a TestClient (real HTTP through the ASGI app, lifespan included) over ``data_dir``."""

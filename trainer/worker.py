@@ -69,7 +69,7 @@ def run_job(job_id: str) -> str:
         raise RuntimeError("strop.trainer.worker.configure(settings) was not called in this worker process")
     settings = _settings
     prefix = settings.redis_prefix
-    store = DocumentStore(settings.db_path)
+    store = DocumentStore(settings.store_location())
     r = redis.Redis.from_url(settings.redis_url or "")
     rec = store.get_job(job_id)
     if rec["state"] in TERMINAL:
