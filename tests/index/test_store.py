@@ -373,3 +373,22 @@ def test_replicas_opening_a_fresh_database_together(tmp_path):
         for t in threads:
             t.join()
     assert not failures, failures[:3]
+
+
+def test_a_newer_or_half_migrated_schema_is_refused(store_url: str) -> None:
+    from strop.index.sqlbackend import SchemaError
+
+    store = DocumentStore(store_url)
+    with store._tx() as db:
+        db.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    with pytest.raises(SchemaError, match="newer than this strop"):
+        DocumentStore(store_url)
+    with store._tx() as db:
+        db.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
+        db.execute("INSERT INTO meta (name, value) VALUES ('migrating_to', '2')")
+    with pytest.raises(SchemaError, match="did not finish"):
+        DocumentStore(store_url)
+    with store._tx() as db:
+        db.execute("DELETE FROM meta WHERE name = 'migrating_to'")
+    DocumentStore(store_url).close()
+    store.close()

@@ -1,5 +1,5 @@
 """The autopilot in a deployment's shape: two API processes and two workers (each running the scheduler)
-on one Redis, over real HTTP. Feedback arrives through both APIs, half of it as clicks reported with the
+on one Redis and one store (SQLite, then PostgreSQL), over real HTTP. Feedback arrives through both APIs, half of it as clicks reported with the
 search_id another API handed out; exactly one round starts, and both APIs end up serving its version."""
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ N = 40
 pytestmark = [pytest.mark.redis]
 
 
-def test_two_apis_two_workers_start_exactly_one_round(tmp_path: Path, tiny_encoder_path: str):
+def test_two_apis_two_workers_start_exactly_one_round(tmp_path: Path, tiny_encoder_path: str, store_url: str):
     redis.Redis.from_url(REDIS_URL).ping()
     data = stdlib_pairs()
     pairs = data["train"][:300]
     docs = list({p["positive_id"]: {"id": p["positive_id"], "text": p["code"]} for p in pairs}.values())
     data_dir = tmp_path / "data"
     env = serve_env(tiny_encoder_path, STROP_REDIS_URL=REDIS_URL, STROP_REDIS_PREFIX="test-" + uuid.uuid4().hex[:8],
-                    STROP_NO_WORKER="1", STROP_AUTOPILOT_TICK_S="0.3")
+                    STROP_NO_WORKER="1", STROP_AUTOPILOT_TICK_S="0.3", STROP_STORE_URL=store_url)
     procs: list[subprocess.Popen] = []
     try:
         apis = []
@@ -75,7 +75,7 @@ def test_two_apis_two_workers_start_exactly_one_round(tmp_path: Path, tiny_encod
         jobs = a.get("/jobs", params={"collection": "code"}).json()["jobs"]
         assert [j["job_id"] for j in jobs] == [r1["job_id"]]
         # the clicks were stored with the queries the searches answered
-        queries = {f["query"] for f in _feedback(data_dir)}
+        queries = {f["query"] for f in _feedback(store_url)}
         assert queries == {p["query"] for p in pairs[:N]}
         version = r1["outcome"]["version"]
         assert version != v0
@@ -92,7 +92,7 @@ def test_two_apis_two_workers_start_exactly_one_round(tmp_path: Path, tiny_encod
             stop_serve(p)
 
 
-def _feedback(data_dir: Path) -> list[dict]:
+def _feedback(store_url: str) -> list[dict]:
     from strop.index.store import DocumentStore
 
-    return DocumentStore(data_dir / "strop.db").list_feedback("code")
+    return DocumentStore(store_url).list_feedback("code")
