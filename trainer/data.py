@@ -12,7 +12,7 @@ import numpy as np
 from strop.index.collection import doc_text, encoder_source
 from strop.index.retention import pin_active
 from strop.index.store import DocumentStore
-from strop.index.versions import VersionStore
+from strop.index.versions import Remote, VersionStore
 from strop.trainer.contract import JobSpec
 
 
@@ -74,11 +74,12 @@ class RegressionEval:
     evals: list[EvalPair]
 
 
-def snapshot(store: DocumentStore, data_dir: str, collection: str, job_id: str | None = None) -> Snapshot:
+def snapshot(store: DocumentStore, data_dir: str, collection: str, job_id: str | None = None,
+             remote: Remote | None = None) -> Snapshot:
     """The active version and the live documents at the current watermark. With ``job_id``, the version is
     pinned for that job as it is read, so retention keeps it while the job is queued or running."""
     rec = store.get_collection(collection)
-    vstore = VersionStore(data_dir, collection)
+    vstore = VersionStore(data_dir, collection, remote)
     vid = pin_active(store, vstore, job_id) if job_id else vstore.active()
     if vid is None:
         raise RuntimeError(f"collection {collection!r} has no active version")

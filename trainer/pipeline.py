@@ -8,6 +8,7 @@ progress through a ``Reporter``. Nothing becomes visible to the service until
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from strop.index.artifacts import open_remote
 from strop.index.collection import doc_text, version_vectors, write_version
 from strop.index.encoder import Encoder
 from strop.index.faiss_index import IndexSpec
@@ -25,7 +27,7 @@ from strop.index.retention import prune_versions
 from strop.index.settings import Settings
 from strop.index.store import DocumentStore
 from strop.index.teacher import load_teacher
-from strop.index.versions import VersionStore, new_version_id
+from strop.index.versions import Remote, VersionStore, new_version_id
 from strop.trainer.contract import JobSpec
 from strop.trainer.data import (
     EvalPair,
@@ -207,16 +209,21 @@ class JobContext:
     def device(self) -> str:
         return self.settings.resolved_device()
 
+    @functools.cached_property
+    def remote(self) -> Remote | None:
+        return open_remote(self.settings, self.store)
+
     @property
     def vstore(self) -> VersionStore:
-        return VersionStore(self.data_dir, self.collection)
+        return VersionStore(self.data_dir, self.collection, self.remote)
 
 
 def snapshot_and_pairs(reporter: Reporter, store: DocumentStore, data_dir: str, collection: str,
-                       spec: JobSpec, job_id: str | None = None) -> tuple[Snapshot, list, list[EvalPair]]:
+                       spec: JobSpec, job_id: str | None = None,
+                       remote: Remote | None = None) -> tuple[Snapshot, list, list[EvalPair]]:
     """Stages 1-2 of every text job: freeze the corpus at a watermark, then build train and eval pairs."""
     reporter.enter("snapshot")
-    snap = snapshot(store, data_dir, collection, job_id)  # pinned for the job: retention keeps it
+    snap = snapshot(store, data_dir, collection, job_id, remote)  # pinned for the job: retention keeps it
     reporter.details["snapshot"] = {"version": snap.version, "watermark": snap.watermark, "documents": len(snap.ids)}
     reporter.enter("pairs")
     pairs, evals, info = assemble_pairs(spec, store, snap)
@@ -258,7 +265,7 @@ def run_encoder_job(ctx: JobContext) -> JobResult:
 
 def start_encoder_run(ctx: JobContext) -> EncoderRun:
     snap, pairs, evals = snapshot_and_pairs(ctx.reporter, ctx.store, ctx.data_dir, ctx.collection, ctx.spec,
-                                            ctx.job_id)
+                                            ctx.job_id, ctx.remote)
     # the batch grouping this collection's modality defaults to, unless the job chose one
     spec = ctx.spec.model_copy(update={"mining": ctx.spec.mining.model_copy(
         update={"neighbour_group": ctx.spec.mining.group_for(snap.modality)})})

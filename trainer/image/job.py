@@ -84,7 +84,7 @@ def run_views_job(ctx: JobContext) -> JobResult:
     vs = spec.views
 
     reporter.enter("snapshot")
-    snap = snapshot(store, data_dir, collection, job_id)  # pinned for the job: retention keeps it
+    snap = snapshot(store, data_dir, collection, job_id, ctx.remote)  # pinned for the job: retention keeps it
     docs = list(store.iter_documents(collection, max_seq=snap.watermark))
     images, texts, keep = [], [], []
     for i, d in enumerate(docs):

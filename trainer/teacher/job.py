@@ -230,7 +230,7 @@ def train_cross_encoder(ce: CrossEncoderScorer, pairs: list, texts: list[str], n
 def run_teacher_job(ctx: JobContext) -> JobResult:
     job_id, collection, spec, store, reporter = ctx.job_id, ctx.collection, ctx.spec, ctx.store, ctx.reporter
     data_dir, device, vstore = ctx.data_dir, ctx.device, ctx.vstore
-    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec, job_id)
+    snap, pairs, evals = snapshot_and_pairs(reporter, store, data_dir, collection, spec, job_id, ctx.remote)
 
     reporter.enter("evaluate_before")
     student = load_model(snap.encoder_source, device, spec.max_seq_length)
