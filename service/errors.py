@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from strop.index.artifacts import ArtifactsUnavailable
 from strop.index.sqlbackend import StoreUnavailable
 from strop.index.store import Conflict, NotFound
 from strop.index.versions import VersionError
@@ -128,6 +129,12 @@ def install(app: FastAPI) -> None:
         log.warning("document store unavailable: %s: %s", type(exc).__name__, exc)
         return error_response(503, "store_unavailable", "the document store (PostgreSQL) is not answering: "
                               "retry later", headers={"Retry-After": "5"})
+
+    @app.exception_handler(ArtifactsUnavailable)
+    async def _artifacts_down(_: Request, exc: ArtifactsUnavailable) -> JSONResponse:
+        log.warning("object store unavailable: %s", exc)
+        return error_response(503, "artifacts_unavailable", "the object store holding versions is not answering: "
+                              "retry later (the versions already loaded keep serving)", headers={"Retry-After": "5"})
 
     import psycopg
 

@@ -68,6 +68,9 @@ class CollectionManager(Writes, Activation):
         self.retention = retention
         self.on_activate = on_activate
         self._states: dict[str, CollectionState] = {}
+        # collection -> (version, why, when): an active version this process could not load (a failed
+        # checksum, the object store away); /readyz reports it and polling retries it after a pause
+        self.failures: dict[str, tuple[str | None, str, float]] = {}
         self._lock = threading.RLock()
         self._open_locks: dict[str, threading.Lock] = {}
 
@@ -86,8 +89,8 @@ class CollectionManager(Writes, Activation):
         for name in self.store.list_collections():
             try:
                 self._open(name)
-            except Exception:
-                log.exception("could not open collection %s", name)
+            except Exception as e:  # noqa: BLE001 - reported by /readyz, retried by polling
+                self._failed(name, None, e)
 
     def _open(self, name: str, create_base: bool = True) -> CollectionState | None:
         """Load a collection's active version. A replica that merely noticed a new collection
@@ -171,14 +174,29 @@ class CollectionManager(Writes, Activation):
     # -- writes -------------------------------------------------------------------------
 
     # -- sync with other processes --------------------------------------------------------
+    RETRY_FAILED_S = 30.0
+
+    def _failed(self, name: str, vid: str | None, e: Exception) -> None:
+        self.failures[name] = (vid, f"{type(e).__name__}: {e}"[:300], time.time())
+        log.error("collection %s: could not load version %s: %s", name, vid, e)
+
+    def _recently_failed(self, name: str, vid: str | None) -> bool:
+        f = self.failures.get(name)
+        return f is not None and f[0] == vid and time.time() - f[2] < self.RETRY_FAILED_S
+
     def poll(self) -> None:
         """Pick up collections, versions and writes made by other processes (API replicas, trainers)."""
         known = set(self.store.list_collections())
         for name in known - set(self._states):
+            if self._recently_failed(name, None):
+                continue
             try:
-                self._open(name, create_base=False)
-            except Exception:
-                log.exception("could not open collection %s", name)
+                if self._open(name, create_base=False) is not None:
+                    self.failures.pop(name, None)
+            except Exception as e:  # noqa: BLE001 - reported by /readyz, retried after a pause
+                self._failed(name, None, e)
+        for name in set(self.failures) - known:
+            self.failures.pop(name, None)
         for name in set(self._states) - known:
             st = self._states.pop(name, None)
             if st is not None:
@@ -195,8 +213,13 @@ class CollectionManager(Writes, Activation):
         mtime = st.vstore.active_mtime()
         if mtime != st.active_mtime:
             vid = st.vstore.active()
-            if vid and vid != st.served.id:
-                self.activate(name, vid, write_pointer=False)
+            if vid and vid != st.served.id and not self._recently_failed(name, vid):
+                try:
+                    self.activate(name, vid, write_pointer=False)
+                except Exception as e:  # noqa: BLE001 - the version in service keeps serving
+                    self._failed(name, vid, e)
+                    return
+            self.failures.pop(name, None)
             st.active_mtime = mtime
         changes = self.store.changes_since(name, st.cursor)
         if changes:

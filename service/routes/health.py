@@ -21,7 +21,8 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """Readiness: collections (encoders + indexes) loaded and Redis reachable (when configured)."""
+    """Readiness: collections (encoders + indexes) loaded, every active version loadable, and Redis reachable
+    (when configured)."""
     state = request.app.state
     checks: dict[str, str] = {}
     checks["collections"] = "ok" if getattr(state, "ready", False) else "loading"
@@ -34,10 +35,14 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = "ok"
         except Exception as e:  # noqa: BLE001
             checks["redis"] = f"unreachable: {type(e).__name__}"
+    manager = getattr(state, "manager", None)
+    failures = dict(manager.failures) if manager is not None else {}
+    if failures:  # an active version this replica cannot load: it would answer with an older one, or not at all
+        checks["versions"] = "; ".join(f"{name}: {why}" for name, (_, why, _) in sorted(failures.items()))
     worker_status = getattr(state, "worker_status", None)  # the worker `strop serve` started, if any
     if worker_status is not None:
         checks["worker"] = worker_status()
-    ok = checks["collections"] == "ok" and checks["redis"] in ("ok", "not configured")
+    ok = checks["collections"] == "ok" and checks["redis"] in ("ok", "not configured") and not failures
     if not ok:
         return error_response(503, "not_ready", "; ".join(f"{k}: {v}" for k, v in checks.items()))
     return JSONResponse({"status": "ready", "checks": checks})
