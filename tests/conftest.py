@@ -58,8 +58,7 @@ def pg_database() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture()
-def pg_url(pg_database: str) -> str:
+def new_schema_url(pg_database: str) -> str:
     """A fresh, empty schema in the test run's database, as a store URL."""
     import uuid
 
@@ -69,6 +68,12 @@ def pg_url(pg_database: str) -> str:
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     return f"{pg_database}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture()
+def pg_url(pg_database: str) -> str:
+    """A fresh, empty schema in the test run's database, as a store URL."""
+    return new_schema_url(pg_database)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

