@@ -367,24 +367,29 @@ def _batch_metrics(url: str) -> tuple[float, float]:
 # the benchmark
 # =========================================================================================
 def bulk_load(data_dir: Path, ids: Sequence[str], texts: Sequence[str], vecs: np.ndarray,
-              auto_threshold: int) -> dict[str, Any]:
-    """Write documents + an active version the way the service would build one (vectors cached)."""
+              auto_threshold: int, store_url: str | None = None, artifacts_url: str | None = None,
+              collection: str = COLLECTION) -> dict[str, Any]:
+    """Write documents + an active version the way the service would build one (vectors given). With
+    ``store_url`` / ``artifacts_url``, into that store and object storage, as a deployment's trainer would."""
+    from strop.index.artifacts import open_artifacts
     from strop.index.collection import build_version
     from strop.index.faiss_index import IndexSpec
     from strop.index.store import Document, DocumentStore
-    from strop.index.versions import VersionStore, new_version_id
+    from strop.index.versions import Remote, VersionStore, new_version_id
 
     t0 = time.perf_counter()
-    store = DocumentStore(data_dir / "strop.db")
+    store = DocumentStore(store_url or data_dir / "strop.db")
+    artifacts = open_artifacts(artifacts_url)
+    remote = Remote(artifacts, store) if artifacts is not None else None
     spec = IndexSpec.from_dict({"auto_threshold": auto_threshold})  # what CollectionManager.create stores
-    store.create_collection(COLLECTION, "text", ENCODER_NAME, spec.to_dict())
+    store.create_collection(collection, "text", ENCODER_NAME, spec.to_dict())
     for s in range(0, len(ids), 5000):
-        store.upsert(COLLECTION, [Document(id=i, text=t) for i, t in zip(ids[s:s + 5000], texts[s:s + 5000],
+        store.upsert(collection, [Document(id=i, text=t) for i, t in zip(ids[s:s + 5000], texts[s:s + 5000],
                                                                           strict=True)])
     t_store = time.perf_counter() - t0
     by_text = {t: vecs[i] for i, t in enumerate(texts)}
-    vstore = VersionStore(data_dir, COLLECTION).ensure()
-    vid = new_version_id(store.next_version_number(COLLECTION))
+    vstore = VersionStore(data_dir, collection, remote).ensure()
+    vid = new_version_id(store.next_version_number(collection))
     t1 = time.perf_counter()
     manifest = build_version(store, vstore, vid, lambda ts: np.stack([by_text[t] for t in ts]), vecs.shape[1],
                              spec, encoder_ref=ENCODER_NAME, metrics={})
