@@ -158,6 +158,31 @@ class S3Artifacts:
     def delete_collection(self, collection: str) -> None:
         self._delete_prefix(f"collections/{collection}/")
 
+    # -- any folder of files (a job's staged encoder) ------------------------------------------------
+    def put_tree(self, prefix: str, local: Path) -> None:
+        import obstore
+
+        for p in sorted(local.rglob("*")):
+            if p.is_file():
+                self._call("upload", obstore.put, self.s3, f"{prefix}/{p.relative_to(local).as_posix()}", p)
+
+    def get_tree(self, prefix: str, dest: Path) -> None:
+        import obstore
+
+        listing = self._call("list", lambda: [m for batch in obstore.list(self.s3, prefix=prefix + "/")
+                                              for m in batch])
+        if not listing:
+            raise ArtifactsUnavailable(f"nothing under {prefix} in {self.url}")
+        for m in listing:
+            target = dest / m["path"][len(prefix) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as f:
+                for chunk in self._call("download", obstore.get, self.s3, m["path"]):
+                    f.write(chunk)
+
+    def delete_tree(self, prefix: str) -> None:
+        self._delete_prefix(prefix + "/")
+
     def ping(self) -> None:
         import obstore
 
@@ -241,6 +266,23 @@ class DirArtifacts:
         import shutil
 
         shutil.rmtree(self.root / "collections" / collection, ignore_errors=True)
+
+    def put_tree(self, prefix: str, local: Path) -> None:
+        import shutil
+
+        shutil.copytree(local, self.root / prefix, dirs_exist_ok=True)
+
+    def get_tree(self, prefix: str, dest: Path) -> None:
+        import shutil
+
+        if not (self.root / prefix).is_dir():
+            raise ArtifactsUnavailable(f"nothing under {prefix} in {self.url}")
+        shutil.copytree(self.root / prefix, dest, dirs_exist_ok=True)
+
+    def delete_tree(self, prefix: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
 
     def ping(self) -> None:
         if not self.root.is_dir():

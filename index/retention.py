@@ -108,7 +108,8 @@ def drop_orphan_vectors(store: DocumentStore, vstore: VersionStore) -> list[str]
         with_rows = store.vector_usage(vstore.collection)
         # listed after the rows: a version has rows only once it exists, and ids never come back
         present = vstore.present()
-        orphans = [v for v in with_rows if v not in present]
+        # a job's shards write under "stage-<job>" keys while it re-encodes: those are the job's to drop
+        orphans = [v for v in with_rows if v not in present and not v.startswith("stage-")]
         for vid in orphans:
             store.drop_vectors(vid, collection=vstore.collection)
         return orphans

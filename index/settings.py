@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     teacher_cache_entries: int = Field(200_000, ge=0, description=(
         "document embeddings that bi-encoder teachers keep on disk under data_dir/teacher-cache "
         "(shared by the API and workers; 0 = off)"))
+    shard_documents: int = Field(50_000, ge=0, description=(
+        "a job whose collection holds more documents splits its corpus re-encode into shards of this many, "
+        "which idle workers take from the queue (0 = never)"))
     autopilot: bool = Field(True, description="workers run the autopilot scheduler (one leads at a time, elected "
                                               "through Redis); false leaves autopilot policies to other workers")
     autopilot_tick_s: float = Field(5.0, gt=0.0, le=3600.0, description="how often the leading worker checks "

@@ -388,6 +388,14 @@ class DocumentStore(AutopilotRecords):
                 yield _doc(r)
             last = rows[-1]["rid"]
 
+    def documents_in_rids(self, collection: str, lo: int, hi: int, max_seq: int) -> list[Document]:
+        """Live documents with ``lo <= rid <= hi`` written at or before ``max_seq`` (a shard of a snapshot), text
+        and metadata only."""
+        rows = self._conn().execute(
+            "SELECT id, rid, seq, text, NULL AS image, metadata FROM documents WHERE collection = ? AND deleted = 0"
+            " AND rid >= ? AND rid <= ? AND seq <= ? ORDER BY rid", (collection, lo, hi, max_seq)).fetchall()
+        return [_doc(r) for r in rows]
+
     def list_documents(self, collection: str, after: str = "", limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
         """(id, metadata) of live documents in id order, starting after ``after`` (keyset paging)."""
         rows = self._conn().execute(

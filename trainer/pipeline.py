@@ -200,6 +200,7 @@ class JobContext:
     settings: Settings
     reporter: Reporter
     announce: Callable[[str, str], None] | None = None
+    redis: Any = None  # the queue's Redis: shard tasks of a large re-encode go there
 
     @property
     def data_dir(self) -> str:
@@ -411,7 +412,7 @@ def evaluate_gate_publish(run: EncoderRun) -> JobResult:
     ctx = run.ctx
     ctx.reporter.enter("evaluate_after")
     enc1 = inference_encoder(run.model, "student", ctx.device)
-    corpus1 = encode_corpus(enc1, run.snap.texts, ctx.reporter, "reencode")
+    corpus1 = reencode_corpus(run, enc1)
     after = evaluate(enc1, with_overrides(corpus1, run.overrides, enc1), run.snap, run.evals)
     regressions = [{"name": r.name, "reference": r.reference, "pairs": len(r.evals), "before": b,
                     "after": evaluate_set(enc1, corpus1, run.snap, r.evals)}
@@ -422,6 +423,31 @@ def evaluate_gate_publish(run: EncoderRun) -> JobResult:
     vid = publish(ctx.store, ctx.vstore, run.snap, run.model, enc1, corpus1, ctx.job_id, ctx.reporter.metrics,
                   ctx.reporter)
     return finish(ctx, vid, passed and run.spec.activate, passed)
+
+
+def reencode_corpus(run: EncoderRun, enc1: Encoder) -> np.ndarray:
+    """The corpus under the trained encoder: here, or in shards shared with idle workers when the collection
+    holds more than ``settings.shard_documents`` documents (strop.trainer.shards)."""
+    ctx = run.ctx
+    per = ctx.settings.shard_documents
+    if not per or len(run.snap.texts) <= per or ctx.redis is None:
+        return encode_corpus(enc1, run.snap.texts, ctx.reporter, "reencode")
+    from rq import Queue
+
+    from strop.trainer.contract import queue_name
+    from strop.trainer.shards import Staging, reencode
+
+    staging = Staging(ctx.data_dir, ctx.remote.artifacts if ctx.remote else None, ctx.collection, ctx.job_id)
+
+    def progress(done: int, total: int) -> None:
+        ctx.reporter.progress = {"step": done, "total_steps": total, "loss": None, "eta_s": None, "unit": "shards"}
+
+    prefix = ctx.settings.redis_prefix
+    out, info = reencode(ctx.store, ctx.redis, prefix, Queue(queue_name(prefix), connection=ctx.redis), staging,
+                         enc1, ctx.collection, ctx.job_id, run.snap.rids, run.snap.texts, run.snap.watermark, per,
+                         lambda p: save_model(run.model, p), progress, ctx.reporter.check)
+    ctx.reporter.details["reencode"] = info
+    return out
 
 
 def apply_gate(spec: JobSpec, before: dict[str, Any], after: dict[str, Any], reporter: Reporter,

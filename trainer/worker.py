@@ -63,6 +63,19 @@ def configure(settings: Settings) -> None:
     _settings = settings
 
 
+def configured() -> Settings:
+    """This worker process's settings (for the queue's other entry points, e.g. shard tasks)."""
+    if _settings is None:
+        raise RuntimeError("strop.trainer.worker.configure(settings) was not called in this worker process")
+    return _settings
+
+
+def worker_name() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getppid()}"
+
+
 def run_job(job_id: str) -> str:
     """The rq entry point (``JOB_FUNCTION``): run one job to a terminal state and return that state."""
     if _settings is None:
@@ -133,7 +146,7 @@ def run_job(job_id: str) -> str:
         else:
             run = run_teacher_job if spec.kind == "teacher" else run_encoder_job
         result = run(JobContext(job_id, collection, spec, store, settings, reporter,
-                                announce=lambda c, v: announce(r, prefix, c, v)))
+                                announce=lambda c, v: announce(r, prefix, c, v), redis=r))
         stop_beat.set()
         beater.join(5)
         reporter.details["lock_released_at"] = time.time()
