@@ -86,13 +86,16 @@ def policy(config: str, per_phase: int, epochs: int) -> dict[str, Any]:
 
 
 def wait_round(c: Client, name: str, number: int, timeout: float) -> dict:
+    """The round once it has ended and, when it was activated, once the server serves its version."""
     end = time.time() + timeout
     while time.time() < end:
         view = c.get_autopilot(name)
         done = [r for r in view["rounds"] if r["round"] == number and r["state"] not in ("queued", "running")]
         if done:
-            return done[0]
-        time.sleep(2)
+            version = done[0]["outcome"].get("version") if done[0]["outcome"].get("activated") else None
+            if version is None or c.get_collection(name)["version"]["id"] == version:
+                return done[0]
+        time.sleep(1)
     raise TimeoutError(f"{name}: round {number} did not finish in {timeout:.0f}s")
 
 
