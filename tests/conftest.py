@@ -124,6 +124,13 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 if time.time() > end:
                     raise AssertionError("SeaweedFS did not answer: " + (root / "weed.log").read_text()[-2000:]) from None
                 time.sleep(0.2)
+        import obstore
+        from obstore.store import S3Store
+
+        bucket = S3Store("strop", endpoint=endpoint, allow_http=True, virtual_hosted_style_request=False,
+                         access_key_id=env["AWS_ACCESS_KEY_ID"], secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                         region=env["AWS_REGION"])
+        obstore.put(bucket, "README", b"strop test bucket")  # creates the bucket
         yield S3Server(endpoint, "strop", {**env, "AWS_ENDPOINT_URL": endpoint})
     finally:
         if proc.poll() is None:

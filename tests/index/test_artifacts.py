@@ -135,3 +135,57 @@ def _keys(artifacts, collection: str, vid: str) -> list[str]:
                 for m in batch]
     root = artifacts._dir(collection, vid)
     return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+
+
+_UPLOADER = """
+import os, shutil, sys, time
+from pathlib import Path
+
+import obstore
+
+# a slow link: each file takes 20 ms more, so the kill lands between the first file and the manifest
+_put, _copy = obstore.put, shutil.copyfile
+obstore.put = lambda *a, **k: (time.sleep(0.02), _put(*a, **k))[1]
+shutil.copyfile = lambda *a, **k: (time.sleep(0.02), _copy(*a, **k))[1]
+from strop.index.artifacts import open_artifacts
+from strop.index.store import DocumentStore
+from strop.index.versions import Remote, VersionStore
+
+url, store_url, data = sys.argv[1:4]
+vstore = VersionStore(data, "c", Remote(open_artifacts(url), DocumentStore(store_url)))
+
+def fill(tmp: Path) -> dict:
+    for i in range(40):
+        (tmp / f"part{i:02d}.bin").write_bytes(os.urandom(64 * 1024))
+    return {"dim": 4}
+
+vstore.write("v0001", fill)
+print("committed", flush=True)
+"""
+
+
+def test_kill_9_mid_upload_leaves_no_visible_version(artifacts, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store_url = str(tmp_path / "strop.db")
+    DocumentStore(store_url).close()
+    proc = subprocess.Popen([sys.executable, "-c", _UPLOADER, artifacts.url, store_url, str(tmp_path / "writer")],
+                            env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+    end = time.time() + 60
+    while time.time() < end and len(_keys(artifacts, "c", "v0001")) < 3:  # some files are up, not all
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert proc.stdout is not None and "committed" not in proc.stdout.read()
+    reader = VersionStore(tmp_path / "reader", "c", Remote(artifacts, DocumentStore(store_url)))
+    assert reader.list() == [] and reader.present() == set()
+    with pytest.raises(VersionError):
+        reader.verify("v0001")
+    # a writer that starts over commits its own upload; the dead one's files are never read
+    m = write(VersionStore(tmp_path / "writer2", "c", reader.remote), "v0001")
+    assert [x["id"] for x in reader.list()] == ["v0001"]
+    assert reader.verify("v0001")["checksums"] == m["checksums"]
