@@ -31,6 +31,7 @@
 
   const fmt = (x, digits = 3) => (typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "–");
   const fmtInt = (x) => (typeof x === "number" ? x.toLocaleString("en") : "–");
+  const fmtMetric = (x) => (Number.isInteger(x) ? fmtInt(x) : fmt(x, 4));
   const fmtTime = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
 
   function fmtBytes(n) {
@@ -318,6 +319,7 @@
           shown.add("path").add("line");
         }
         if (meta.signature) { item.append(el("div", { class: "loc" }, meta.signature)); shown.add("signature"); }
+        for (const k of ["end_line", "qualname", "module", "docstring"]) shown.add(k);  // in the id and the source
         if (h.text) item.append(codeBlock(h.text, meta));
       } else if (info.modality === "image") {
         const img = el("img", { class: "thumb", alt: `reference image of ${h.id}` });
@@ -359,7 +361,7 @@
     if (!window.uPlot) return;
     const width = Math.max(280, Math.min(box.clientWidth || 800, 900));
     versionChart = new uPlot({
-      width, height: 240,
+      width, height: 240, legend: { live: false },
       scales: { x: { time: false, range: [0.5, xs.length + 0.5] }, y: { range: [0, 1] } },
       axes: [{ splits: () => xs, values: (u, splits) => splits.map((s) => ids[s - 1] || "") }, {}],
       series: [{ label: "version", value: (u, x) => (x ? ids[x - 1] : "–") },
@@ -499,7 +501,7 @@
     if (!lossChart) {
       box.replaceChildren();
       lossChart = new uPlot({
-        width: Math.max(280, Math.min(box.clientWidth || 600, 640)), height: 180,
+        width: Math.max(280, Math.min(box.clientWidth || 600, 640)), height: 180, legend: { live: false },
         scales: { x: { time: false } },
         series: [{ label: "step" }, { label: "loss", stroke: "#1f5fbf", width: 2, points: { size: 5 } }],
       }, losses, box);
@@ -538,7 +540,7 @@
         el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "metric"), el("th", { scope: "col", class: "num" }, "before"),
                         el("th", { scope: "col", class: "num" }, "after"))),
         el("tbody", {}, keys.map((k) => el("tr", {}, el("th", { scope: "row" }, k),
-          el("td", { class: "num" }, fmt((m.before || {})[k], 4)), el("td", { class: "num" }, fmt((m.after || {})[k], 4)))))));
+          el("td", { class: "num" }, fmtMetric((m.before || {})[k])), el("td", { class: "num" }, fmtMetric((m.after || {})[k])))))));
       if (m.gate && m.gate.reason) box.append(el("p", { class: "muted" }, `gate: ${m.gate.reason}`));
     }
     const err = $("#live-error");
