@@ -264,6 +264,24 @@ def test_keyboard_alone_runs_a_search(tab: Console):
     tab.check_page()
 
 
+def test_a_running_job_is_cancelled_from_its_panel(tab: Console):
+    page = tab.open("/console/jobs?collection=notes")
+    pairs = "\n".join(json.dumps({"query": f"notes about {t}", "positive_id": f"{t.split()[0]}-{j}"})
+                      for t in TOPICS for j in range(3))
+    page.get_by_label("Training pairs (JSONL)").fill(pairs)
+    page.get_by_label("Epochs").fill("100")  # hundreds of steps: still running when cancelled
+    page.get_by_label("Batch size").fill("2")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#live")).to_have_attribute("data-state", "running", timeout=60_000)
+    expect(page.locator("#live-step")).not_to_have_text("–", timeout=60_000)  # progress arrives
+    page.get_by_role("button", name="Cancel job").click()  # the confirmation is accepted
+    expect(page.locator("#live")).to_have_attribute("data-state", "cancelled", timeout=30_000)
+    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    job_id = page.locator("#live-id").inner_text()
+    assert api(tab.url, "GET", f"/jobs/{job_id}").json()["state"] == "cancelled"
+    tab.check_page()
+
+
 def test_delete_a_collection(tab: Console):
     page = tab.open("/console")
     page.get_by_role("button", name="Delete collection logos").click()  # the confirmation is accepted
