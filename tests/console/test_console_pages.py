@@ -89,3 +89,25 @@ def test_version_sizes_are_reused_until_a_write_changes_them(make_client):
     assert third["versions"][0]["vector_rows"] == 24
     st = client.app.state.manager.state("sized")
     assert third["versions"][0]["vector_bytes"] == version_sizes(client.app.state.store, st.vstore)["v0001"]["vector_bytes"]
+
+
+def test_evaluate_per_query_ranks_each_pair(make_client):
+    """What the console's evaluate page lists: each pair's rank of its first positive."""
+    from strop.index.metrics import query_ranks
+
+    client = make_client()
+    client.post("/collections", json={"name": "ranked"})
+    docs = [{"id": f"d{i}", "text": f"a note about topic number {i} and nothing else"} for i in range(20)]
+    client.put("/collections/ranked/documents", json={"documents": docs})
+    pairs = [{"query": docs[3]["text"], "positive_ids": ["d3"]}, {"query": docs[7]["text"], "positive_ids": ["x", "d7"]}]
+    client.put("/collections/ranked/documents", json={"documents": [{"id": "x", "text": "unrelated words"}]})
+    plain = client.post("/collections/ranked/evaluate", json={"pairs": pairs}).json()
+    assert "queries" not in plain
+    out = client.post("/collections/ranked/evaluate", json={"pairs": pairs, "per_query": True, "k": 5}).json()
+    assert [q["query"] for q in out["queries"]] == [p["query"] for p in pairs]
+    first = out["queries"][0]
+    assert first["rank"] == 1 and first["reciprocal_rank"] == 1.0 and first["top"] == []  # its own text
+    assert out["mrr@10"] == plain["mrr@10"]
+    assert query_ranks([["a", "b", "c", "d"], ["a", "b"]], [["c"], ["z"]], k=3) == [
+        {"rank": 3, "reciprocal_rank": 1 / 3, "top": ["a", "b"]},
+        {"rank": None, "reciprocal_rank": 0.0, "top": ["a", "b"]}]
