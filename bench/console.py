@@ -124,9 +124,9 @@ def train_spec(pairs: list[dict], steps: int = 3) -> dict:
 # -- latency --------------------------------------------------------------------------------
 PAGES = {  # page -> (console path, the API calls it makes on load)
     "collections": ("/console", ["/collections", "/collections/{c}/versions"]),
-    "search": ("/console/collections/{c}", ["/collections/{c}"]),
+    "search": ("/console/collections/{c}", ["/collections"]),
     "versions": ("/console/collections/{c}/versions", ["/collections/{c}/versions"]),
-    "evaluate": ("/console/collections/{c}/evaluate", ["/collections/{c}"]),
+    "evaluate": ("/console/collections/{c}/evaluate", ["/collections"]),
     "jobs": ("/console/jobs?collection={c}", ["/collections", "/jobs?collection={c}"]),
 }
 

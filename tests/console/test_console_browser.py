@@ -282,6 +282,14 @@ def test_a_running_job_is_cancelled_from_its_panel(tab: Console):
     tab.check_page()
 
 
+def test_an_unknown_collection_is_named_in_the_alert(tab: Console):
+    page = tab.page
+    page.goto(tab.url + "/console/collections/no-such-thing")
+    expect(page.locator("body")).to_have_attribute("data-ready", "error")
+    expect(page.locator("#alert")).to_contain_text('collection "no-such-thing" does not exist')
+    tab.check_page()
+
+
 def test_delete_a_collection(tab: Console):
     page = tab.open("/console")
     page.get_by_role("button", name="Delete collection logos").click()  # the confirmation is accepted

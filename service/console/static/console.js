@@ -234,8 +234,17 @@
     });
   }
 
+  /** The collection as GET /collections lists it: modality, live count, active version. (Not GET
+   * /collections/{c}, which also sums the bytes each version holds: work these pages do not show.) */
+  async function collectionInfo() {
+    const { collections } = await api("GET", "/collections");
+    const found = collections.find((c) => c.name === COLLECTION);
+    if (!found) throw new ApiError(404, "not_found", `collection "${COLLECTION}" does not exist`);
+    return found;
+  }
+
   async function searchPage() {
-    info = await api("GET", `/collections/${enc(COLLECTION)}`);
+    info = await collectionInfo();
     $("#summary").textContent =
       `· ${info.modality} · ${fmtInt(info.count)} documents · version ${info.version.id}`;
     const image = info.modality === "image";
@@ -658,7 +667,10 @@
     collections: [collectionsPage, collectionsForms],
     search: [searchPage, searchForms],
     versions: [versionsPage, null],
-    evaluate: [async () => { await api("GET", `/collections/${enc(COLLECTION)}`); }, evaluateForms],
+    evaluate: [async () => {
+      const c = await collectionInfo();
+      $("#eval-summary").textContent = `· ${c.modality} · ${fmtInt(c.count)} documents · version ${c.version.id}`;
+    }, evaluateForms],
     jobs: [jobsPage, jobForms],
   };
 
