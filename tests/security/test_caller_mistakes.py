@@ -52,7 +52,8 @@ def test_gitignore_with_nested_double_stars_takes_linear_time(client) -> None:
 def test_huge_files_and_definitions_are_skipped_with_bounded_memory(client) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     big = "x = 1\n" * 500_000  # 3 MB of source: parsing it whole would take gigabytes
-    long_def = "def f():\n    s = '" + "y" * 210_000 + "'\n    return s\n"  # under the file cap, over the document cap
+    # under the file cap, over the document cap, in lines short enough not to look minified
+    long_def = "def f():\n" + "".join(f"    s{i} = '{'y' * 900}'\n" for i in range(240)) + "    return 1\n"
     r = _ingest(client, _zip({"big.py": big, "long.py": long_def, "ok.py": "def g():\n    return 2\n"}))
     assert r.status_code == 200, r.text
     out = r.json()
