@@ -225,9 +225,16 @@ def test_image_search_shows_thumbnails_and_the_verdict(tab: Console, tmp_path: P
     query.write_bytes(render_logo(2))
     page = tab.open("/console/collections/logos")
     expect(page.locator("#query-field")).to_be_hidden()
+    extra = tmp_path / "brand-4.png"  # one more reference, added from the console
+    extra.write_bytes(render_logo(4))
+    page.get_by_text("Add documents", exact=True).first.click()
+    page.get_by_label("Reference images (the file name is the id and the text)").set_input_files(str(extra))
+    page.get_by_role("button", name="Add documents").click()
+    expect(page.locator("#docs-status")).to_have_text("1 document stored and searchable")
+    expect(page.locator("#summary")).to_contain_text("5 documents")
     page.get_by_label("Query image (PNG, JPEG, WebP or SVG)").set_input_files(str(query))
     page.get_by_role("button", name="Search", exact=True).click()
-    expect(page.locator("#hits > li")).to_have_count(4)
+    expect(page.locator("#hits > li")).to_have_count(5)
     assert page.locator("#hits > li").first.get_attribute("data-id") == "brand-2"
     thumbs = page.locator("#hits img.thumb")
     expect(thumbs.first).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
@@ -279,6 +286,21 @@ def test_a_running_job_is_cancelled_from_its_panel(tab: Console):
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
     job_id = page.locator("#live-id").inner_text()
     assert api(tab.url, "GET", f"/jobs/{job_id}").json()["state"] == "cancelled"
+    tab.check_page()
+
+
+def test_documents_added_from_the_console_are_searchable(tab: Console):
+    page = tab.open("/console/collections/notes")
+    count = int(page.locator("#summary").inner_text().split(" documents")[0].split("·")[-1].strip())
+    page.get_by_text("Add documents", exact=True).first.click()  # opens the section
+    page.get_by_label("Documents (JSONL)").fill(
+        json.dumps({"id": "kites-0", "text": "notes about kites and wind", "metadata": {"part": 0}}) + "\n"
+        + json.dumps({"id": "kites-1", "text": "notes about kites and strings", "metadata": {"part": 1}}) + "\n")
+    page.get_by_role("button", name="Add documents").click()
+    expect(page.locator("#docs-status")).to_have_text("2 documents stored and searchable")
+    expect(page.locator("#summary")).to_contain_text(f"{count + 2} documents")
+    hits = search(page, "notes about kites and strings")
+    assert hits[0][0] == "kites-1", hits
     tab.check_page()
 
 

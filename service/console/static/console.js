@@ -251,6 +251,7 @@
     $("#query-field").hidden = image;
     $("#image-field").hidden = !image;
     document.querySelectorAll(".text-only").forEach((n) => { n.hidden = image; });
+    $("#docs-images-field").hidden = !image;
   }
 
   function searchForms() {
@@ -259,11 +260,54 @@
       const preview = $("#q-preview");
       if (file.files[0]) { preview.src = URL.createObjectURL(file.files[0]); preview.hidden = false; }
     });
+    $("#docs-file").addEventListener("change", async (ev) => {
+      const f = ev.target.files[0];
+      if (f) $("#docs-jsonl").value = await f.text();
+    });
+    $("#docs-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      alertBox("");
+      try { await addDocuments(); } catch (e) { report(e); }
+    });
     $("#search-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       alertBox("");
       try { await runSearch(); } catch (e) { report(e); }
     });
+  }
+
+  /** PUT /collections/{c}/documents in batches of BATCH (the server's default per-request limit). */
+  const BATCH = 1000;
+  async function addDocuments() {
+    const docs = [];
+    const text = $("#docs-jsonl").value;
+    if (text.trim()) {
+      text.split(/\r?\n/).forEach((line, i) => {
+        if (!line.trim()) return;
+        let d;
+        try { d = JSON.parse(line); } catch (e) { throw new Error(`documents line ${i + 1}: not JSON (${e.message})`); }
+        if (!d || typeof d !== "object" || typeof d.id !== "string") throw new Error(`documents line ${i + 1}: needs an "id" string`);
+        docs.push(d);
+      });
+    }
+    for (const f of $("#docs-images").files) {
+      const id = f.name.replace(/\.[^.]+$/, "");
+      docs.push({ id, text: id, image: await readFileB64(f) });
+    }
+    if (!docs.length) throw new Error("nothing to add: paste JSONL, load a file or choose images");
+    const status = $("#docs-status");
+    let done = 0, truncated = 0;
+    for (let i = 0; i < docs.length; i += BATCH) {
+      const r = await api("PUT", `/collections/${enc(COLLECTION)}/documents`, { documents: docs.slice(i, i + BATCH) });
+      done += r.upserted;
+      truncated += r.truncated || 0;
+      status.textContent = `${fmtInt(done)} of ${fmtInt(docs.length)} documents stored`;
+    }
+    status.textContent = `${fmtInt(done)} document${done === 1 ? "" : "s"} stored and searchable` +
+      (truncated ? ` (${fmtInt(truncated)} embedded from their first tokens only)` : "");
+    $("#docs-jsonl").value = "";
+    $("#docs-images").value = "";
+    await searchPage();
   }
 
   async function runSearch() {
