@@ -31,7 +31,7 @@
 
   const fmt = (x, digits = 3) => (typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "–");
   const fmtInt = (x) => (typeof x === "number" ? x.toLocaleString("en") : "–");
-  const fmtMetric = (x) => (Number.isInteger(x) ? fmtInt(x) : fmt(x, 4));
+  const fmtMetric = (k, x) => (k === "n" ? fmtInt(x) : fmt(x, 4));  // JSON's 0.0 arrives as the integer 0
   const fmtTime = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
 
   function fmtBytes(n) {
@@ -593,7 +593,7 @@
         el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "metric"), el("th", { scope: "col", class: "num" }, "before"),
                         el("th", { scope: "col", class: "num" }, "after"))),
         el("tbody", {}, keys.map((k) => el("tr", {}, el("th", { scope: "row" }, k),
-          el("td", { class: "num" }, fmtMetric((m.before || {})[k])), el("td", { class: "num" }, fmtMetric((m.after || {})[k])))))));
+          el("td", { class: "num" }, fmtMetric(k, (m.before || {})[k])), el("td", { class: "num" }, fmtMetric(k, (m.after || {})[k])))))));
       if (m.gate && m.gate.reason) box.append(el("p", { class: "muted" }, `gate: ${m.gate.reason}`));
     }
     const err = $("#live-error");
