@@ -488,9 +488,11 @@ class DocumentStore(AutopilotRecords):
 
     def vector_usage(self, collection: str) -> dict[str, tuple[int, int]]:
         """Per version of ``collection`` that has vector rows: (rows, bytes of their vectors)."""
+        # driven from the vector rows (few: only writes after a version was built), each checked against its
+        # document by rid: a join driven from documents read all of the collection's rows (22 ms at 100k)
         rows = self._conn().execute(
-            "SELECT v.version, COUNT(*), COALESCE(SUM(LENGTH(v.vec)), 0) FROM documents d"
-            " JOIN vectors v ON v.rid = d.rid WHERE d.collection = ? GROUP BY v.version",
+            "SELECT v.version, COUNT(*), COALESCE(SUM(LENGTH(v.vec)), 0) FROM vectors v WHERE EXISTS"
+            " (SELECT 1 FROM documents d WHERE d.rid = v.rid AND d.collection = ?) GROUP BY v.version",
             (collection,),
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
