@@ -1,5 +1,5 @@
 """The autopilot in a deployment's shape: two API processes and two workers (each running the scheduler)
-on one Redis and one store (SQLite, then PostgreSQL), over real HTTP. Feedback arrives through both APIs, half of it as clicks reported with the
+on one Redis and one PostgreSQL store, over real HTTP. Feedback arrives through both APIs, half of it as clicks reported with the
 search_id another API handed out; exactly one round starts, and both APIs end up serving its version."""
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ N = 40
 pytestmark = [pytest.mark.redis]
 
 
-def test_two_apis_two_workers_start_exactly_one_round(tmp_path: Path, tiny_encoder_path: str, store_url: str):
+def test_two_apis_two_workers_start_exactly_one_round(tmp_path: Path, tiny_encoder_path: str, pg_url: str):
+    store_url = pg_url
     redis.Redis.from_url(REDIS_URL).ping()
     data = stdlib_pairs()
     pairs = data["train"][:300]
