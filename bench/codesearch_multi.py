@@ -80,6 +80,8 @@ def run_language(c: Any, language: str, root: str, args: argparse.Namespace) -> 
     upload_s = time.perf_counter() - t
     log(f"{language}: uploaded {len(docs)} definitions from {len({d.metadata['path'] for d in docs})} files "
         f"in {upload_s:.0f}s")
+    if args.encode_rate:
+        return encode_rate_row(language, [to_document(d) for d in docs], upload_s)
     body: dict[str, Any] = {"train": {"source": "docstrings"}, "batch_size": 32, "learning_rate": args.lr,
                             "epochs": args.epochs, "seed": args.seed,
                             "gate": {"metric": "mrr@10", "min_delta": -1.0}}
@@ -102,6 +104,24 @@ def run_language(c: Any, language: str, root: str, args: argparse.Namespace) -> 
     return row
 
 
+def encode_rate_row(language: str, documents: list[dict], upload_s: float) -> dict[str, Any]:
+    """Ingest over REST against plain encode: the same texts, each with its location header, encoded in process
+    by the same packaged MiniLM in batches of 32 (bench.serving's "plain encode"), right after the upload."""
+    from strop.index.code.parse import context_header
+    from strop.index.encoder import Encoder
+
+    texts = [(h + "\n" if (h := context_header(d.get("metadata"))) else "") + d["text"] for d in documents]
+    enc = Encoder.load("all-MiniLM-L6-v2")
+    t = time.perf_counter()
+    for i in range(0, len(texts), 32):
+        enc.encode(texts[i:i + 32])
+    plain_s = time.perf_counter() - t
+    row = {"language": language, "docs": len(texts), "ingest_docs_s": len(texts) / upload_s,
+           "plain_docs_s": len(texts) / plain_s}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--languages", default=",".join(CORPORA), help="comma-separated, of " + ", ".join(CORPORA))
@@ -113,6 +133,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="300 definitions and 5 steps per language")
     ap.add_argument("--omp-default", action="store_true", help="keep libgomp's spin-waiting (bench._util)")
+    ap.add_argument("--encode-rate", action="store_true", help="upload only, then encode the same texts in process: "
+                    "ingest docs/s against plain encode docs/s")
     args = ap.parse_args()
     if args.quick:
         args.max_defs, args.max_steps = 300, 5
@@ -138,6 +160,11 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
     print()
+    if args.encode_rate:
+        print(table(["language", "definitions", "ingest over REST docs/s", "plain encode docs/s", "ratio"],
+                    [[r["language"], r["docs"], f"{r['ingest_docs_s']:.1f}", f"{r['plain_docs_s']:.1f}",
+                      f"{r['ingest_docs_s'] / r['plain_docs_s']:.2f}"] for r in rows]))
+        return
     print(table(
         ["language", "corpus", "files", "definitions found", "parse s (whole corpus)", "skipped files",
          "definitions kept (sample)", "train / eval pairs", "MRR@10 zero-shot", "MRR@10 after job", "gain (points)",
