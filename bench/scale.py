@@ -14,8 +14,14 @@ storage (download, checksums, index load, store lookups), not ranking.
   wrk at concurrency 8 and 32, the two systems interleaved round by round; QPS, p50 and p99, and
   the ratio PostgreSQL / SQLite.
 
+* re-encode (``--reencode N``): a job on an N-document collection (a few training steps, so the
+  corpus re-encode with the packaged MiniLM is most of it), its re-encode in shards of N/4, with the
+  worker `strop serve` starts alone and with a second `strop worker` beside it; the job's
+  evaluate-after stage (the re-encode and the metrics) in seconds.
+
     python -m bench.scale                      # 100,000 documents
     python -m bench.scale --docs 20000 --rounds 1 --duration 10
+    python -m bench.scale --reencode 20000
 """
 
 from __future__ import annotations
@@ -121,7 +127,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per load run")
     ap.add_argument("--levels", default="8,32")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="an admin connection")
+    ap.add_argument("--reencode", type=int, default=0, metavar="N", help="measure only a job's re-encode of N "
+                    "documents with one worker and with two")
     args = ap.parse_args()
+    if args.reencode:
+        reencode_bench(args.reencode)
+        return
 
     import psycopg
 
@@ -191,9 +202,52 @@ def main() -> None:
     report(args.docs, rows)
 
 
+def reencode_bench(n: int) -> None:
+    """One job, re-encoding n documents in shards of n/4: the worker of `strop serve` alone, then with a second."""
+    from bench.codesearch import start_server
+    from strop.client import Client
+
+    print(machine_line(), flush=True)
+    ids, texts, _ = corpus(n)
+    rows = []
+    for workers in (1, 2):
+        root = Path(tempfile.mkdtemp(prefix="strop-reencode-"))
+        os.environ["STROP_SHARD_DOCUMENTS"] = str(max(1, n // 4))
+        server, url = start_server(root / "data")
+        extra = None
+        try:
+            with Client(url, timeout=3600) as c:
+                c.create_collection("big", modality="code")
+                t = time.perf_counter()
+                c.upsert("big", [{"id": i, "text": x} for i, x in zip(ids, texts, strict=True)], batch_size=1000)
+                log(f"{workers} worker(s): {n} documents in {time.perf_counter() - t:.0f}s")
+                if workers == 2:
+                    redis_url = next(line.split(" at ", 1)[1].strip() for line in (root / "serve.log").read_text()
+                                     .splitlines() if "embedded redis at" in line)
+                    extra = subprocess.Popen([sys.executable, "-m", "strop.service.cli", "worker", "--redis-url",
+                                              redis_url, "--data-dir", str(root / "data")],
+                                             stdout=open(root / "worker2.log", "w"), stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+                pairs = [{"query": texts[i].split("\n", 1)[0][:100], "positive_id": ids[i]} for i in range(0, n, n // 60)]
+                job = c.follow_job(c.submit_job("big", {"train": {"pairs": pairs}, "max_steps": 2, "batch_size": 8,
+                                                        "gate": {"min_delta": -1.0}})["job_id"], poll_s=2)
+                stages = job["details"].get("stage_seconds", {})
+                info = job["details"].get("reencode", {})
+                rows.append([workers, n, info.get("shards"), info.get("by_helpers"), stages.get("evaluate_after")])
+                log(f"{workers} worker(s): job {job['state']}, evaluate_after {stages.get('evaluate_after')}s, {info}")
+        finally:
+            if extra is not None:
+                os.killpg(extra.pid, signal.SIGTERM)
+                extra.wait(60)
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+            shutil.rmtree(root, ignore_errors=True)
+    print(table(["workers", "documents", "shards", "shards by the second worker", "re-encode + evaluate s"], rows))
+
+
 def report(n: int, rows: dict[str, Any]) -> None:
     st = rows["start"]
-    print(f"\n{n:,} documents; version in object storage: {st['version_mib']:.0f} MiB (index + encoder)")
+    print(f"\n{n:,} documents; version in object storage: {st['version_mib']:.0f} MiB")
     print(table(["start", "seconds to /readyz"], [
         ["replica, empty data dir, PostgreSQL + S3 (median of cold starts)", f"{median(st['cold']):.1f}"],
         ["cold starts, each", ", ".join(f"{x:.1f}" for x in st["cold"])],
