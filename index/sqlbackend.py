@@ -175,7 +175,9 @@ class PostgresBackend:
         self.url = url
         self.integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
         self.errors: tuple[type[Exception], ...] = (psycopg.Error, StoreUnavailable)
-        self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=10.0,
+        # a request waits at most 5 s for a connection: then the store counts as unavailable (503, or a search
+        # answered from the loaded version)
+        self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=5.0,
                                    kwargs={"autocommit": True, "row_factory": _row_factory})
         try:
             self.pool.open(wait=True, timeout=10.0)

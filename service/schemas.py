@@ -179,6 +179,8 @@ class SearchResponse(BaseModel):
     took_ms: float = Field(..., description="server time for this request, in milliseconds")
     search_id: str | None = Field(None, description="text and code collections: report the hit a user chose "
                                   "with POST /collections/{c}/feedback {search_id, positive_ids}")
+    degraded: str | None = Field(None, description="'store_unavailable': the document store did not answer, so "
+                                 "the hits carry ids and scores from the loaded version but no text or metadata")
     match: Match | None = Field(None, description="image collections: the best hit when its score reaches the "
                                 "open-set threshold, else null (the logo is not in the gallery)")
     threshold: float | None = Field(None, description="image collections: the version's calibrated open-set "

@@ -47,13 +47,30 @@ def check_top_k(top_k: int, settings: Settings) -> None:
 Found = tuple[np.ndarray, np.ndarray, dict[int, Document]]  # scores, rids, documents by rid
 
 
-def _lookup(store: DocumentStore, scores: np.ndarray, ids: np.ndarray) -> list[Found]:
-    """Per-query results of a block search, with one store lookup for the whole block."""
-    docs = store.by_rids(sorted({int(r) for r in ids.ravel() if r >= 0}))
+def _lookup(store: DocumentStore, scores: np.ndarray, ids: np.ndarray,
+            id_map: dict[str, int] | None = None) -> list[Found]:
+    """Per-query results of a block search, with one store lookup for the whole block. When the store does not
+    answer, the hits are named from ``id_map`` (the ids this process follows), without text or metadata."""
+    wanted = sorted({int(r) for r in ids.ravel() if r >= 0})
+    try:
+        docs = store.by_rids(wanted)
+    except store.errors:
+        if id_map is None:
+            raise
+        docs = _named_hits(id_map, wanted)
     return [(scores[i], ids[i], docs) for i in range(scores.shape[0])]
 
 
-async def search_docs(served: Served, store: DocumentStore, query: str, k: int, allow: np.ndarray | None) -> Found:
+DEGRADED = -1  # Document.seq of a hit named without the store
+
+
+def _named_hits(id_map: dict[str, int], rids: list[int]) -> dict[int, Document]:
+    wanted = set(rids)
+    return {rid: Document(id=doc_id, rid=rid, seq=DEGRADED) for doc_id, rid in list(id_map.items()) if rid in wanted}
+
+
+async def search_docs(served: Served, store: DocumentStore, query: str, k: int, allow: np.ndarray | None,
+                      id_map: dict[str, int] | None = None) -> Found:
     """Encode through the model's micro-batcher, search the served index and fetch the hits' documents.
 
     Unfiltered queries that share a version and ``k`` are searched as one block in the FAISS pool,
@@ -62,7 +79,7 @@ async def search_docs(served: Served, store: DocumentStore, query: str, k: int, 
     live = served.live
     if allow is None:
         return await served.model.batcher.search(query, (id(live), k),
-                                                 lambda block: _lookup(store, *live.search(block, k)))
+                                                 lambda block: _lookup(store, *live.search(block, k), id_map))
     vec = await served.model.batcher.encode_query(query)
     return (await to_thread.run_sync(lambda: _lookup(store, *live.search(vec[None, :], k, allow))))[0]
 
@@ -84,7 +101,7 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     if body.filter:
         allow = await to_thread.run_sync(manager.store.filter_rids, st.record.name, body.filter)
     depth = max(body.top_k, settings.rerank_depth) if body.rerank or lexical else body.top_k
-    scores, rids, docs = await search_docs(served, manager.store, query, depth, allow)
+    scores, rids, docs = await search_docs(served, manager.store, query, depth, allow, st.id_map)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0 and int(r) in docs]
     if (body.rerank or lexical) and valid:
         teacher = await to_thread.run_sync(manager.teacher, st.record.name) if body.rerank else None
@@ -97,7 +114,9 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     else:
         hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata) for s, r in valid]
     search_id = searchlog.record(st.record.name, query)
-    return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3), search_id=search_id)
+    degraded = "store_unavailable" if any(d.seq == DEGRADED for d in docs.values()) else None
+    return SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3), search_id=search_id,
+                          degraded=degraded)
 
 
 async def image_search(body: SearchRequest, st: CollectionState, manager: CollectionManager,
