@@ -50,7 +50,7 @@ SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
 DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "trainer": ROOT / "docker" / "trainer.Dockerfile"}
 API_KEY = "deploy-test-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-PROPAGATION_S = 2.0  # the bound for replicas to agree
+PROPAGATION_S = 2.0  # the bound for replicas to agree (docs/deployment.md)
 
 
 # -- compose file helpers -----------------------------------------------------------------------
