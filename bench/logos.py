@@ -34,6 +34,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -82,6 +83,15 @@ def ocr_cached(reader: Any, key: str, images: list[Image.Image]) -> tuple[list[s
     spi = (time.perf_counter() - t) / max(1, len(images))
     path.write_text(json.dumps({"texts": texts, "s_per_image": spi}))
     return texts, spi
+
+
+TRAIN_ARGS = ("brands", "views", "epochs", "batch", "views_per_step", "train_blocks", "lr", "size", "view_size",
+              "no_hard_negatives", "seed")
+
+
+def train_key(args: argparse.Namespace) -> str:
+    """Directory name of a cached trained model: a hash of the arguments that decide the training."""
+    return "visual-" + _key({k: getattr(args, k) for k in TRAIN_ARGS})
 
 
 def _key(*parts: Any) -> str:
@@ -173,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-blocks", type=int, default=9)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--size", type=int, default=128, help="encoder input side")
-    ap.add_argument("--view-size", type=int, default=128)
+    ap.add_argument("--view-size", type=int, default=128, help="side of the training views")
+    ap.add_argument("--query-view-size", type=int, default=0,
+                    help="side of the wild query views (0 = --view-size)")
     ap.add_argument("--calib", type=int, default=600, help="calibration views of gallery brands")
     ap.add_argument("--max-false-accept", type=float, default=0.05)
     ap.add_argument("--query-crops", default="1,0.75,0.5",
@@ -188,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", default="docs/img", help="where to save hit/miss PNGs ('' = none)")
     ap.add_argument("--out", default=str(CACHE / "logos_results.json"))
+    ap.add_argument("--model-cache", default=str(CACHE / "logos-models"),
+                    help="save the trained visual encoder here, keyed by the training arguments, and load it "
+                         "instead of training when present ('' = always train)")
     args = ap.parse_args(argv)
 
     import torch
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         check_crops,
         crop_to_content,
     )
-    from strop.trainer.image.views import fit_fusion, make_view, train_views, view_rng
+    from strop.trainer.image.views import TrainReport, fit_fusion, make_view, train_views, view_rng
 
     t_all = time.perf_counter()
     rng = np.random.default_rng(args.seed)
@@ -226,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     wseed = 10_000 + args.seed  # wild views: their own seed stream, never used by training
 
     def _queries() -> dict[str, list[Image.Image]]:
-        vs = args.view_size
+        vs = args.query_view_size or args.view_size
         return {
             "test_known": [make_view(r, view_rng(wseed, i, 0, "wild"), "wild", vs) for i, r in enumerate(refs)],
             "calib_known": [make_view(refs[i], view_rng(wseed, int(i), 1, "wild"), "wild", vs) for i in calib_idx],
@@ -281,7 +296,20 @@ def main(argv: list[str] | None = None) -> int:
                            hard_negatives=not args.no_hard_negatives, view_size=args.view_size,
                            progress_cb=progress)
 
-    report = stage("train", _train, timing)
+    cache_dir = Path(args.model_cache) / train_key(args) if args.model_cache else None
+    if cache_dir is not None and (cache_dir / "report.json").exists():
+        enc = VisualEncoder.load(cache_dir)
+        report = TrainReport(**json.loads((cache_dir / "report.json").read_text()))
+        timing["train"] = {"seconds": report.seconds, "peak_rss_mb": float("nan")}
+        log(f"loaded the trained model from {cache_dir} (trained in {report.seconds:.0f}s)")
+    else:
+        report = stage("train", _train, timing)
+        if cache_dir is not None:
+            tmp = cache_dir.with_name(cache_dir.name + ".tmp")
+            enc.save(tmp)
+            (tmp / "report.json").write_text(json.dumps(asdict(report)))
+            os.replace(tmp, cache_dir)
+            log(f"saved the trained model to {cache_dir}")
     log(f"trained {report.steps} steps in {report.seconds:.0f}s (caching {report.seconds_caching:.0f}s); "
         f"loss {np.mean(report.losses[:10]):.3f} -> {np.mean(report.losses[-10:]):.3f}")
     vis_g, vis_s = stage("encode (fine-tuned)", lambda: visual_sets(enc), timing)
