@@ -27,6 +27,7 @@ from strop.index.versions import ENCODER_DIR, INDEX_FILE, VersionStore
 log = logging.getLogger("strop.collection")
 
 EncodeFn = Callable[[Sequence[str]], np.ndarray]
+Sidecar = Callable[[Path, np.ndarray], None]
 
 
 def doc_text(doc: Document) -> Any:
@@ -81,6 +82,7 @@ def build_version(
     batch: int = 256,
     progress: Callable[[int, int], None] | None = None,
     text_of: Callable[[Document], str] = doc_text,
+    sidecar: Sidecar | None = None,
 ) -> dict[str, Any]:
     """Encode every live document at the current watermark, build the index, write the version.
 
@@ -110,7 +112,7 @@ def build_version(
     vecs = np.vstack(chunks) if chunks else np.empty((0, dim), np.float32)
     return write_version(vstore, vid, np.asarray(ids, np.int64), vecs, dim, spec, watermark,
                          encoder_ref=encoder_ref, save_encoder=save_encoder, parent=parent, job=job,
-                         metrics=metrics, extra=extra)
+                         metrics=metrics, extra=extra, sidecar=sidecar)
 
 
 def write_version(
@@ -128,12 +130,19 @@ def write_version(
     job: str | None = None,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    sidecar: Sidecar | None = None,
 ) -> dict[str, Any]:
-    """Build the index over (rids, vecs) and write version ``vid`` atomically."""
+    """Build the index over (rids, vecs) and write version ``vid`` atomically.
+
+    ``sidecar(dir, rids)`` writes per-document artifacts other than vectors (an image collection's
+    reference features for verification) into the version, so they are checksummed and travel with it.
+    """
     index = fi.build(spec, dim, np.asarray(rids, np.int64), vecs)
 
     def fill(tmp: Path) -> dict[str, Any]:
         fi.save(index, tmp / INDEX_FILE)
+        if sidecar is not None:
+            sidecar(tmp, np.asarray(rids, np.int64))
         if save_encoder is not None:
             save_encoder(tmp / ENCODER_DIR)
             enc: dict[str, Any] = {"path": ENCODER_DIR, "base": encoder_ref}

@@ -20,6 +20,7 @@ from typing import Any
 
 from strop.index.collection import (
     ServedVersion,
+    Sidecar,
     apply_changes,
     build_version,
     catch_up,
@@ -27,11 +28,12 @@ from strop.index.collection import (
     load_index,
 )
 from strop.index.faiss_index import IndexSpec
+from strop.index.image.verify import LOCAL_FEATURES_FILE, FeatureTable, reference_sidecar
 from strop.index.retention import clean_versions
 from strop.index.store import CollectionRecord, Conflict, DocumentStore, NotFound
 from strop.index.versions import Remote, VersionStore, new_version_id
 from strop.service.activation import Activation
-from strop.service.models import ModelRegistry
+from strop.service.models import LoadedModel, ModelRegistry
 from strop.service.state import CollectionState, Served
 from strop.service.writes import Writes
 
@@ -121,7 +123,7 @@ class CollectionManager(Writes, Activation):
             vid = new_version_id(self.store.next_version_number(record.name))
             spec = IndexSpec.from_dict(record.index_spec)
             build_version(self.store, vstore, vid, model.batcher.encode_sync, model.encoder.dim, spec,
-                          encoder_ref=record.encoder, metrics={})
+                          encoder_ref=record.encoder, metrics={}, sidecar=self._sidecar(record, model))
             vstore.activate(vid)
             return vid
         finally:
@@ -139,7 +141,16 @@ class CollectionManager(Writes, Activation):
             self.models.release(model)
             raise
         sv = ServedVersion(record.name, vid, manifest, source, live, live.spec)
+        if record.modality == "image":
+            sv.extra["local_features"] = FeatureTable(vstore.path(vid) / LOCAL_FEATURES_FILE,
+                                                      model.encoder.verify_config)
         return Served(sv, model)
+
+    def _sidecar(self, record: CollectionRecord, model: LoadedModel) -> Sidecar | None:
+        """Image collections store their references' local features (for verification) with each version."""
+        if record.modality != "image":
+            return None
+        return reference_sidecar(self.store, model.encoder.verify_config)
 
     def create(self, name: str, modality: str, encoder: str, index: dict[str, Any]) -> CollectionState:
         check_name(name)

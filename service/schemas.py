@@ -138,6 +138,8 @@ class SearchRequest(Strict):
                                          "teacher's order, sort by bi-encoder cosine (+ lexical) + teacher_weight x "
                                          "the teacher's score on [0, 1] (sigmoid of a cross-encoder's logit, "
                                          "(cos + 1) / 2 of a bi-encoder's)")
+    verify: bool | None = Field(None, description="image collections: re-rank the top candidates by geometric "
+                                "verification with local features (default on); false skips it")
     filter: dict[str, Scalar] | None = Field(None, description=(
         f"metadata equality filter; several keys = AND. At most {MAX_FILTER_KEYS} keys, each 1-256 characters "
         "without quotes, backslashes or control characters"))
@@ -165,12 +167,13 @@ class Hit(BaseModel):
     metadata: dict[str, Any] = Field({}, description="the document's metadata")
     scores: dict[str, float] | None = Field(None, description="parts of the score: {bi_encoder, teacher} when "
                                             "reranked, with lexical too when fused; {bi_encoder, lexical} with `lexical`; {visual, text} cosines in "
-                                            "image collections")
+                                            "image collections, plus {fused, inliers} when verified")
 
 
 class Match(BaseModel):
     id: str = Field(..., description="the identified reference (brand) document")
-    score: float = Field(..., description="its fused score, at or above the threshold")
+    score: float = Field(..., description="its score (fused, plus the verification bonus when verified), at or "
+                         "above the threshold")
 
 
 class SearchResponse(BaseModel):
@@ -185,6 +188,8 @@ class SearchResponse(BaseModel):
                                 "open-set threshold, else null (the logo is not in the gallery)")
     threshold: float | None = Field(None, description="image collections: the version's calibrated open-set "
                                     "threshold")
+    timings: dict[str, float] | None = Field(None, description="image collections: milliseconds of optional "
+                                             "stages, e.g. verify_ms for geometric verification")
 
 
 class FeedbackIn(Strict):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from strop.index.collection import doc_text
+from strop.index.image.verify import document_features
 from strop.index.live import LiveIndex
 from strop.index.store import Document
 from strop.service.state import CollectionState, ManagerBase, Served
@@ -41,6 +42,9 @@ class Writes(ManagerBase):
             served.live.add([d.rid for d in stored], vecs)
             for d in stored:
                 st.id_map[d.id] = d.rid
+            table = served.version.extra.get("local_features")
+            if table is not None:  # an image collection: its references' local features, computed once here
+                table.add(document_features({d.rid: d for d in stored}, table.config))
         self.maybe_compact(name)
         return len(stored), truncated
 

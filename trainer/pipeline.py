@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from strop.index.artifacts import open_remote
-from strop.index.collection import doc_text, version_vectors, write_version
+from strop.index.collection import Sidecar, doc_text, version_vectors, write_version
 from strop.index.encoder import Encoder
 from strop.index.faiss_index import IndexSpec
 from strop.index.metrics import evaluate_rankings
@@ -520,7 +520,7 @@ def save_model(model: Any, path: Path) -> None:
 
 def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: Any, encoder: Encoder,
             corpus: np.ndarray, job_id: str, metrics: dict, reporter: Reporter,
-            save_encoder: Callable[[Path], None] | None = None) -> str:
+            save_encoder: Callable[[Path], None] | None = None, sidecar: Sidecar | None = None) -> str:
     """Catch up on writes past the snapshot, build the index, write the version (not yet active)."""
     rids = list(snap.rids)
     vecs = [corpus]
@@ -545,5 +545,5 @@ def publish(store: DocumentStore, vstore: VersionStore, snap: Snapshot, model: A
     reporter.check()
     write_version(vstore, vid, rid_arr, mat, encoder.dim, spec, watermark,
                   encoder_ref=snap.base_encoder, save_encoder=save_encoder or (lambda p: save_model(model, p)),
-                  parent=snap.version, job=job_id, metrics=metrics)
+                  parent=snap.version, job=job_id, metrics=metrics, sidecar=sidecar)
     return vid

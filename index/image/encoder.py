@@ -143,6 +143,16 @@ class ImageEncoder:
         return float(self.model.fusion.threshold)
 
     @property
+    def verify_threshold(self) -> float:
+        """Open-set threshold of verified scores: calibrated by a views job, else the fused threshold."""
+        t = self.model.fusion.verify_threshold
+        return float(self.model.fusion.threshold if t is None else t)
+
+    @property
+    def verify_config(self) -> Any:
+        return self.model.verify
+
+    @property
     def w_text(self) -> float:
         return float(self.model.fusion.w_text)
 

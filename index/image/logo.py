@@ -61,6 +61,7 @@ from PIL import Image
 from torch import nn
 
 from strop.index.image.decode import check_crops
+from strop.index.image.verify import VerifyConfig
 
 log = logging.getLogger("strop.logo")
 
@@ -424,6 +425,7 @@ class Fusion:
     w_text: float = 0.0
     threshold: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    verify_threshold: float | None = None  # open-set threshold of verified scores (None: ``threshold``)
 
     @property
     def w_visual(self) -> float:
@@ -489,8 +491,10 @@ class LogoModel:
     """
 
     def __init__(self, visual: VisualEncoder, text_encoder: Any | None = None, ocr: OcrReader | None = None,
-                 fusion: Fusion | None = None, query_crops: Sequence[float] = (1.0,), gallery_views: int = 0):
+                 fusion: Fusion | None = None, query_crops: Sequence[float] = (1.0,), gallery_views: int = 0,
+                 verify: VerifyConfig | None = None):
         self.visual = visual
+        self.verify = verify or VerifyConfig()
         self.text_encoder = text_encoder
         self.ocr = ocr
         self.fusion = fusion or Fusion()
@@ -582,7 +586,7 @@ class LogoModel:
         d = Path(directory)
         self.visual.save(d)
         meta = {"fusion": asdict(self.fusion), "query_crops": list(self.query_crops),
-                "gallery_views": self.gallery_views,
+                "gallery_views": self.gallery_views, "verify": self.verify.to_dict(),
                 "text_encoder": getattr(self.text_encoder, "name", None),
                 "ocr": None if self.ocr is None else {"det_limit_side_len": self.ocr.det_limit_side_len,
                                                       "min_score": self.ocr.min_score}}
@@ -596,4 +600,5 @@ class LogoModel:
         ocr = OcrReader(**meta["ocr"]) if meta.get("ocr") else None
         return cls(VisualEncoder.load(d), text_encoder, ocr, Fusion(**meta["fusion"]),
                    query_crops=meta.get("query_crops", (1.0,)),  # models saved before these: whole image,
-                   gallery_views=meta.get("gallery_views", 0))  # the reference alone
+                   gallery_views=meta.get("gallery_views", 0),  # the reference alone
+                   verify=VerifyConfig.from_dict(meta.get("verify")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from strop.index.collection import doc_text
 from strop.index.image.decode import ImageError, decode_image
+from strop.index.image.verify import FeatureTable, geometric_bonus, query_features, verify_candidates
 from strop.index.metrics import evaluate_rankings, query_ranks
 from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
@@ -93,6 +95,9 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
     check_top_k(body.top_k, settings)
     if st.record.modality == "image":
         return await image_search(body, st, manager, timer)
+    if body.verify is not None:
+        raise ApiError(422, "verify_unsupported", "verify applies to image collections; leave it out for "
+                       f"{st.record.modality} collections")
     query = check_query(body.query, body.image, st, settings)
     lexical = lexical_weight(body.rerank, body.lexical, body.teacher_weight, st, settings)
     check_teacher(body.rerank, st)
@@ -119,12 +124,23 @@ async def search(body: SearchRequest, st: CollectionDep, manager: ManagerDep, se
                           degraded=degraded)
 
 
+def verify_hits(img: Any, rids: list[int], table: FeatureTable, store: DocumentStore) -> tuple[np.ndarray, float]:
+    """Inliers of the query against each candidate's reference features, and the milliseconds it took."""
+    t = time.perf_counter()
+    feats = table.get(rids, store)
+    inliers = verify_candidates(query_features(img, table.config), [feats.get(r) for r in rids], table.config)
+    return inliers, round((time.perf_counter() - t) * 1000, 3)
+
+
 async def image_search(body: SearchRequest, st: CollectionState, manager: CollectionManager,
                        timer: Timer) -> JSONResponse:
     """Identify the image: ranked hits with ``scores: {visual, text}``, and the open-set ``match``.
 
-    ``match`` is the best hit when its fused score reaches the version's calibrated threshold,
-    else ``null`` (the logo is not in the gallery).
+    With verification (the default; ``"verify": false`` turns it off), the top candidates are
+    re-ranked by fused score plus a bonus for geometrically consistent local-feature matches
+    (``strop.index.image.verify``), and hits also carry ``scores: {fused, inliers}``. ``match`` is
+    the best hit when its score reaches the version's calibrated threshold, else ``null`` (the
+    logo is not in the gallery).
     """
     name = st.record.name
     if body.query is not None:
@@ -147,27 +163,42 @@ async def image_search(body: SearchRequest, st: CollectionState, manager: Collec
         allow = await to_thread.run_sync(manager.store.filter_rids, name, body.filter)
     qvec = await served.model.batcher.encode_query(img)
     k = body.top_k
-
     encoder = served.model.encoder
+    table = served.version.extra.get("local_features")
+    verify = table is not None and body.verify is not False
+    depth = max(k, table.config.top_k) if verify else k
 
     def run() -> tuple[np.ndarray, np.ndarray, dict[int, Document], np.ndarray]:
         # one row, or one per crop of a multi-crop model: each document keeps its best crop's score
-        scores, ids = encoder.search_crops(lambda rows, kk: served.live.search(rows, kk, allow), qvec, k)
+        scores, ids = encoder.search_crops(lambda rows, kk: served.live.search(rows, kk, allow), qvec, depth)
         rids = [int(r) for r in ids if r >= 0]
         return scores, ids, manager.store.by_rids(rids), served.live.vectors(rids)
 
     scores, rids, docs, rows = await to_thread.run_sync(run)
     valid = [(float(s), int(r)) for s, r in zip(scores, rids, strict=True) if r >= 0]
     vis, txt = encoder.split(qvec, rows) if len(rows) else (np.zeros(0), np.zeros(0))
-    hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata,
-                scores={"visual": round(float(vis[i]), 6), "text": round(float(txt[i]), 6)})
-            for i, (s, r) in enumerate(valid) if r in docs]
+    parts = [{"visual": round(float(vis[i]), 6), "text": round(float(txt[i]), 6)} for i in range(len(valid))]
+    timings: dict[str, float] = {}
+    threshold = encoder.threshold
+    if verify and valid:
+        inliers, timings["verify_ms"] = await to_thread.run_sync(
+            verify_hits, img, [r for _, r in valid], table, manager.store)
+        bonus = geometric_bonus(inliers, table.config)
+        for i, (s, r) in enumerate(valid):
+            parts[i].update({"fused": s, "inliers": float(inliers[i])})
+            valid[i] = (s + float(bonus[i]), r)
+        order = sorted(range(len(valid)), key=lambda i: -valid[i][0])
+        valid, parts = [valid[i] for i in order], [parts[i] for i in order]
+        threshold = encoder.verify_threshold
+    hits = [Hit(id=docs[r].id, score=s, text=docs[r].text, metadata=docs[r].metadata, scores=parts[i])
+            for i, (s, r) in enumerate(valid) if r in docs][:k]
     match = None
-    if hits and hits[0].score >= encoder.threshold:
+    if hits and hits[0].score >= threshold:
         match = {"id": hits[0].id, "score": hits[0].score}
-    out = SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3)).model_dump(exclude_none=True)
+    out = SearchResponse(hits=hits, version=served.id, took_ms=round(timer.ms, 3),
+                         timings=timings or None).model_dump(exclude_none=True)
     out["match"] = match
-    out["threshold"] = encoder.threshold
+    out["threshold"] = threshold
     return JSONResponse(out)
 
 

@@ -48,7 +48,8 @@ def test_identifies_views_with_both_scores(client) -> None:
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["hits"][0]["id"] == LOGO_WORDS[i]
-        assert set(body["hits"][0]["scores"]) == {"visual", "text"}
+        assert set(body["hits"][0]["scores"]) == {"visual", "text", "fused", "inliers"}  # verified by default
+        assert body["timings"]["verify_ms"] > 0
         assert "match" in body and body["match"]["id"] == LOGO_WORDS[i]
         assert body["hits"][0]["score"] >= body["hits"][1]["score"]
     # a filter applies before the top_k cut

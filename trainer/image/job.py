@@ -34,6 +34,7 @@ import numpy as np
 from strop.index.image.decode import ImageError, decode_image
 from strop.index.image.encoder import ImageEncoder
 from strop.index.image.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, fused_scores
+from strop.index.image.verify import reference_features, reference_sidecar, verified_matrix, verify_top
 from strop.index.metrics import evaluate_rankings
 from strop.trainer.data import snapshot
 from strop.trainer.image.views import (
@@ -75,6 +76,26 @@ def measure(model: LogoModel, gallery: Embedded, known: Embedded, labels: np.nda
                 "threshold": cal["threshold"], "false_accept": cal["false_accept"],
                 "true_accept": cal["true_accept"], "w_text": w_text})
     return {k: (round(float(v), 5) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def calibrate_verified(model: LogoModel, gallery: Embedded, known: Embedded, unknown: Embedded,
+                       labels: np.ndarray, refs: list[Any], known_imgs: list[Any], unknown_imgs: list[Any],
+                       max_false_accept: float) -> tuple[float, dict[str, Any]]:
+    """The open-set threshold of verified scores (``strop.index.image.verify``), calibrated on the same
+    held-out views as the fused threshold; returns it and the verified metrics."""
+    cfg = model.verify
+    feats = [reference_features(im, cfg) for im in refs]
+    w = model.fusion.w_text
+    fk, fu = fused_scores(gallery, known, w)[0], fused_scores(gallery, unknown, w)[0]
+    vk = verified_matrix(fk, *verify_top(fk, known_imgs, feats, cfg)[:2], cfg)
+    top_u, inl_u, ms = verify_top(fu, unknown_imgs, feats, cfg)
+    vu = verified_matrix(fu, top_u, inl_u, cfg)
+    cal = calibrate_threshold(vk.max(axis=1), vu.max(axis=1), max_false_accept)
+    osm = open_set_metrics(vk, labels, vu, cal["threshold"])
+    out = {"recall@1": osm["top1"], "top5": osm["top5"], "auroc": osm["auroc"], "far_at_95tar": osm["far_at_95tar"],
+           "threshold": cal["threshold"], "false_accept": cal["false_accept"], "true_accept": cal["true_accept"],
+           "verify_ms": ms}
+    return cal["threshold"], {k: round(float(v), 5) for k, v in out.items()}
 
 
 def run_views_job(ctx: JobContext) -> JobResult:
@@ -156,12 +177,15 @@ def run_views_job(ctx: JobContext) -> JobResult:
 
     reporter.enter("evaluate_after")
     model = LogoModel(visual, base.text_encoder, base.ocr, query_crops=vs.query_crops,
-                      gallery_views=vs.gallery_views)
+                      gallery_views=vs.gallery_views, verify=base.verify)
     refs1, gal1, known1, unknown1 = embed(model)
     w_text, grid = fit_fusion(gal1, known1, labels, unknown1) if model.text_encoder is not None else (0.0, [])
     after = measure(model, gal1, known1, labels, unknown1, w_text, spec.open_set.max_false_accept)
     model.fusion.w_text = w_text
     model.fusion.threshold = after["threshold"]
+    model.fusion.verify_threshold, reporter.details["verified"] = calibrate_verified(
+        model, gal1, known1, unknown1, labels, [images[i] for i in train_idx], known_imgs, unknown_imgs,
+        spec.open_set.max_false_accept)
     model.fusion.metrics = after
     passed = apply_gate(spec, before, after, reporter, len(train_idx))  # held-out views per known brand
     reporter.details["fusion_grid"] = grid
@@ -170,7 +194,7 @@ def run_views_job(ctx: JobContext) -> JobResult:
     encoder = ImageEncoder(model, "views")
     snap.rids = np.asarray([docs[i].rid for i in keep], np.int64)  # the rows of refs1, in order
     vid = publish(store, vstore, snap, model, encoder, model.pack_gallery(refs1), job_id, reporter.metrics,
-                  reporter, save_encoder=model.save)
+                  reporter, save_encoder=model.save, sidecar=reference_sidecar(store, model.verify))
     return finish(ctx, vid, passed and spec.activate, passed)
 
 
