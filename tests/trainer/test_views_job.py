@@ -56,7 +56,13 @@ def test_views_job_trains_calibrates_and_swaps(client, workers):  # noqa: F811
     buf = io.BytesIO()
     img.save(buf, "JPEG")
     hit = client.post("/collections/logos/search", json={"image": b64(buf.getvalue()), "top_k": 3}).json()
-    assert hit["threshold"] == pytest.approx(job["metrics"]["after"]["threshold"])
+    # verified by default: the threshold the job calibrated on verified scores of the same held-out views
+    verified = job["details"]["verified"]
+    assert {"threshold", "recall@1", "far_at_95tar", "verify_ms"} <= set(verified)
+    assert hit["threshold"] == pytest.approx(verified["threshold"])
+    plain = client.post("/collections/logos/search", json={"image": b64(buf.getvalue()), "top_k": 3,
+                                                           "verify": False}).json()
+    assert plain["threshold"] == pytest.approx(job["metrics"]["after"]["threshold"])
     assert hit["hits"][0]["id"] == LOGO_WORDS[3]
     # the trained model embeds a query as crops (views.query_crops): one hit per document, best crop's score
     assert job["details"]["train"]["query_crops"] == [1.0, 0.75, 0.5]
@@ -66,8 +72,9 @@ def test_views_job_trains_calibrates_and_swaps(client, workers):  # noqa: F811
     assert [h["score"] for h in hit["hits"]] == sorted((h["score"] for h in hit["hits"]), reverse=True)
     w = job["metrics"]["after"]["w_text"]
     for h in hit["hits"]:  # the fused score from the best crop's visual cosine (text weight w only if OCR read text)
-        v, t = h["scores"]["visual"], h["scores"]["text"]
-        assert min(abs(h["score"] - v), abs(h["score"] - ((1 - w) * v + w * t))) < 1e-4, (h, w)
+        v, t, f = h["scores"]["visual"], h["scores"]["text"], h["scores"]["fused"]
+        assert min(abs(f - v), abs(f - ((1 - w) * v + w * t))) < 1e-4, (h, w)
+        assert h["score"] >= f - 1e-6  # plus the bonus of its inliers
 
 
 def test_views_job_cancel_while_training(client, workers):  # noqa: F811
