@@ -71,7 +71,7 @@ ENCODER_NAME = "all-MiniLM-L6-v2"
 # =========================================================================================
 # servers (run in their own processes)
 # =========================================================================================
-def serve_strop(data_dir: str, port: int, precision: str) -> None:
+def serve_strop(data_dir: str, port: int, precision: str, backend: str = "auto") -> None:
     import uvicorn
 
     from strop.index.settings import Settings
@@ -80,7 +80,7 @@ def serve_strop(data_dir: str, port: int, precision: str) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("strop").setLevel(logging.INFO)
     settings = Settings(data_dir=Path(data_dir), host="127.0.0.1", port=port, precision=precision,
-                        redis_url=None, no_worker=True)
+                        encoder_backend=backend, redis_url=None, no_worker=True)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -149,16 +149,20 @@ def serve_naive(vectors_path: str, docs_path: str, port: int, handler: str) -> N
 class Server:
     """A server subprocess on 127.0.0.1 (stopped by its pid only)."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path, ready_path: str):
+    def __init__(self, name: str, args: list[str], log_path: Path, ready_path: str,
+                 cmd: list[str] | None = None, env: dict[str, str] | None = None, cwd: Path | None = None):
+        """``args`` go to ``python -m bench.serving --serve``; or ``cmd`` runs as given, ``{port}`` replaced."""
         self.name = name
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STROP_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("STROP_")}
+        argv = [sys.executable, "-m", "bench.serving", "--serve", *args, "--port", str(self.port)] if cmd is None \
+            else [a.replace("{port}", str(self.port)) for a in cmd]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.serving", "--serve", *args, "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(Path(__file__).resolve().parents[1]),
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env={**base, **(env or {})},
+            cwd=str(cwd or Path(__file__).resolve().parents[1]),
         )
         self.started = time.perf_counter()
         self.ready_s = self._wait(ready_path)
@@ -184,10 +188,18 @@ class Server:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
     def cpu_s(self) -> float:
+        """CPU seconds of the server process and any children it started."""
         import psutil
 
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
+        proc = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
 
     def log_tail(self, n: int = 4000) -> str:
         self._log.flush()
@@ -290,7 +302,8 @@ end
 
 
 def _load_wrk(url: str, path: str, bodies: Sequence[bytes], concurrency: int, duration: float, warmup: float,
-              start: int, method: str = "POST") -> dict[str, Any]:
+              start: int, method: str = "POST", script: str = _WRK_SCRIPT,
+              env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """The same load from ``wrk`` (C, one thread): far less client CPU than Python on a shared 2-core box.
 
     Non-200 answers (429s included) are not counted in QPS; latency percentiles are wrk's (all answers).
@@ -300,9 +313,9 @@ def _load_wrk(url: str, path: str, bodies: Sequence[bytes], concurrency: int, du
     tmp = Path(tempfile.mkdtemp(prefix="wrk-"))
     try:
         (tmp / "bodies.jsonl").write_bytes(b"\n".join(bodies) + b"\n")
-        (tmp / "load.lua").write_text(_WRK_SCRIPT)
+        (tmp / "load.lua").write_text(script)
         env = {**os.environ, "STROP_WRK_BODIES": str(tmp / "bodies.jsonl"), "STROP_WRK_START": str(start),
-               "STROP_WRK_METHOD": method}
+               "STROP_WRK_METHOD": method, **(env_extra or {})}
         cmd = ["wrk", "-t1", f"-c{concurrency}", "--timeout", "120s", "-s", str(tmp / "load.lua"), url + path]
         if warmup > 0:
             subprocess.run(cmd[:1] + [f"-d{max(1, round(warmup))}s"] + cmd[1:], env=env, capture_output=True,
@@ -531,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         kind, *rest = args.serve
         if kind == "strop":
-            serve_strop(rest[0], args.port, rest[1])
+            serve_strop(rest[0], args.port, rest[1], *rest[2:3])
         else:
             serve_naive(rest[0], rest[1], args.port, rest[2])
         return 0

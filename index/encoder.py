@@ -9,26 +9,33 @@ An encoder spec is one of
 
 Long inputs: the text is stored verbatim, but only its first ``max_seq_length``
 tokens (256 for MiniLM) are embedded; the upsert response counts how many
-documents were truncated. Encoding precision is ``fp32``, ``bf16`` or ``auto``:
-``auto`` picks bf16 weights when the CPU/GPU supports them and a calibration
-batch keeps cosine >= 0.9999 to fp32 (see docs/benchmarks.md).
+documents were truncated. Encoding precision is ``fp32``, ``bf16``, ``fp16`` or ``auto``:
+``auto`` picks half-precision weights (bf16; fp16 too on CUDA) when they are faster and a
+calibration batch keeps cosine >= 0.9999 to fp32. The backend is ``torch``, ``onnx``
+(ONNX Runtime), ``openvino`` or ``auto``: the CPU runtimes run an ONNX export of the
+transformer (see ``strop.index.backends``), and ``auto`` keeps the fastest that passes the
+same cosine check (measurements: docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from strop.index.settings import default_device
+
+if TYPE_CHECKING:
+    from strop.index.backends import Runtime
 
 log = logging.getLogger("strop.encoder")
 
@@ -45,6 +52,8 @@ class _ExpectedTruncation(logging.Filter):
 logging.getLogger("transformers.tokenization_utils_base").addFilter(_ExpectedTruncation())
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+MIN_COSINE = 0.9999  # a precision or backend is served only if it keeps this cosine to fp32 torch
 ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 CALIBRATION_TEXTS = [
@@ -97,8 +106,10 @@ class Encoder:
     service's micro-batcher, or the trainer's loop).
     """
 
-    def __init__(self, model: Any, name: str, precision: str = "fp32", device: str = "cpu"):
+    def __init__(self, model: Any, name: str, precision: str = "fp32", device: str = "cpu",
+                 runtime: Runtime | None = None):
         self.model = model
+        self.runtime = runtime  # None: torch runs the model; else ONNX Runtime / OpenVINO runs its transformer
         self.name = name
         self.device = device
         self.precision = precision
@@ -112,7 +123,10 @@ class Encoder:
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
-    def load(cls, spec: str | None, precision: str = "auto", device: str | None = None) -> Encoder:
+    def load(cls, spec: str | None, precision: str = "auto", device: str | None = None,
+             backend: str = "torch", cache_dir: str | Path | None = None) -> Encoder:
+        """Load ``spec`` and pick how it runs: ``precision`` (fp32, bf16, fp16, auto) and ``backend``
+        (torch, onnx, openvino, auto; the ONNX graph is exported once into ``cache_dir``)."""
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -122,32 +136,91 @@ class Encoder:
         model = SentenceTransformer(path, device=device)
         model.eval()
         enc = cls(model, spec or DEFAULT_ENCODER, "fp32", device)
-        return enc.with_precision(precision)
+        return enc.with_backend(backend, precision, cache_dir)
 
     def with_precision(self, precision: str) -> Encoder:
-        """Return an encoder at ``precision`` (``auto`` calibrates against fp32)."""
+        """Return a torch encoder at ``precision`` (``auto`` calibrates the half precisions against fp32)."""
         if precision == "fp32":
             return self
-        if precision not in ("bf16", "auto"):
-            raise ValueError(f"unknown precision {precision!r}: use fp32, bf16 or auto")
-        if not bf16_supported(self.device):
-            if precision == "bf16":
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        return self.calibrate(self._torch_candidates(precision))
+
+    def _torch_candidates(self, precision: str) -> list[Encoder]:
+        if precision == "fp32":
+            return [self]
+        if precision in ("bf16", "fp16"):
+            if precision == "bf16" and not bf16_supported(self.device):
                 log.warning("bf16 not supported on %s; encoding in fp32", self.device)
+                return [self]
+            return [self._cast(precision)]
+        # auto: bf16 where supported; fp16 only on CUDA (CPU fp16 matmuls are emulated and slow)
+        out = [self]
+        if bf16_supported(self.device):
+            out.append(self._cast("bf16"))
+        if self.device.startswith("cuda"):
+            out.append(self._cast("fp16"))
+        return out
+
+    def with_backend(self, backend: str, precision: str = "auto", cache_dir: str | Path | None = None) -> Encoder:
+        """Return the encoder on ``backend``; ``auto`` keeps the fastest candidate whose embeddings stay at
+        cosine >= 0.9999 to fp32 torch on a calibration batch. CUDA devices always run torch."""
+        from strop.index.backends import BACKENDS, BackendUnavailable, make_runtime
+
+        if backend not in (*BACKENDS, "auto"):
+            raise ValueError(f"unknown backend {backend!r}: use one of {', '.join((*BACKENDS, 'auto'))}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        if backend == "torch" or self.device != "cpu":
+            if backend not in ("torch", "auto"):
+                log.warning("backend %s runs on the CPU only; %s encodes with torch", backend, self.device)
+            return self.with_precision(precision)
+        cache = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "strop-backends"
+        candidates = self._torch_candidates(precision) if backend == "auto" else []
+        for name in (("onnx", "openvino") if backend == "auto" else (backend,)):
+            half = name == "openvino" and precision in ("auto", "bf16") and bf16_supported("cpu")
+            for prec in (("fp32", "bf16") if precision == "auto" and half else ("bf16",) if half and precision == "bf16"
+                         else ("fp32",)):
+                try:
+                    runtime = make_runtime(name, self.model, cache, precision=prec)
+                except BackendUnavailable as e:
+                    log.warning("backend %s unavailable for %s: %s", name, self.name, e)
+                    continue
+                candidates.append(Encoder(self.model, self.name, prec, self.device, runtime=runtime))
+        if not candidates:
+            log.warning("no %s runtime for %s; encoding with torch", backend, self.name)
+            return self.with_precision(precision)
+        return self.calibrate(candidates)
+
+    def _cast(self, precision: str) -> Encoder:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return Encoder(copy.deepcopy(self.model).to(dtype), self.name, precision, self.device)
+
+    def calibrate(self, candidates: Sequence[Encoder]) -> Encoder:
+        """The fastest of ``candidates`` (best of three timings of a calibration batch) whose embeddings keep
+        cosine >= 0.9999 to this (fp32 torch) encoder; this encoder when none qualifies. A single candidate
+        is what was asked for explicitly: it is served, with a warning when it drifts further."""
+        if len(candidates) == 1 and candidates[0] is self:
             return self
-        model16 = copy.deepcopy(self.model).to(torch.bfloat16)
-        enc16 = Encoder(model16, self.name, "bf16", self.device)
-        if precision == "bf16":
-            return enc16
         ref = self.encode(CALIBRATION_TEXTS).vectors
-        got = enc16.encode(CALIBRATION_TEXTS).vectors
-        cos = float((ref * got).sum(axis=1).min())
-        t32 = _time(lambda: self.encode(CALIBRATION_TEXTS * 2))
-        t16 = _time(lambda: enc16.encode(CALIBRATION_TEXTS * 2))
-        log.info("precision calibration %s: min cosine bf16/fp32 %.6f, fp32 %.3fs, bf16 %.3fs",
-                 self.name, cos, t32, t16)
-        if cos >= 0.9999 and t16 < t32:
-            return enc16
-        return self
+        best, best_t = None, float("inf")
+        for cand in candidates:
+            got = ref if cand is self else cand.encode(CALIBRATION_TEXTS).vectors
+            cos = float((ref * got).sum(axis=1).min())
+            if len(candidates) == 1:
+                if cos < MIN_COSINE:
+                    log.warning("%s on %s/%s: min cosine to fp32 torch %.6f < %s", self.name, cand.backend,
+                                cand.precision, cos, MIN_COSINE)
+                return cand
+            t = _time(lambda c=cand: c.encode(CALIBRATION_TEXTS * 2))
+            log.info("calibration %s: %s/%s min cosine to fp32 torch %.6f, %.1f ms per %d texts",
+                     self.name, cand.backend, cand.precision, cos, t * 1000, 2 * len(CALIBRATION_TEXTS))
+            if cos >= MIN_COSINE and t < best_t:
+                best, best_t = cand, t
+        if best is None:
+            log.warning("no candidate kept cosine >= %s for %s; encoding with fp32 torch", MIN_COSINE, self.name)
+            return self
+        return best
 
     # -- encoding -----------------------------------------------------------------------
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
@@ -181,15 +254,25 @@ class Encoder:
                 out[idx] = self._forward([texts[i] for i in idx])
         return EncodeResult(out, self.count_truncated(texts))
 
+    @property
+    def backend(self) -> str:
+        return self.runtime.name if self.runtime is not None else "torch"
+
     def _forward(self, texts: list[str]) -> np.ndarray:
         features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
+        if self.runtime is not None:
+            features["token_embeddings"] = torch.from_numpy(self.runtime.run(features))
+            for module in list(self.model)[1:]:  # pooling, dense, normalise: the model's own modules
+                features = module(features)
+            emb = features["sentence_embedding"].float()
+            return torch.nn.functional.normalize(emb, dim=-1).numpy()
         features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
         emb = self.model(features)["sentence_embedding"].float()
         emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy()
 
     def fingerprint(self) -> str:
-        return f"{self.name}:{self.precision}"
+        return f"{self.name}:{self.precision}" if self.runtime is None else f"{self.name}:{self.backend}:{self.precision}"
 
 
 def _time(fn: Any, repeat: int = 3) -> float:

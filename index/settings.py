@@ -43,9 +43,16 @@ class Settings(BaseSettings):
 
     default_encoder: str = "all-MiniLM-L6-v2"
     allowed_encoders: str = Field("", description="extra encoder specs /v1/embeddings may load by name")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="encoder weights: auto picks bf16 when a calibration batch keeps cosine >= 0.9999 "
-                            "to fp32 (API and workers, teachers included)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="encoder weights: auto picks bf16 (and on CUDA fp16) when it is faster and a "
+                            "calibration batch keeps cosine >= 0.9999 to fp32 (API and workers, teachers included)")
+    encoder_backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        "auto", description="what runs the API's text encoders on the CPU: torch, onnx (ONNX Runtime) or openvino, "
+                            "on a graph exported once into DATA_DIR/backends; auto keeps the fastest whose "
+                            "embeddings keep cosine >= 0.9999 to fp32 torch. CUDA always runs torch")
+    query_cache_entries: int = Field(10_000, ge=0, description=(
+        "query embeddings each served encoder keeps (least recently used first out, emptied when a version "
+        "with other weights is swapped in; 0 = off)"))
     device: str | None = Field(None, description="torch device for encoding and training (cpu, cuda, cuda:1); "
                                                  "default: cuda when available, else cpu")
     teacher_cache_entries: int = Field(200_000, ge=0, description=(

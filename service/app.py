@@ -49,7 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models = ModelRegistry(settings.precision, settings.resolved_device(), settings.batch_size,
                                settings.queue_size, observe=telemetry.observe_batch,
                                teacher_disk_cache=settings.teacher_disk_cache(),
-                               bulk_tokens=settings.bulk_chunk_tokens)
+                               bulk_tokens=settings.bulk_chunk_tokens, backend=settings.encoder_backend,
+                               backend_cache=str(settings.data_dir / "backends"),
+                               query_cache=settings.query_cache_entries, on_cache=telemetry.observe_cache)
         # Import the encoder stack before reporting ready: a replica that opens its first collection
         # later (one created through another replica) must not pay a multi-second import then.
         await to_thread.run_sync(importlib.import_module, "sentence_transformers")

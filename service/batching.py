@@ -6,6 +6,10 @@ one forward pass, and hands searches to a small FAISS pool so the next encode ca
 start while the previous batch is searched. Bulk encodes (ingest, evaluate,
 catch-up) go through the same thread in chunks, with queries served between
 chunks. A full queue raises ``Overloaded`` (HTTP 429 with Retry-After).
+
+Text queries seen before are answered from a bounded LRU of their embeddings (``query_cache``
+entries), without a trip through the model thread; the cache belongs to the batcher, so it lives
+and dies with the loaded weights: a swap to a version with other weights starts empty.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +50,34 @@ class _Query:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+class QueryCache:
+    """A thread-safe LRU of query text -> embedding (read-only arrays)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> np.ndarray | None:
+        with self._lock:
+            v = self._data.get(text)
+            if v is not None:
+                self._data.move_to_end(text)
+            return v
+
+    def put(self, text: str, vec: np.ndarray) -> None:
+        v = np.array(vec, dtype=np.float32, copy=True)
+        v.setflags(write=False)
+        with self._lock:
+            self._data[text] = v
+            self._data.move_to_end(text)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 @dataclass
 class _Bulk:
     texts: Sequence[str]
@@ -60,8 +93,14 @@ class EncodeBatcher:
         search_pool: cf.Executor | None = None,
         observe: Callable[[int, float], None] | None = None,
         bulk_tokens: int = 512,
+        query_cache: int = 0,
+        on_cache: Callable[[bool], None] | None = None,
     ):
         self.encoder = encoder
+        self.cache = QueryCache(query_cache) if query_cache > 0 else None
+        self.cache_lookups = 0
+        self.cache_hits = 0
+        self._on_cache = on_cache
         self.max_batch = max_batch
         self._queries: queue.Queue[_Query] = queue.Queue(maxsize=queue_size)
         self._bulk: queue.Queue[_Bulk | None] = queue.Queue(maxsize=max(16, queue_size // 8))
@@ -103,8 +142,26 @@ class EncodeBatcher:
             loop.call_soon_threadsafe(settle)
 
         q.done = done
-        self._put_query(q)
+        hit = self._cached(q.text)
+        if hit is None:
+            self._put_query(q)
+        elif q.search is None:
+            return hit
+        elif self._search_pool is not None:
+            self._search_pool.submit(_run_search, [q], hit[None, :])
+        else:
+            await asyncio.to_thread(_run_search, [q], hit[None, :])
         return await fut
+
+    def _cached(self, text: Any) -> np.ndarray | None:
+        if self.cache is None or not isinstance(text, str):
+            return None
+        vec = self.cache.get(text)
+        self.cache_lookups += 1
+        self.cache_hits += vec is not None
+        if self._on_cache is not None:
+            self._on_cache(vec is not None)
+        return vec
 
     def _put_query(self, q: _Query) -> None:
         if self._stop.is_set():
@@ -237,6 +294,10 @@ class EncodeBatcher:
             if not batch:
                 return
         dt = time.perf_counter() - t0
+        if self.cache is not None:
+            for i, q in enumerate(batch):
+                if isinstance(q.text, str):
+                    self.cache.put(q.text, vecs[i])
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * dt
         if self._observe:
             self._observe(len(batch), dt)

@@ -42,8 +42,16 @@ class ModelRegistry:
         grace_s: float = 30.0,
         teacher_disk_cache: DiskCache | None = None,
         bulk_tokens: int = 512,
+        backend: str = "torch",
+        backend_cache: str | None = None,
+        query_cache: int = 0,
+        on_cache: Callable[[bool], None] | None = None,
     ):
+        self.on_cache = on_cache
         self.bulk_tokens = bulk_tokens
+        self.backend = backend
+        self.backend_cache = backend_cache
+        self.query_cache = query_cache
         self.teacher_disk_cache = teacher_disk_cache
         self.precision = precision
         self.device = device or default_device()
@@ -66,10 +74,14 @@ class ModelRegistry:
             if is_image_spec(source):
                 encoder: Any = ImageEncoder.load(source, self.precision, self.device)
             else:
-                encoder = Encoder.load(source, precision=self.precision, device=self.device)
-            log.info("loaded encoder %s (%s, dim %d)", source, encoder.precision, encoder.dim)
+                encoder = Encoder.load(source, precision=self.precision, device=self.device, backend=self.backend,
+                                       cache_dir=self.backend_cache)
+            log.info("loaded encoder %s (%s %s, dim %d)", source, getattr(encoder, "backend", "torch"),
+                     encoder.precision, encoder.dim)
             return encoder, EncodeBatcher(encoder, self.max_batch, self.queue_size, self.search_pool, self.observe,
-                                          bulk_tokens=self.bulk_tokens)
+                                          bulk_tokens=self.bulk_tokens,
+                                          query_cache=0 if is_image_spec(source) else self.query_cache,
+                                          on_cache=self.on_cache)
 
         return self._acquire(self.key(source), load)
 

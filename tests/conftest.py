@@ -16,6 +16,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run the tiny encoder on torch: the ONNX / OpenVINO runtimes and `auto`'s calibration have their
+# own tests (tests/index/test_backends.py, tests/service/test_query_cache.py), and the rest of the suite
+# need not pay an export per model load.
+os.environ.setdefault("STROP_ENCODER_BACKEND", "torch")
 
 
 @pytest.fixture(scope="session")
@@ -207,7 +211,7 @@ def serve_env(tiny_encoder_path: str, **extra: str) -> dict[str, str]:
     """The environment of a test server and of the `strop` commands run against it: the tiny encoder,
     no variables of the machine's own strop setup."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STROP_")}
-    env.update({"STROP_DEFAULT_ENCODER": tiny_encoder_path, "STROP_PRECISION": "fp32",
+    env.update({"STROP_DEFAULT_ENCODER": tiny_encoder_path, "STROP_PRECISION": "fp32", "STROP_ENCODER_BACKEND": "torch",
                 "STROP_POLL_INTERVAL_S": "0.2", "OMP_NUM_THREADS": "1", **extra})
     return env
 
