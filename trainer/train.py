@@ -65,6 +65,16 @@ def inference_encoder(model, name: str = "student", device: str = "cpu") -> Enco
     return Encoder(frozen, name, precision, device)
 
 
+def amp_dtype(device: str, bf16: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype of training steps: on CUDA, bf16 where the card has it, else fp16 (with a gradient
+    scaler); on the CPU none: training stays fp32 there."""
+    if not device.startswith("cuda"):
+        return None
+    if bf16 is None:
+        bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return torch.bfloat16 if bf16 else torch.float16
+
+
 def make_batches(pairs: Sequence[Pair], texts: Sequence[str], batch_size: int, rng: random.Random,
                  order: Sequence[int] | None = None) -> list[list[int]]:
     """Shuffle pair indices into batches with no repeated query or document text inside a batch.
@@ -116,8 +126,12 @@ def fine_tune(
     should_stop: Callable[[], bool] = lambda: False,
     device: str = "cpu",
     positive_vectors: np.ndarray | None = None,
+    amp: torch.dtype | None | str = "auto",
 ) -> dict:
     """Train ``model`` in place; returns a summary (steps, final loss, seconds, refreshes).
+
+    ``amp``: the autocast dtype of the steps; ``"auto"`` is :func:`amp_dtype` (mixed precision on CUDA,
+    fp32 on the CPU). fp16 steps go through a gradient scaler.
 
     ``positive_vectors`` (one row per pair: its positive's vector in the live index) lets
     ``mining.neighbour_group`` build each epoch's batches from groups of pairs with neighbouring
@@ -152,6 +166,10 @@ def fine_tune(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    if amp == "auto":
+        amp = amp_dtype(device)
+    assert amp is None or isinstance(amp, torch.dtype)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp is torch.float16)  # pass-through unless fp16
     queue = MomentumQueue(model, spec.momentum_queue.size, spec.momentum_queue.momentum) \
         if spec.momentum_queue else None
     aug_rng = random.Random(spec.seed + 1)
@@ -192,12 +210,18 @@ def fine_tune(
                 model.train()
                 refreshes += 1
             extras.teacher = teacher_scores() if teacher_scores is not None else None
-            loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device, augment, queue, extras)
+            with torch.autocast(device_type=device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+                loss = _step(model, pairs, texts, negatives, batch, spec.loss.temperature, device, augment, queue,
+                             extras)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            scaler.step(opt)
+            scaler.update()
+            if not scaler.is_enabled() or scaler.get_scale() >= scale:  # an fp16 overflow skips the step
+                sched.step()
             if queue is not None:
                 queue.update(model)
             step += 1
@@ -208,6 +232,7 @@ def fine_tune(
                 on_progress(Progress(step, total, round(ema, 5), round(elapsed / step * (total - step), 1)))
     model.eval()
     return {"steps": step, "loss": ema, "seconds": round(time.perf_counter() - t0, 2), "refreshes": refreshes,
+            "amp": str(amp).removeprefix("torch.") if amp is not None else "fp32",
             "total_steps": total, "neighbour_group": group if group >= 2 and positive_vectors is not None else 0}
 
 
