@@ -156,26 +156,40 @@ def evaluate(gallery: Any, sets: dict[str, Any], labels: dict[str, np.ndarray], 
 
 
 def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], fused: dict[str, np.ndarray],
-                labels: dict[str, np.ndarray], config: Any, max_false_accept: float) -> dict[str, Any]:
-    """Verify each query's top candidates, fit the inlier bonus on the calibration sets, report the test sets.
+                labels: dict[str, np.ndarray], config: Any, max_false_accept: float,
+                cache: Path | None = None) -> dict[str, Any]:
+    """Verify each query's top candidates and report the test sets, with the bonus of ``config`` (as served)
+    and with one fitted on the calibration sets.
 
-    The bonus (``strop.index.image.verify.combine``: weight, floor, cap) is chosen on the calibration
-    sets by top-1 plus (1 - false accepts at 95% true accepts); the threshold is then calibrated on
-    the verified scores as the fused rows calibrate theirs.
+    The fitted bonus (``strop.index.image.verify.combine``: weight, floor, cap) maximises calibration
+    top-1 plus (1 - false accepts at 95% true accepts); either way the threshold is calibrated on
+    the verified scores of the calibration sets, as the fused rows calibrate theirs.
     """
     from dataclasses import replace
 
     from strop.index.image.verify import (
         geometric_bonus,
+        load_features,
         query_features,
         reference_features,
+        save_features,
         verify_candidates,
     )
     from strop.trainer.image.views import calibrate_threshold, open_set_metrics
 
-    t = time.perf_counter()
-    ref_feats = [reference_features(r, config) for r in refs]
-    ms_ref = (time.perf_counter() - t) * 1000 / max(1, len(refs))
+    feat_key = {k: v for k, v in config.to_dict().items() if k not in ("top_k", "floor", "cap", "weight")}
+    path = cache / f"local-{_key(feat_key)}.npz" if cache is not None else None
+    if path is not None and path.exists():  # the same references and feature settings
+        loaded = load_features(path)
+        ref_feats = [loaded[i] for i in range(len(refs))]
+        ms_ref = float(json.loads(path.with_suffix(".json").read_text())["ms_per_reference"])
+    else:
+        t = time.perf_counter()
+        ref_feats = [reference_features(r, config) for r in refs]
+        ms_ref = (time.perf_counter() - t) * 1000 / max(1, len(refs))
+        if path is not None:
+            save_features(path, list(range(len(refs))), ref_feats)
+            path.with_suffix(".json").write_text(json.dumps({"ms_per_reference": ms_ref}))
     cands: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     n_q, t_q = 0, 0.0
     for k, ims in queries.items():
@@ -214,7 +228,6 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
                 cfg = replace(config, weight=weight, floor=floor, cap=cap)
                 grid.append((metrics(cfg)["calib_objective"], -weight, cfg))
     obj, _, chosen = max(grid, key=lambda g: (g[0], g[1]))
-    m = metrics(chosen)
     inl_k = cands["test_known"][1]
     top_k = cands["test_known"][0]
     true_inl = np.where(top_k == labels["test_known"][:, None], inl_k, -1).max(1)
@@ -223,9 +236,13 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
         f"{np.median(true_inl[true_inl >= 0]) if (true_inl >= 0).any() else float('nan'):.0f}, of the best other "
         f"{np.median(np.where(top_k != labels['test_known'][:, None], inl_k, 0).max(1)):.0f}, of unknown queries' "
         f"best {np.median(cands['test_unknown'][1].max(1)):.0f}")
-    m.update({"ms_per_query": ms_q, "ms_per_reference": ms_ref, "weight": chosen.weight, "floor": chosen.floor,
-              "cap": chosen.cap, "_pred": scores("test_known", chosen).argmax(1).tolist()})
-    return m
+    out = {}
+    for name, cfg in (("served", config), ("fitted", chosen)):
+        m = metrics(cfg)
+        m.update({"ms_per_query": ms_q, "ms_per_reference": ms_ref, "weight": cfg.weight, "floor": cfg.floor,
+                  "cap": cfg.cap, "_pred": scores("test_known", cfg).argmax(1).tolist()})
+        out[name] = m
+    return out
 
 
 def samples(out_dir: Path, name: str, idx: list[int], queries: list[Image.Image], pred: list[int],
@@ -278,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                          "instead of training when present ('' = always train)")
     ap.add_argument("--verify-top-k", type=int, default=30,
                     help="re-rank this many fused candidates by geometric verification (0 = no verification row)")
+    ap.add_argument("--verify-variants", default="",
+                    help="more verification rows, ';'-separated, each 'field=value,...' of "
+                         "strop.index.image.verify.VerifyConfig (ref_sides as 96/192), e.g. 'geometry=homography'")
     ap.add_argument("--train-only", action="store_true", help="stop once the trained model is cached")
     args = ap.parse_args(argv)
 
@@ -400,8 +420,19 @@ def main(argv: list[str] | None = None) -> int:
         results[best] = evaluate(vis_g, vis_s, labels, 0.0, args.max_false_accept)
         results[best]["_stage"] = "encode query crops (fine-tuned)"
     if args.gallery_views:
-        vis_g = stage("gallery prototypes (fine-tuned)",
-                      lambda: LogoModel(enc, gallery_views=args.gallery_views).embed_references(refs, titles), timing)
+        proto_cache = cache_dir / f"gallery-views{args.gallery_views}.npz" if cache_dir is not None else None
+        if proto_cache is not None and proto_cache.exists():  # the same model and gallery: the same prototypes
+            with np.load(proto_cache) as z:
+                vis_g = Embedded(z["visual"], z["text"], z["has_text"], [""] * len(refs))
+                timing["gallery prototypes (fine-tuned)"] = {"seconds": float(z["seconds"]), "peak_rss_mb": float("nan")}
+            log(f"gallery prototypes from {proto_cache}")
+        else:
+            vis_g = stage("gallery prototypes (fine-tuned)",
+                          lambda: LogoModel(enc, gallery_views=args.gallery_views).embed_references(refs, titles),
+                          timing)
+            if proto_cache is not None:
+                np.savez(proto_cache, visual=vis_g.visual, text=vis_g.text, has_text=vis_g.has_text,
+                         seconds=timing["gallery prototypes (fine-tuned)"]["seconds"])
         best += f" + gallery views ({args.gallery_views})"
         results[best] = evaluate(vis_g, vis_s, labels, 0.0, args.max_false_accept)
         results[best]["_stage"] = "gallery prototypes (fine-tuned)"
@@ -454,9 +485,23 @@ def main(argv: list[str] | None = None) -> int:
         vcfg = VerifyConfig(top_k=args.verify_top_k)
         vres = stage("geometric verification", lambda: verify_rows(refs, queries, {k: fused_scores(g, sets[k], w)[0]
                                                                                   for k in sets}, labels, vcfg,
-                                                                 args.max_false_accept), timing)
+                                                                 args.max_false_accept, cache_dir), timing)
+        fused_best = best
         best += f" + verification (top {args.verify_top_k})"
-        results[best] = {**vres, "w_text": w, "_stage": "geometric verification"}
+        results[best] = {**vres["served"], "w_text": w, "_stage": "geometric verification"}
+        f = vres["fitted"]
+        results[f"{best}, bonus fitted: {f['weight']} x (inliers - {f['floor']}) / {f['cap']}"] = {
+            **f, "w_text": w, "_stage": "geometric verification"}
+        for variant in filter(None, args.verify_variants.split(";")):  # other settings, each its own row
+            kw = {k.strip(): v.strip() for k, v in (kv.split("=") for kv in variant.split(","))}
+            cfg = VerifyConfig.from_dict({**vcfg.to_dict(), **{k: type(getattr(vcfg, k))(v) if k != "ref_sides" else
+                                                                 tuple(int(x) for x in v.split("/"))
+                                                                 for k, v in kw.items()}})
+            name = f"{fused_best} + verification ({variant})"
+            vr = stage(name, lambda cfg=cfg: verify_rows(refs, queries, {k: fused_scores(g, sets[k], w)[0]
+                                                                         for k in sets}, labels, cfg,
+                                                         args.max_false_accept, cache_dir), timing)
+            results[name] = {**vr["served"], "w_text": w, "_stage": name}
 
     # report ------------------------------------------------------------------------------------------
     rows = []

@@ -44,13 +44,14 @@ class VerifyConfig:
     query_side: int = 256  # queries are resized so their longer side is this
     max_ref_keypoints: int = 200  # per rendering, strongest first
     max_query_keypoints: int = 500
+    detector: str = "sift"  # or "orb" (binary descriptors)
     contrast_threshold: float = 0.02  # SIFT's (OpenCV default 0.04): flat marks have weak corners
     ratio: float = 0.9  # Lowe's ratio test
     geometry: str = "similarity"  # rotation, scale, shift (2-point samples, few chance inliers); or "homography"
     ransac_px: float = 6.0  # reprojection error of an inlier, in query pixels (at query_side)
     top_k: int = 30  # candidates verified per query
     floor: int = 4  # inliers chance alone gives (a homography needs four points)
-    cap: int = 20  # inliers beyond floor that count (more is not more evidence)
+    cap: int = 8  # inliers beyond floor that count (more is not more evidence)
     weight: float = 0.5  # bonus of a fully verified candidate, in fused-score units
 
     @classmethod
@@ -81,28 +82,38 @@ class Features:
         return len(self.xy)
 
 
-_sift_local = threading.local()
+_local = threading.local()
 
 
-def _sift(contrast: float) -> Any:
-    """One SIFT detector per thread and setting (OpenCV's detectors are not documented as re-entrant)."""
-    dets = getattr(_sift_local, "dets", None)
+def _detector(kind: str, contrast: float) -> Any:
+    """One detector per thread and setting (OpenCV's detectors are not documented as re-entrant)."""
+    dets = getattr(_local, "dets", None)
     if dets is None:
-        dets = _sift_local.dets = {}
-    det = dets.get(contrast)
+        dets = _local.dets = {}
+    det = dets.get((kind, contrast))
     if det is None:
         import cv2
 
-        det = dets[contrast] = cv2.SIFT_create(contrastThreshold=contrast)
+        if kind == "sift":
+            det = cv2.SIFT_create(contrastThreshold=contrast)
+        elif kind == "orb":
+            det = cv2.ORB_create(nfeatures=1000, edgeThreshold=15, patchSize=15, fastThreshold=10)
+        else:
+            raise ValueError(f"detector must be 'sift' or 'orb', got {kind!r}")  # OpenCV 5 moved AKAZE to contrib
+        dets[(kind, contrast)] = det
     return det
 
 
-def _detect(grey: np.ndarray, limit: int, contrast: float) -> tuple[np.ndarray, np.ndarray]:
-    kps, desc = _sift(contrast).detectAndCompute(grey, None)
+def _detect(grey: np.ndarray, limit: int, contrast: float, kind: str = "sift") -> tuple[np.ndarray, np.ndarray]:
+    kps, desc = _detector(kind, contrast).detectAndCompute(grey, None)
+    width = 128 if kind == "sift" else 256
     if desc is None or not kps:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+        return np.zeros((0, 2), np.float32), np.zeros((0, width), np.float32)
     order = np.argsort([-k.response for k in kps], kind="stable")[:limit]
     xy = np.array([kps[i].pt for i in order], np.float32)
+    if kind != "sift":  # binary descriptors: bits as 0/1 scaled to unit norm (squared distance ~ Hamming)
+        bits = np.unpackbits(desc[order], axis=1).astype(np.float32)
+        return xy, bits / np.sqrt(np.maximum(bits.sum(axis=1, keepdims=True), 1.0))
     d = desc[order].astype(np.float32)
     d /= d.sum(axis=1, keepdims=True) + 1e-7  # RootSIFT: L1-normalise, square root (Hellinger kernel)
     return xy, np.sqrt(d).astype(np.float32)
@@ -126,7 +137,7 @@ def reference_features(img: Image.Image, config: VerifyConfig | None = None) -> 
         for bg in c.backgrounds:
             canvas = Image.new("RGB", (mark.width + 2 * pad, mark.height + 2 * pad), (bg, bg, bg))
             canvas.paste(mark, (pad, pad), mark)
-            p, d = _detect(_grey(canvas), c.max_ref_keypoints, c.contrast_threshold)
+            p, d = _detect(_grey(canvas), c.max_ref_keypoints, c.contrast_threshold, c.detector)
             xy.append((p - pad) / side)
             desc.append(d)
     return Features(np.concatenate(xy).astype(np.float32), np.concatenate(desc))
@@ -138,7 +149,7 @@ def query_features(img: Image.Image, config: VerifyConfig | None = None) -> Feat
     s = c.query_side / max(img.size)
     if abs(s - 1.0) > 1e-3:
         img = img.resize((max(2, round(img.width * s)), max(2, round(img.height * s))), Image.Resampling.BICUBIC)
-    p, d = _detect(_grey(img), c.max_query_keypoints, c.contrast_threshold)
+    p, d = _detect(_grey(img), c.max_query_keypoints, c.contrast_threshold, c.detector)
     return Features(p, d)
 
 
@@ -146,7 +157,7 @@ SAME_POINT = 0.03  # two reference keypoints closer than this (mark frame) are o
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances of unit rows (RootSIFT rows have unit L2 norm)."""
+    """Squared Euclidean distances of unit rows (RootSIFT rows and scaled binary rows have unit L2 norm)."""
     return np.maximum(2.0 - 2.0 * (a @ b.T), 0.0)
 
 
