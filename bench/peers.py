@@ -8,7 +8,9 @@
   ``torch`` engine and once with its ``optimum`` (ONNX Runtime) engine. The ONNX engine needs an
   ``onnx/model.onnx`` beside the weights, as on the Hugging Face hub; the bench exports it with
   ``optimum-cli export onnx`` from that venv into a copy of the model directory. Defaults otherwise
-  (batch size 32, dtype auto), access log off as strop's is.
+  (batch size 32, dtype auto), access log off as strop's is. infinity's own ONNX graph
+  optimisation step fails with the optimum release that installs beside torch 2.13 (it logs so and
+  serves the exported graph, which ONNX Runtime still optimises when the session opens).
 * **strop** (``create_app`` under uvicorn, default settings: ``precision=auto``,
   ``encoder_backend=auto``, query cache on) over a collection of ``--docs`` Debian package
   descriptions: ``POST /v1/embeddings`` and ``POST /collections/{c}/search`` (top 10).
@@ -53,14 +55,16 @@ from bench._util import CACHE, log, machine, machine_line, median, table  # noqa
 from bench.serving import COLLECTION, TOP_K, Server, _load_wrk, bulk_load  # noqa: E402
 
 PEERS = CACHE / "peers"
-INFINITY_REQUIREMENTS = ["torch==2.13.0", "infinity-emb[server,torch,optimum]==0.0.78"]
+# what pip resolves for infinity-emb beside the CPU torch 2.13 wheel (optimum 1.x does not import with torch 2.13)
+INFINITY_REQUIREMENTS = ["torch==2.13.0", "infinity-emb[server,torch,optimum]==0.0.78", "optimum==2.1.0",
+                         "optimum-onnx==0.1.0", "transformers==4.57.6"]
 
 # wrk script: each body holds "@@", replaced by a tag unique to the run and request
 _WRK_UNIQUE = r"""
 local bodies = {}
 for line in io.lines(os.getenv("STROP_WRK_BODIES")) do bodies[#bodies + 1] = line end
 local i = tonumber(os.getenv("STROP_WRK_START") or "0")
-local tag = os.getenv("STROP_WRK_TAG") or "r"
+local tag = (os.getenv("STROP_WRK_TAG") or "r") .. (os.getenv("STROP_WRK_PHASE") or "")
 local headers = {["content-type"] = "application/json"}
 request = function()
   i = i + 1
@@ -89,8 +93,8 @@ def infinity_venv(path: Path) -> Path:
 
 
 def infinity_model_dir(bin_dir: Path, source: Path, out: Path) -> Path:
-    """A copy of the packaged model directory with ``onnx/model.onnx`` exported by optimum (once)."""
-    onnx = out / "onnx" / "model.onnx"
+    """A copy of the packaged model directory with ``model.onnx`` exported by optimum (once)."""
+    onnx = out / "model.onnx"
     if onnx.exists():
         return out
     if out.exists():
@@ -99,9 +103,8 @@ def infinity_model_dir(bin_dir: Path, source: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="optimum-export-"))
     try:
         subprocess.run([str(bin_dir / "optimum-cli"), "export", "onnx", "--model", str(source), "--task",
-                        "feature-extraction", str(tmp)], check=True, capture_output=True,
+                        "feature-extraction", "--library-name", "transformers", str(tmp)], check=True, capture_output=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        onnx.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp / "model.onnx", onnx)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,10 +113,11 @@ def infinity_model_dir(bin_dir: Path, source: Path, out: Path) -> Path:
 
 def start_infinity(bin_dir: Path, model_dir: Path, engine: str, log_path: Path) -> Server:
     # run from inside the model directory with model id ".": infinity 0.0.78 hands optimum the ONNX file's
-    # path as globbed, which optimum only accepts relative to the model directory
+    # path as globbed, and optimum matches it against bare file names only
     cmd = [str(bin_dir / "infinity_emb"), "v2", "--model-id", ".", "--served-model-name", "minilm",
            "--engine", engine, "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}",
-           "--log-level", "warning"]
+           "--log-level", "warning", "--pooling-method", "mean"]  # what the model's 1_Pooling says; infinity's
+    # optimum engine otherwise pools the CLS token (min cosine 0.32 to the model's own embeddings)
     return Server(f"infinity-{engine}", [], log_path, "/health", cmd=cmd,
                   env={"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"},
                   cwd=model_dir)

@@ -318,8 +318,8 @@ def _load_wrk(url: str, path: str, bodies: Sequence[bytes], concurrency: int, du
                "STROP_WRK_METHOD": method, **(env_extra or {})}
         cmd = ["wrk", "-t1", f"-c{concurrency}", "--timeout", "120s", "-s", str(tmp / "load.lua"), url + path]
         if warmup > 0:
-            subprocess.run(cmd[:1] + [f"-d{max(1, round(warmup))}s"] + cmd[1:], env=env, capture_output=True,
-                           check=True)
+            subprocess.run(cmd[:1] + [f"-d{max(1, round(warmup))}s"] + cmd[1:], env={**env, "STROP_WRK_PHASE": "w"},
+                           capture_output=True, check=True)
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(cmd[:1] + [f"-d{max(1, round(duration))}s"] + cmd[1:], env=env, capture_output=True,
                              text=True, check=True).stdout

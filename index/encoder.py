@@ -97,6 +97,7 @@ def bf16_supported(device: str) -> bool:
 class EncodeResult:
     vectors: np.ndarray
     truncated: int
+    tokens: np.ndarray | None = None  # per input: tokens embedded (special tokens included, after truncation)
 
 
 class Encoder:
@@ -249,27 +250,31 @@ class Encoder:
         with self._lock:
             order = np.argsort([-len(t) for t in texts], kind="stable")
             out = np.empty((len(texts), self.dim), np.float32)
+            tokens = np.zeros(len(texts), np.int64)
             for start in range(0, len(texts), batch_size):
                 idx = order[start : start + batch_size]
-                out[idx] = self._forward([texts[i] for i in idx])
-        return EncodeResult(out, self.count_truncated(texts))
+                out[idx], tokens[idx] = self._forward([texts[i] for i in idx])
+        return EncodeResult(out, self.count_truncated(texts), tokens)
 
     @property
     def backend(self) -> str:
         return self.runtime.name if self.runtime is not None else "torch"
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def _forward(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of ``texts`` and the number of tokens each had embedded."""
         features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
+        mask = features.get("attention_mask")
+        lengths = mask.sum(dim=1).numpy() if isinstance(mask, torch.Tensor) else np.zeros(len(texts), np.int64)
         if self.runtime is not None:
             features["token_embeddings"] = torch.from_numpy(self.runtime.run(features))
             for module in list(self.model)[1:]:  # pooling, dense, normalise: the model's own modules
                 features = module(features)
             emb = features["sentence_embedding"].float()
-            return torch.nn.functional.normalize(emb, dim=-1).numpy()
+            return torch.nn.functional.normalize(emb, dim=-1).numpy(), lengths
         features = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
         emb = self.model(features)["sentence_embedding"].float()
         emb = torch.nn.functional.normalize(emb, dim=-1)
-        return emb.cpu().numpy()
+        return emb.cpu().numpy(), lengths
 
     def fingerprint(self) -> str:
         return f"{self.name}:{self.precision}" if self.runtime is None else f"{self.name}:{self.backend}:{self.precision}"

@@ -48,6 +48,7 @@ class _Query:
     group: Any = None  # requests with the same group key are searched together
     search: Callable[[np.ndarray], list[Any]] | None = None  # batch search for the group
     enqueued: float = field(default_factory=time.perf_counter)
+    tokens: int = -1  # tokens embedded, set before ``done`` when the encoder reports them
 
 
 class QueryCache:
@@ -55,21 +56,21 @@ class QueryCache:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._data: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, text: str) -> np.ndarray | None:
+    def get(self, text: str) -> tuple[np.ndarray, int] | None:
         with self._lock:
             v = self._data.get(text)
             if v is not None:
                 self._data.move_to_end(text)
             return v
 
-    def put(self, text: str, vec: np.ndarray) -> None:
+    def put(self, text: str, vec: np.ndarray, tokens: int = -1) -> None:
         v = np.array(vec, dtype=np.float32, copy=True)
         v.setflags(write=False)
         with self._lock:
-            self._data[text] = v
+            self._data[text] = (v, tokens)
             self._data.move_to_end(text)
             while len(self._data) > self.capacity:
                 self._data.popitem(last=False)
@@ -122,6 +123,12 @@ class EncodeBatcher:
     async def encode_query(self, text: str) -> np.ndarray:
         return await self._submit(_Query(text, _noop))
 
+    async def encode_query_tokens(self, text: str) -> tuple[np.ndarray, int]:
+        """The query's embedding and how many tokens were embedded (-1 when the encoder does not say)."""
+        q = _Query(text, _noop)
+        vec = await self._submit(q)
+        return vec, q.tokens
+
     async def search(self, text: str, group: Any, search: Callable[[np.ndarray], list[Any]]) -> Any:
         """Encode ``text`` and run ``search`` over the batch of queries sharing ``group``."""
         return await self._submit(_Query(text, _noop, group, search))
@@ -145,23 +152,25 @@ class EncodeBatcher:
         hit = self._cached(q.text)
         if hit is None:
             self._put_query(q)
-        elif q.search is None:
-            return hit
-        elif self._search_pool is not None:
-            self._search_pool.submit(_run_search, [q], hit[None, :])
+            return await fut
+        vec, q.tokens = hit
+        if q.search is None:
+            return vec
+        if self._search_pool is not None:
+            self._search_pool.submit(_run_search, [q], vec[None, :])
         else:
-            await asyncio.to_thread(_run_search, [q], hit[None, :])
+            await asyncio.to_thread(_run_search, [q], vec[None, :])
         return await fut
 
-    def _cached(self, text: Any) -> np.ndarray | None:
+    def _cached(self, text: Any) -> tuple[np.ndarray, int] | None:
         if self.cache is None or not isinstance(text, str):
             return None
-        vec = self.cache.get(text)
+        found = self.cache.get(text)
         self.cache_lookups += 1
-        self.cache_hits += vec is not None
+        self.cache_hits += found is not None
         if self._on_cache is not None:
-            self._on_cache(vec is not None)
-        return vec
+            self._on_cache(found is not None)
+        return found
 
     def _put_query(self, q: _Query) -> None:
         if self._stop.is_set():
@@ -288,7 +297,12 @@ class EncodeBatcher:
         t0 = time.perf_counter()
         self._set_threads(1 if len(batch) <= self.small_batch else self._threads)
         try:
-            vecs = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch).vectors
+            res = self.encoder.encode([q.text for q in batch], batch_size=self.max_batch)
+            vecs = res.vectors
+            tokens = getattr(res, "tokens", None)
+            if tokens is not None:
+                for q, n in zip(batch, tokens, strict=True):
+                    q.tokens = int(n)
         except Exception:  # noqa: BLE001 - one member's input broke the batch: the others must not fail with it
             batch, vecs = self._encode_alone(batch)
             if not batch:
@@ -297,7 +311,7 @@ class EncodeBatcher:
         if self.cache is not None:
             for i, q in enumerate(batch):
                 if isinstance(q.text, str):
-                    self.cache.put(q.text, vecs[i])
+                    self.cache.put(q.text, vecs[i], q.tokens)
         self._avg_batch_s = 0.8 * self._avg_batch_s + 0.2 * dt
         if self._observe:
             self._observe(len(batch), dt)
@@ -322,7 +336,11 @@ class EncodeBatcher:
         rows: list[np.ndarray] = []
         for q in batch:
             try:
-                rows.append(self.encoder.encode([q.text], batch_size=1).vectors[0])
+                res = self.encoder.encode([q.text], batch_size=1)
+                rows.append(res.vectors[0])
+                tokens = getattr(res, "tokens", None)
+                if tokens is not None:
+                    q.tokens = int(tokens[0])
                 ok.append(q)
             except Exception as e:  # noqa: BLE001 - reported to this request alone
                 log.warning("an input failed to encode: %s: %s", type(e).__name__, e)
