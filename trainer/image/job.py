@@ -95,7 +95,8 @@ def calibrate_verified(model: LogoModel, gallery: Embedded, known: Embedded, unk
     out = {"recall@1": osm["top1"], "top5": osm["top5"], "auroc": osm["auroc"], "far_at_95tar": osm["far_at_95tar"],
            "threshold": cal["threshold"], "false_accept": cal["false_accept"], "true_accept": cal["true_accept"],
            "verify_ms": ms}
-    return cal["threshold"], {k: round(float(v), 5) for k, v in out.items()}
+    rounded = {k: round(float(v), 5) for k, v in out.items()}
+    return rounded["threshold"], rounded  # rounded as the fused threshold is (``measure``)
 
 
 def run_views_job(ctx: JobContext) -> JobResult:
