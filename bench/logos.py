@@ -177,7 +177,8 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
     )
     from strop.trainer.image.views import calibrate_threshold, open_set_metrics
 
-    feat_key = {k: v for k, v in config.to_dict().items() if k not in ("top_k", "floor", "cap", "weight")}
+    feat_key = {k: v for k, v in config.to_dict().items()  # what reference features depend on
+                if k in ("ref_sides", "backgrounds", "max_ref_keypoints", "contrast_threshold", "detector")}
     path = cache / f"local-{_key(feat_key)}.npz" if cache is not None else None
     if path is not None and path.exists():  # the same references and feature settings
         loaded = load_features(path)
