@@ -2,16 +2,16 @@
 
 The embedding ranks the whole gallery; verification re-checks only its top candidates. A
 query and a reference are matched by local features (SIFT keypoints, RootSIFT descriptors),
-Lowe's ratio test keeps the distinctive matches, and RANSAC fits a homography to them. The
-number of matches consistent with one homography (*inliers*) says whether the query shows that
-mark: a different logo that merely looks alike, or a logo that is not in the gallery, leaves
-only the few inliers chance gives.
+Lowe's ratio test keeps the distinctive matches, and RANSAC fits one transform to them (a
+similarity by default: rotation, scale and shift). The number of matches that transform
+explains (*inliers*) says whether the query shows that mark: a different logo that merely looks
+alike, or a logo that is not in the gallery, leaves only the few inliers chance gives.
 
 References are rendered for matching once, when they are indexed (:func:`reference_features`):
 the mark (cut out as :func:`strop.index.image.views.foreground` does) is drawn at several sizes
 on a light and on a dark background, so neither the mark's colour nor its polarity in the query
-decides. Each rendering is matched on its own and the best one counts, so one physical corner
-seen at two sizes never counts twice. Keypoints are stored in the rendering's pixel frame.
+decides. All renderings' keypoints share the mark's own frame, and a query keypoint matches one
+reference keypoint at most, so one physical corner seen in two renderings never counts twice.
 
 :func:`combine` adds a bonus to the fused embedding score,
 ``score = fused + weight * min(max(inliers - floor, 0), cap) / cap``, so that many inliers lift a
@@ -50,7 +50,7 @@ class VerifyConfig:
     geometry: str = "similarity"  # rotation, scale, shift (2-point samples, few chance inliers); or "homography"
     ransac_px: float = 6.0  # reprojection error of an inlier, in query pixels (at query_side)
     top_k: int = 30  # candidates verified per query
-    floor: int = 4  # inliers chance alone gives (a homography needs four points)
+    floor: int = 4  # inliers chance alone gives (two define a similarity; a third or fourth come by chance)
     cap: int = 8  # inliers beyond floor that count (more is not more evidence)
     weight: float = 0.5  # bonus of a fully verified candidate, in fused-score units
 
