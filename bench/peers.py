@@ -111,11 +111,11 @@ def infinity_model_dir(bin_dir: Path, source: Path, out: Path) -> Path:
     return out
 
 
-def start_infinity(bin_dir: Path, model_dir: Path, engine: str, log_path: Path) -> Server:
+def start_infinity(bin_dir: Path, model_dir: Path, engine: str, log_path: Path, device: str = "cpu") -> Server:
     # run from inside the model directory with model id ".": infinity 0.0.78 hands optimum the ONNX file's
     # path as globbed, and optimum matches it against bare file names only
     cmd = [str(bin_dir / "infinity_emb"), "v2", "--model-id", ".", "--served-model-name", "minilm",
-           "--engine", engine, "--device", "cpu", "--host", "127.0.0.1", "--port", "{port}",
+           "--engine", engine, "--device", device, "--host", "127.0.0.1", "--port", "{port}",
            "--log-level", "warning", "--pooling-method", "mean"]  # what the model's 1_Pooling says; infinity's
     # optimum engine otherwise pools the CLS token (min cosine 0.32 to the model's own embeddings)
     return Server(f"infinity-{engine}", [], log_path, "/health", cmd=cmd,
@@ -172,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--strop-backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
     ap.add_argument("--strop-precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--infinity-venv", default=str(PEERS / "infinity-venv"))
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine: infinity-emb's --device and "
+                                                   "strop's STROP_DEVICE (the naive server stays on the CPU)")
     ap.add_argument("--quick", action="store_true", help="one round of 3 s levels, 2,000 docs")
     ap.add_argument("--json", default=str(CACHE / "peers.json"))
     args = ap.parse_args(argv)
@@ -216,10 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for e in engines:
             assert bin_dir is not None
             mdir = infinity_model_dir(bin_dir, model_src, PEERS / "minilm-onnx") if e == "optimum" else model_src
-            servers[f"infinity-{e}"] = start_infinity(bin_dir, mdir, e, tmp / f"infinity-{e}.log")
+            servers[f"infinity-{e}"] = start_infinity(bin_dir, mdir, e, tmp / f"infinity-{e}.log", args.device)
             log(f"infinity-{e} ready in {servers[f'infinity-{e}'].ready_s:.1f}s")
         srv = Server("strop", ["strop", str(data_dir), args.strop_precision, args.strop_backend],
-                     tmp / "strop.log", "/readyz")
+                     tmp / "strop.log", "/readyz", env={"STROP_DEVICE": args.device})
         servers["strop"] = srv
         import httpx
 
