@@ -122,13 +122,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 _ENCODERS: dict[str, Any] = {}
 
 
-def encoder(precision: str = "auto") -> Any:
-    """The packaged MiniLM (``strop.index.encoder.Encoder``) at ``precision``, loaded once per process."""
+def encoder(precision: str = "auto", backend: str = "torch") -> Any:
+    """The packaged MiniLM (``strop.index.encoder.Encoder``) at ``precision`` on ``backend``, loaded once per
+    process (ONNX exports go to ``bench/.cache/backends``)."""
     from strop.index.encoder import Encoder
 
-    if precision not in _ENCODERS:
-        _ENCODERS[precision] = Encoder.load(None, precision=precision)
-    return _ENCODERS[precision]
+    key = precision if backend == "torch" else f"{backend}-{precision}"
+    if key not in _ENCODERS:
+        _ENCODERS[key] = Encoder.load(None, precision=precision, backend=backend, cache_dir=CACHE / "backends")
+    return _ENCODERS[key]
 
 
 def texts_key(texts: Sequence[str]) -> str:
@@ -139,19 +141,21 @@ def texts_key(texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_embeddings(name: str, texts: Sequence[str], precision: str = "auto") -> np.ndarray:
+def cached_embeddings(name: str, texts: Sequence[str], precision: str = "auto", backend: str = "torch") -> np.ndarray:
     """MiniLM embeddings of ``texts`` (L2-normalised float32), from or into ``bench/.cache``.
 
     ``precision`` is passed to ``Encoder.load`` and is part of the file name (the cache is
     filled with ``bf16``, which is what the service's ``auto`` picks on a CPU with bf16).
     """
     key = texts_key(texts)
+    if backend != "torch":
+        precision = f"{backend}-{precision}"  # part of the file name
     final = CACHE / f"{name}-{key}-{precision}.npy"
     if final.exists():
         arr = np.load(final)
         if arr.shape[0] == len(texts):
             return arr
-    enc = encoder(precision)
+    enc = encoder(precision.removeprefix(f"{backend}-"), backend)
     part_dir = CACHE / f"{name}-{key}-{precision}.parts"
     part_dir.mkdir(parents=True, exist_ok=True)
     chunks = []

@@ -162,7 +162,8 @@ def run_once(server: Server, path: str, bodies: Sequence[bytes], c: int, duratio
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--docs", type=int, default=10_000, help="Debian descriptions in strop's collection")
+    ap.add_argument("--docs", type=int, default=50_000, help="Debian descriptions in the collection (the corpus of "
+                    "bench.serving: from 50,000 the auto index is HNSW, below it flat)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per system and level")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
@@ -187,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     naive = [h for h in args.naive.split(",") if h]
     res: dict[str, Any] = {"machine": machine(), "args": vars(args)}
 
-    from bench._util import debian_data
-    from strop.index.encoder import CALIBRATION_TEXTS, Encoder, resolve_spec
+    from bench._util import cached_embeddings, debian_data
+    from strop.index.encoder import CALIBRATION_TEXTS, resolve_spec
 
     data = debian_data()
     corpus = data["corpus"]
@@ -205,14 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="strop-peers-"))
     servers: dict[str, Server] = {}
     try:
-        # -- the corpus: vectors once, in process (OpenVINO fp32: cosine 1.0 to torch), bulk-loaded -------
+        # -- the corpus: vectors in process (OpenVINO fp32: cosine 1.0 to torch), cached, bulk-loaded ----
         t = time.perf_counter()
-        enc = Encoder.load(None, precision="fp32", backend="openvino", cache_dir=tmp / "backends")
-        vecs = enc.encode([d["text"] for d in docs]).vectors
-        del enc
-        log(f"{len(docs)} documents embedded in {time.perf_counter() - t:.0f}s")
+        vecs = cached_embeddings("peers-debian", [d["text"] for d in docs], precision="fp32", backend="openvino")
+        log(f"{len(docs)} documents embedded (or read from bench/.cache) in {time.perf_counter() - t:.0f}s")
         data_dir = tmp / "data"
         res["bulk_load"] = bulk_load(data_dir, [d["id"] for d in docs], [d["text"] for d in docs], vecs, 50_000)
+        log(f"bulk load: {res['bulk_load']}")
 
         # -- servers --------------------------------------------------------------------------------
         for e in engines:
