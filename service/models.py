@@ -31,6 +31,16 @@ class LoadedModel:
     refs: int = 0
 
 
+def _one_openmp_thread() -> None:
+    """FAISS searches run two at a time in this pool, beside the encode thread, so each takes one OpenMP thread.
+    The setting is per calling thread (the API's own call at start-up does not reach pool threads): left at
+    the default, a one-query search over a 2,000-vector flat index woke a second OpenMP thread every time
+    and took a quarter of the search path's CPU samples under load (py-spy)."""
+    from strop.index.faiss_index import set_threads
+
+    set_threads(1)
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -59,7 +69,8 @@ class ModelRegistry:
         self.queue_size = queue_size
         self.observe = observe
         self.grace_s = grace_s
-        self.search_pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="faiss")
+        self.search_pool = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="faiss",
+                                                 initializer=_one_openmp_thread)
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
