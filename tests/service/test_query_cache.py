@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def corpus(n: int = 60) -> list[dict]:
     return [{"id": f"d{i}", "text": f"document {i} about subject {i % 7}"} for i in range(n)]
 
