@@ -27,6 +27,7 @@ log = logging.getLogger("strop.backends")
 
 BACKENDS = ("torch", "onnx", "openvino")
 EXPORT_VERSION = "1"  # part of the cache key: bump when the exported graph changes
+KEEP_EXPORTS = 8  # exports kept per cache directory, most recently used first (each trained version adds one)
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -87,6 +88,7 @@ def export_onnx(model: Any, cache_dir: str | Path) -> tuple[Path, tuple[str, ...
         if hasattr(model, "preprocess") else model.tokenize(["an example sentence", "a second example"])
     names = tuple(k for k in _INPUTS if k in sample)
     if path.exists():
+        os.utime(folder)  # most recently used: kept by prune_exports
         return path, names
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".model.{os.getpid()}.{threading.get_ident()}.onnx"
@@ -115,7 +117,22 @@ def export_onnx(model: Any, cache_dir: str | Path) -> tuple[Path, tuple[str, ...
         tmp.unlink(missing_ok=True)
         raise BackendUnavailable(f"ONNX export failed: {type(e).__name__}: {e}"[:300]) from e
     log.info("exported %s to %s", type(auto).__name__, path)
+    prune_exports(Path(cache_dir), keep=KEEP_EXPORTS, current=folder)
     return path, names
+
+
+def prune_exports(cache_dir: Path, keep: int = KEEP_EXPORTS, current: Path | None = None) -> list[Path]:
+    """Remove all but the ``keep`` most recently used exports (never ``current``): every version trained with
+    new weights adds one, and a removed export is only re-made if that version is loaded again. Runtimes
+    read their file when they open, so a loaded encoder does not need it afterwards."""
+    import shutil
+
+    folders = [p for p in cache_dir.iterdir() if p.is_dir() and p != current and (p / "model.onnx").exists()]
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = folders[max(0, keep - 1):]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
 
 
 class Runtime:

@@ -49,6 +49,25 @@ def test_export_is_cached_per_weights(tiny_encoder_path, torch_encoder, tmp_path
     assert export_onnx(other.model, tmp_path)[0] != path
 
 
+def test_old_exports_are_pruned(torch_encoder, tmp_path) -> None:
+    import os
+
+    from strop.index.backends import prune_exports
+
+    for i in range(5):  # stand-ins for exports of earlier versions' weights, oldest first
+        d = tmp_path / f"old{i}"
+        d.mkdir()
+        (d / "model.onnx").write_bytes(b"x")
+        os.utime(d, (1000 + i, 1000 + i))
+    path, _ = export_onnx(torch_encoder.model, tmp_path)
+    assert path.exists()
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 6  # within KEEP_EXPORTS (8): nothing removed yet
+    removed = prune_exports(tmp_path, keep=3, current=path.parent)
+    assert sorted(p.name for p in removed) == ["old0", "old1", "old2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.parent.name, "old3", "old4"])
+
+
 def test_auto_keeps_a_fast_candidate_that_agrees(tiny_encoder_path, torch_encoder, tmp_path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="strop.encoder"):
         enc = Encoder.load(tiny_encoder_path, precision="fp32", backend="auto", cache_dir=tmp_path)
