@@ -90,8 +90,9 @@ TRAIN_ARGS = ("brands", "views", "epochs", "batch", "views_per_step", "train_blo
 
 
 def train_key(args: argparse.Namespace) -> str:
-    """Directory name of a cached trained model: a hash of the arguments that decide the training."""
-    return "visual-" + _key({k: getattr(args, k) for k in TRAIN_ARGS})
+    """Directory name of a cached trained model: a hash of the arguments that decide the training
+    (``--fresh-views`` only when given, so models cached before it existed keep their keys)."""
+    return "visual-" + _key({k: getattr(args, k) for k in TRAIN_ARGS + (("fresh_views",) if args.fresh_views else ())})
 
 
 def _key(*parts: Any) -> str:
@@ -300,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="more verification rows, ';'-separated, each 'field=value,...' of "
                          "strop.index.image.verify.VerifyConfig (ref_sides as 96/192), e.g. 'geometry=homography'")
     ap.add_argument("--train-only", action="store_true", help="stop once the trained model is cached")
+    ap.add_argument("--fresh-views", action="store_true",
+                    help="render --views new training views per brand every epoch (the GPU recipe)")
+    ap.add_argument("--device", default="cpu", help="where training runs: cpu or cuda (evaluation stays on the CPU)")
     args = ap.parse_args(argv)
 
     import torch
@@ -391,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_views(enc, refs, titles, views_per_ref=args.views, epochs=args.epochs, batch_size=args.batch,
                            views_per_step=args.views_per_step, lr=args.lr, seed=args.seed,
                            hard_negatives=not args.no_hard_negatives, view_size=args.view_size,
-                           progress_cb=progress)
+                           fresh_views=args.fresh_views, device=args.device, progress_cb=progress)
 
     cache_dir = Path(args.model_cache) / train_key(args) if args.model_cache else None
     if cache_dir is not None and (cache_dir / "report.json").exists():

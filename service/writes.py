@@ -29,6 +29,10 @@ class Writes(ManagerBase):
     def upsert(self, name: str, docs: Sequence[Document]) -> tuple[int, int]:
         """Encode, store durably, index. Returns (upserted, truncated)."""
         st = self.state(name)
+        # An image collection's references get their local features here, before the write lock: they
+        # depend only on the image, and extracting them costs tens of ms per reference.
+        table = st.served.version.extra.get("local_features")
+        local = document_features(dict(enumerate(docs)), table.config) if table is not None else {}
         with st.write_lock:
             served = st.served
             enc = served.model.encoder
@@ -42,9 +46,10 @@ class Writes(ManagerBase):
             served.live.add([d.rid for d in stored], vecs)
             for d in stored:
                 st.id_map[d.id] = d.rid
-            table = served.version.extra.get("local_features")
-            if table is not None:  # an image collection: its references' local features, computed once here
-                table.add(document_features({d.rid: d for d in stored}, table.config))
+            now = served.version.extra.get("local_features")
+            if now is not None and table is not None and now.config == table.config:
+                now.add({d.rid: local[i] for i, d in enumerate(stored) if i in local})
+            # (a version served meanwhile with other settings computes them when they are first candidates)
         self.maybe_compact(name)
         return len(stored), truncated
 

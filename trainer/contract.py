@@ -255,6 +255,13 @@ class ViewsSpec(Strict):
         8, ge=0, le=64,
         description="the trained model embeds each reference as the mean of it and this many synthetic "
                     "photos of it (train family); 0 = the reference alone")
+    image_size: int | None = Field(
+        None, ge=64, le=512, multiple_of=32,
+        description="input side the encoder trains and serves at, in pixels (a multiple of 32); default the "
+                    "served model's (160). 224 pays on a GPU worker")
+    fresh_views: bool = Field(
+        False, description="render new views of every reference each epoch instead of reusing the first "
+                           "views_per_ref (a render and a trunk pass per view per epoch: for GPU workers)")
 
     @field_validator("query_crops")
     @classmethod

@@ -221,6 +221,11 @@ class VisualEncoder(nn.Module):
         return self.config.dim
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are: the CPU, except while a views job trains on a GPU."""
+        return self.backbone._conv_stem.weight.device
+
+    @property
     def split(self) -> int:
         return N_BLOCKS - self.config.train_blocks
 
@@ -287,7 +292,8 @@ class VisualEncoder(nn.Module):
             self.eval()
             try:
                 for s in range(0, len(images), batch_size):
-                    out[s : s + batch_size] = self(self.preprocess(images[s : s + batch_size])).numpy()
+                    x = self.preprocess(images[s : s + batch_size]).to(self.device)
+                    out[s : s + batch_size] = self(x).float().cpu().numpy()
             finally:
                 self.train(was_training)
         return out
@@ -295,11 +301,11 @@ class VisualEncoder(nn.Module):
     @torch.inference_mode()
     def encode_trunk(self, images: Sequence[Image.Image], batch_size: int = 32,
                      dtype: torch.dtype = torch.float16) -> torch.Tensor:
-        """Trunk outputs (the training cache); ``dtype`` float16 halves the memory."""
+        """Trunk outputs (the training cache), on the model's device; ``dtype`` float16 halves the memory."""
         chunks = []
         with self._lock:
             for s in range(0, len(images), batch_size):
-                chunks.append(self.trunk(self.preprocess(images[s : s + batch_size])).to(dtype))
+                chunks.append(self.trunk(self.preprocess(images[s : s + batch_size]).to(self.device)).to(dtype))
         return torch.cat(chunks) if chunks else torch.empty(0)
 
     # -- persistence --------------------------------------------------------------------------

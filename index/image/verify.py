@@ -307,14 +307,21 @@ def document_features(docs: Mapping[int, Any], config: VerifyConfig) -> dict[int
     return out
 
 
-def reference_sidecar(store: Any, config: VerifyConfig, chunk: int = 256) -> Callable[[Path, np.ndarray], None]:
-    """Writes ``local_features.npz`` for a version's rows into its directory (``write_version``'s sidecar)."""
+def reference_sidecar(store: Any, config: VerifyConfig, chunk: int = 256,
+                      known: Mapping[int, Features] | None = None) -> Callable[[Path, np.ndarray], None]:
+    """Writes ``local_features.npz`` for a version's rows into its directory (``write_version``'s sidecar).
+
+    ``known``: features the caller already computed, by row id (with ``config``); the other rows' are
+    computed from the stored images.
+    """
+    have = dict(known or {})
 
     def write(directory: Path, rids: np.ndarray) -> None:
-        feats: dict[int, Features] = {}
         ids = [int(r) for r in rids]
-        for lo in range(0, len(ids), chunk):
-            feats.update(document_features(store.by_rids(ids[lo : lo + chunk], with_image=True), config))
+        feats = {r: have[r] for r in ids if r in have}
+        todo = [r for r in ids if r not in have]
+        for lo in range(0, len(todo), chunk):
+            feats.update(document_features(store.by_rids(todo[lo : lo + chunk], with_image=True), config))
         save_features(Path(directory) / LOCAL_FEATURES_FILE, list(feats), list(feats.values()))
 
     return write

@@ -312,12 +312,13 @@ def view_rng(seed: int, ref: int, view: int, family: str = "train") -> np.random
 
 
 def make_views(images: Sequence[Image.Image], k: int, *, seed: int = 0, family: str = "train",
-               size: int = 224, should_stop: Callable[[], bool] | None = None) -> list[list[Image.Image]]:
-    """``k`` views of each image."""
+               size: int = 224, should_stop: Callable[[], bool] | None = None,
+               first: int = 0) -> list[list[Image.Image]]:
+    """``k`` views of each image: views ``first .. first + k - 1`` of its stream (:func:`view_rng`)."""
     out = []
     for i, img in enumerate(images):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled while rendering views")
         fg = foreground(img)
-        out.append([make_view(img, view_rng(seed, i, v, family), family, size, fg=fg) for v in range(k)])
+        out.append([make_view(img, view_rng(seed, i, v, family), family, size, fg=fg) for v in range(first, first + k)])
     return out

@@ -15,6 +15,7 @@ from strop.trainer.image.views import (
     far_at_tar,
     foreground,
     make_view,
+    make_views,
     open_set_metrics,
     supcon_loss,
     topk_accuracy,
@@ -98,3 +99,25 @@ def test_train_views_reports_progress_and_stops_when_asked() -> None:
     assert not torch.equal(before, enc.head.weight)  # it did learn
     cancelled_early = train_views(enc, refs, views_per_ref=2, epochs=1, view_size=64, should_stop=lambda: True)
     assert cancelled_early.stopped and cancelled_early.steps == 0
+
+
+def test_fresh_views_render_new_views_every_epoch() -> None:
+    refs = [_logo(c, k) for k, c in enumerate([(200, 0, 0), (0, 150, 0), (0, 0, 200)])]
+    later = make_views(refs, 2, seed=0, size=64, first=2)  # the stream continues where the first K stop
+    four = make_views(refs, 4, seed=0, size=64)
+    pairs = [(a, b) for i in range(3) for a, b in zip(later[i], four[i][2:], strict=True)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+    assert not np.array_equal(np.asarray(four[0][0]), np.asarray(four[0][2]))
+
+    enc = VisualEncoder(VisualConfig(dim=16, image_size=64, train_blocks=1), seed=0)
+    cached = train_views(enc, refs, views_per_ref=2, epochs=3, batch_size=3, views_per_step=2, view_size=64)
+    assert cached.views_rendered == 3 * 2 and cached.device == "cpu"
+    enc = VisualEncoder(VisualConfig(dim=16, image_size=64, train_blocks=1), seed=0)
+    fresh = train_views(enc, refs, views_per_ref=2, epochs=3, batch_size=3, views_per_step=2, view_size=64,
+                        fresh_views=True, device="cpu")
+    assert fresh.views_rendered == 3 * 2 * 3 and fresh.steps == 3 and np.isfinite(fresh.losses).all()
+    assert fresh.losses != cached.losses  # later epochs saw other views
+    assert enc.device.type == "cpu" and not enc.training
+    stopped = train_views(enc, refs, views_per_ref=2, epochs=3, view_size=64, fresh_views=True,
+                          should_stop=lambda: True)
+    assert stopped.stopped and stopped.steps == 0

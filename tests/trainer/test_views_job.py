@@ -32,7 +32,9 @@ def load(client, n: int = N) -> None:  # noqa: F811
 def test_views_job_trains_calibrates_and_swaps(client, workers):  # noqa: F811
     load(client)
     v0 = active(client, "logos")
-    r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": SMALL,
+    # the GPU recipe's options run on the CPU too: another input side, new views every epoch
+    views = {**SMALL, "image_size": 128, "fresh_views": True}
+    r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": views,
                                                      "open_set": {"max_false_accept": 0.05},
                                                      "gate": {"metric": "mrr@10", "min_delta": -1.0}})
     assert r.status_code == 202, r.text
@@ -46,6 +48,9 @@ def test_views_job_trains_calibrates_and_swaps(client, workers):  # noqa: F811
         assert m["n"] == (N - 2) * SMALL["eval_views"]  # 20% of 8 brands (2) held out as unseen
         assert m["false_accept"] <= 0.05  # calibrated on these views: no unknown view accepted
     assert job["details"]["pairs"]["held_out_brands"] == 2
+    train = job["details"]["train"]
+    assert train["device"] == "cpu" and train["image_size"] == 128
+    assert train["views_rendered"] == (N - 2) * SMALL["views_per_ref"] * SMALL["epochs"] == train["epochs"] * 18
     assert job["progress"]["total_steps"] >= 1
     # the new version serves, with the job's fitted threshold and fusion weight
     deadline = time.time() + 10
@@ -108,7 +113,8 @@ def test_views_job_refusals(client):  # noqa: F811
     assert r.status_code == 422 and "views" in r.json()["error"]["message"]
     r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": {"views_per_ref": 0}})
     assert r.status_code == 422
-    for bad in ({"query_crops": [0.5]}, {"query_crops": [1.0, 0.1]}, {"gallery_views": 65}):
+    for bad in ({"query_crops": [0.5]}, {"query_crops": [1.0, 0.1]}, {"gallery_views": 65}, {"image_size": 100},
+                {"image_size": 32}):
         r = client.post("/collections/logos/jobs", json={"train": {"source": "views"}, "views": bad})
         assert r.status_code == 422, bad
-        assert ("query crops" if "query_crops" in bad else "gallery_views") in r.text
+        assert next(iter(bad)) in r.text or "query crops" in r.text, r.text

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,13 @@ import numpy as np
 from strop.index.image.decode import ImageError, decode_image
 from strop.index.image.encoder import ImageEncoder
 from strop.index.image.logo import Embedded, LogoModel, VisualConfig, VisualEncoder, fused_scores
-from strop.index.image.verify import reference_features, reference_sidecar, verified_matrix, verify_top
+from strop.index.image.verify import (
+    Features,
+    reference_features,
+    reference_sidecar,
+    verified_matrix,
+    verify_top,
+)
 from strop.index.metrics import evaluate_rankings
 from strop.trainer.data import snapshot
 from strop.trainer.image.views import (
@@ -79,12 +86,12 @@ def measure(model: LogoModel, gallery: Embedded, known: Embedded, labels: np.nda
 
 
 def calibrate_verified(model: LogoModel, gallery: Embedded, known: Embedded, unknown: Embedded,
-                       labels: np.ndarray, refs: list[Any], known_imgs: list[Any], unknown_imgs: list[Any],
+                       labels: np.ndarray, feats: list[Features], known_imgs: list[Any], unknown_imgs: list[Any],
                        max_false_accept: float) -> tuple[float, dict[str, Any]]:
     """The open-set threshold of verified scores (``strop.index.image.verify``), calibrated on the same
-    held-out views as the fused threshold; returns it and the verified metrics."""
+    held-out views as the fused threshold (``feats``: the gallery references' local features, in
+    gallery order); returns it and the verified metrics."""
     cfg = model.verify
-    feats = [reference_features(im, cfg) for im in refs]
     w = model.fusion.w_text
     fk, fu = fused_scores(gallery, known, w)[0], fused_scores(gallery, unknown, w)[0]
     vk = verified_matrix(fk, *verify_top(fk, known_imgs, feats, cfg)[:2], cfg)
@@ -161,18 +168,23 @@ def run_views_job(ctx: JobContext) -> JobResult:
 
     reporter.enter("train")
     if base.visual.config.head == "linear":
-        visual = base.visual  # continue from the served version's weights
+        visual = base.visual  # continue from the served version's weights (a convolutional trunk: any size)
+        if vs.image_size is not None:
+            visual.config = replace(visual.config, image_size=vs.image_size)
     else:
-        visual = VisualEncoder(VisualConfig(), seed=spec.seed)
+        visual = VisualEncoder(VisualConfig(image_size=vs.image_size or VisualConfig.image_size), seed=spec.seed)
 
     rep = train_views(visual, [images[i] for i in train_idx], [texts[i] for i in train_idx],
                       views_per_ref=vs.views_per_ref, epochs=vs.epochs, batch_size=vs.batch_size,
                       lr=vs.learning_rate, hard_negatives=vs.hard_negatives, seed=spec.seed,
-                      view_size=visual.config.image_size, progress_cb=_progress(reporter), should_stop=stop)
+                      view_size=visual.config.image_size, fresh_views=vs.fresh_views, device=device,
+                      progress_cb=_progress(reporter), should_stop=stop)
     if rep.stopped:
         raise Cancelled()
     reporter.details["train"] = {"steps": rep.steps, "epochs": rep.epochs, "seconds": round(rep.seconds, 2),
                                  "seconds_caching": round(rep.seconds_caching, 2),
+                                 "device": rep.device, "views_rendered": rep.views_rendered,
+                                 "image_size": visual.config.image_size,
                                  "loss": round(rep.losses[-1], 5) if rep.losses else None,
                                  "query_crops": list(vs.query_crops), "gallery_views": vs.gallery_views}
 
@@ -184,8 +196,12 @@ def run_views_job(ctx: JobContext) -> JobResult:
     after = measure(model, gal1, known1, labels, unknown1, w_text, spec.open_set.max_false_accept)
     model.fusion.w_text = w_text
     model.fusion.threshold = after["threshold"]
+    # Local features of every reference, once: the gallery's calibrate the verified threshold, and all
+    # are stored with the version.
+    local = chunked(lambda lo, hi: [reference_features(im, model.verify) for im in images[lo:hi]], len(images),
+                    reporter, "local features")
     model.fusion.verify_threshold, reporter.details["verified"] = calibrate_verified(
-        model, gal1, known1, unknown1, labels, [images[i] for i in train_idx], known_imgs, unknown_imgs,
+        model, gal1, known1, unknown1, labels, [local[i] for i in train_idx], known_imgs, unknown_imgs,
         spec.open_set.max_false_accept)
     model.fusion.metrics = after
     passed = apply_gate(spec, before, after, reporter, len(train_idx))  # held-out views per known brand
@@ -195,7 +211,9 @@ def run_views_job(ctx: JobContext) -> JobResult:
     encoder = ImageEncoder(model, "views")
     snap.rids = np.asarray([docs[i].rid for i in keep], np.int64)  # the rows of refs1, in order
     vid = publish(store, vstore, snap, model, encoder, model.pack_gallery(refs1), job_id, reporter.metrics,
-                  reporter, save_encoder=model.save, sidecar=reference_sidecar(store, model.verify))
+                  reporter, save_encoder=model.save,
+                  sidecar=reference_sidecar(store, model.verify,
+                                            known=dict(zip(snap.rids.tolist(), local, strict=True))))
     return finish(ctx, vid, passed and spec.activate, passed)
 
 

@@ -14,6 +14,11 @@ the model to tell look-alikes apart. CPU cost is kept low by caching: the K view
 rendered once and pushed once through the frozen trunk (``VisualEncoder.trunk``); each step then
 runs only the trainable tail (last MBConv blocks, head conv, projection) on the cached maps.
 
+On a GPU the same loop can afford more: ``device="cuda"`` trains there (under autocast), and
+``fresh_views=True`` renders K new views of every brand each epoch and pushes them through the
+trunk again, so no view is seen twice. That costs a render and a trunk pass per view per epoch,
+which the CPU recipe avoids; the CPU recipe stays the default.
+
 :func:`fit_fusion` picks ``w_text`` on held-out views, :func:`calibrate_threshold` picks the
 open-set threshold at a target false-accept rate, and :func:`open_set_metrics` reports top-1,
 top-5, AUROC and the false-accept rate at 95% true-accept.
@@ -61,16 +66,18 @@ class TrainReport:
     steps: int
     epochs: int
     seconds: float
-    seconds_caching: float
+    seconds_caching: float  # rendering views and pushing them through the trunk, every epoch included
     losses: list[float] = field(default_factory=list)
     stopped: bool = False
+    views_rendered: int = 0
+    device: str = "cpu"
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Multi-positive InfoNCE: each item's positives are the other items with its label."""
     sim = z @ z.T / temperature
     n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(eye, float("-inf"))
     logp = sim.log_softmax(dim=1)
     pos = (labels[:, None] == labels[None, :]) & ~eye
@@ -82,7 +89,8 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
                 views_per_ref: int = 8, epochs: int = 10, batch_size: int = 64, views_per_step: int = 3,
                 lr: float = 1e-3, backbone_lr_scale: float = 0.3, temperature: float = 0.07,
                 hard_negatives: bool = True, group: int = 8, seed: int = 0, view_size: int = 224,
-                views: Sequence[Sequence[Image.Image]] | None = None,
+                views: Sequence[Sequence[Image.Image]] | None = None, fresh_views: bool = False,
+                device: str = "cpu",
                 progress_cb: Callable[[int, int, float], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> TrainReport:
     """Fine-tune ``model`` (a ``VisualEncoder``) on augmented views of ``references``; in place.
@@ -93,8 +101,15 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
     (the text view is not trained). ``progress_cb(step, total, loss)`` is called after every step;
     ``should_stop()`` is polled between batches (also while rendering and caching), and training
     returns early with ``stopped=True``.
+
+    ``fresh_views`` renders ``views_per_ref`` new views per brand before every epoch after the
+    first (views ``epoch * K .. epoch * K + K - 1`` of each brand's stream, so none repeats).
+    ``device`` is where training runs (``"cuda"``: autocast in bf16 or fp16); the model is back on
+    the CPU when this returns.
     """
     del texts
+    from strop.trainer.train import amp_dtype  # the text trainer's autocast choice
+
     t0 = time.perf_counter()
     stop = should_stop or (lambda: False)
     torch.manual_seed(seed)
@@ -102,23 +117,51 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
     n = len(references)
     if n < 2:
         raise ValueError(f"training needs at least 2 references (brands), got {n}")
-    report = TrainReport(0, 0, 0.0, 0.0)
+    report = TrainReport(0, 0, 0.0, 0.0, device=str(device))
     references = [crop_to_content(r) for r in references]  # as LogoModel.embed_references sees them
+    model.to(device)
     try:
-        if views is None:
-            views = make_views(references, views_per_ref, seed=seed, family="train", size=view_size,
-                               should_stop=stop)
-        k = min(len(v) for v in views)
+        return _train(model, references, report, t0, stop, rng, views_per_ref=views_per_ref, epochs=epochs,
+                      batch_size=batch_size, views_per_step=views_per_step, lr=lr,
+                      backbone_lr_scale=backbone_lr_scale, temperature=temperature,
+                      hard_negatives=hard_negatives, group=group, seed=seed, view_size=view_size, views=views,
+                      fresh_views=fresh_views, amp=amp_dtype(str(device)), progress_cb=progress_cb)
+    finally:
+        model.to("cpu")
+        model.eval()
+
+
+def _views_through_trunk(model: Any, references: list[Image.Image], k: int, *, seed: int, view_size: int,
+                         first: int, views: Sequence[Sequence[Image.Image]] | None,
+                         stop: Callable[[], bool]) -> torch.Tensor:
+    """Trunk outputs ``(n, k, ...)`` of ``k`` views per reference (rendered here unless ``views`` are given)."""
+    if views is None:
+        views = make_views(references, k, seed=seed, family="train", size=view_size, should_stop=stop, first=first)
+    cache = _cache_trunk(model, [im for vs in views for im in vs[:k]], stop)
+    return cache.reshape(len(references), k, *cache.shape[1:])
+
+
+def _train(model: Any, references: list[Image.Image], report: TrainReport, t0: float, stop: Callable[[], bool],
+           rng: np.random.Generator, *, views_per_ref: int, epochs: int, batch_size: int, views_per_step: int,
+           lr: float, backbone_lr_scale: float, temperature: float, hard_negatives: bool, group: int, seed: int,
+           view_size: int, views: Sequence[Sequence[Image.Image]] | None, fresh_views: bool,
+           amp: torch.dtype | None, progress_cb: Callable[[int, int, float], None] | None) -> TrainReport:
+    n = len(references)
+    dev = model.device
+    try:
+        k = min(len(v) for v in views) if views is not None else views_per_ref
         ref_cache = _cache_trunk(model, list(references), stop)
-        flat = [im for vs in views for im in vs[:k]]
-        view_cache = _cache_trunk(model, flat, stop).reshape(n, k, *ref_cache.shape[1:])
+        view_cache = _views_through_trunk(model, references, k, seed=seed, view_size=view_size, first=0,
+                                          views=views, stop=stop)
     except Cancelled:
         report.stopped = True
         report.seconds = time.perf_counter() - t0
         return report
+    report.views_rendered = 0 if views is not None else n * k
     report.seconds_caching = time.perf_counter() - t0
-    log.info("cached trunk features for %d references x %d views in %.1fs (%.0f MB)", n, k,
-             report.seconds_caching, (ref_cache.numel() + view_cache.numel()) * ref_cache.element_size() / 2**20)
+    log.info("cached trunk features for %d references x %d views in %.1fs (%.0f MB, %s)", n, k,
+             report.seconds_caching, (ref_cache.numel() + view_cache.numel()) * ref_cache.element_size() / 2**20,
+             dev)
 
     head_params = list(model.head.parameters()) + ([model.gem_p] if model.gem_p.requires_grad else [])
     head_ids = {id(p) for p in head_params}
@@ -132,8 +175,19 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     vps = min(views_per_step, k)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)  # pass-through unless fp16
     step = 0
     for epoch in range(epochs):
+        if fresh_views and epoch > 0:
+            t1 = time.perf_counter()
+            try:
+                view_cache = _views_through_trunk(model, references, k, seed=seed, view_size=view_size,
+                                                  first=epoch * k, views=None, stop=stop)
+            except Cancelled:
+                report.stopped = True
+                break
+            report.views_rendered += n * k
+            report.seconds_caching += time.perf_counter() - t1
         if hard_negatives and group > 1:
             ref_emb = _tail_embed(model, ref_cache)
             batches = neighbour_batches(ref_emb, batch_size, group, rng)
@@ -145,15 +199,20 @@ def train_views(model: Any, references: Sequence[Image.Image], texts: Sequence[s
             if stop():
                 report.stopped = True
                 break
-            pick = np.stack([rng.choice(k, vps, replace=False) for _ in b])
-            x = torch.cat([ref_cache[b], view_cache[b[:, None], pick].reshape(-1, *ref_cache.shape[1:])]).float()
-            labels = torch.cat([torch.as_tensor(b), torch.as_tensor(np.repeat(b, vps))])
-            z = model.tail(x)
-            loss = supcon_loss(z, labels, temperature)
+            pick = torch.as_tensor(np.stack([rng.choice(k, vps, replace=False) for _ in b]), device=dev)
+            bt = torch.as_tensor(b, device=dev)
+            x = torch.cat([ref_cache[bt], view_cache[bt[:, None], pick].reshape(-1, *ref_cache.shape[1:])]).float()
+            labels = torch.cat([bt, bt.repeat_interleave(vps)])
+            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                z = model.tail(x)
+            loss = supcon_loss(z.float(), labels, temperature)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale() if scaler.is_enabled() else None
+            scaler.step(opt)
+            scaler.update()
+            if scale is None or scaler.get_scale() >= scale:  # a step skipped on fp16 overflow leaves the LR
+                sched.step()
             step += 1
             report.losses.append(loss.item())
             if progress_cb is not None:
@@ -181,7 +240,7 @@ def _cache_trunk(model: Any, images: list[Image.Image], stop: Callable[[], bool]
 @torch.inference_mode()
 def _tail_embed(model: Any, cache: torch.Tensor, chunk: int = 256) -> np.ndarray:
     model.eval()
-    return torch.cat([model.tail(cache[s : s + chunk].float()) for s in range(0, len(cache), chunk)]).numpy()
+    return torch.cat([model.tail(cache[s : s + chunk].float()) for s in range(0, len(cache), chunk)]).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------
