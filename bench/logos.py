@@ -162,8 +162,9 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
     """Verify each query's top candidates and report the test sets, with the bonus of ``config`` (as served)
     and with one fitted on the calibration sets.
 
-    The fitted bonus (``strop.index.image.verify.combine``: weight, floor, cap) maximises calibration
-    top-1 plus (1 - false accepts at 95% true accepts); either way the threshold is calibrated on
+    The fitted bonus (``strop.index.image.verify.combine``: weight, floor, cap; then again with the
+    inlier-ratio term, ``ratio_weight``) maximises calibration top-1 plus (1 - false accepts at 95%
+    true accepts); either way the threshold is calibrated on
     the verified scores of the calibration sets, as the fused rows calibrate theirs.
     """
     from dataclasses import replace
@@ -171,10 +172,10 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
     from strop.index.image.verify import (
         geometric_bonus,
         load_features,
+        match_candidates,
         query_features,
         reference_features,
         save_features,
-        verify_candidates,
     )
     from strop.trainer.image.views import calibrate_threshold, open_set_metrics
 
@@ -192,26 +193,27 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
         if path is not None:
             save_features(path, list(range(len(refs))), ref_feats)
             path.with_suffix(".json").write_text(json.dumps({"ms_per_reference": ms_ref}))
-    cands: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     n_q, t_q = 0, 0.0
     for k, ims in queries.items():
         top = np.argsort(-fused[k], axis=1, kind="stable")[:, : config.top_k]
         inl = np.zeros(top.shape, np.int32)
+        mat = np.zeros(top.shape, np.int32)
         for i, im in enumerate(ims):
             t = time.perf_counter()
-            inl[i] = verify_candidates(query_features(im, config), [ref_feats[j] for j in top[i]], config)
+            inl[i], mat[i] = match_candidates(query_features(im, config), [ref_feats[j] for j in top[i]], config)
             t_q += time.perf_counter() - t
         n_q += len(ims)
-        cands[k] = (top, inl)
+        cands[k] = (top, inl, mat)
     ms_q = t_q * 1000 / max(1, n_q)
     log(f"  reference features {ms_ref:.0f} ms per reference ({np.mean([f.n for f in ref_feats]):.0f} keypoints); "
         f"verification {ms_q:.0f} ms per query (top {config.top_k})")
 
     def scores(k: str, cfg: Any) -> np.ndarray:
-        top, inl = cands[k]
+        top, inl, mat = cands[k]
         out = fused[k].copy()
         rows = np.arange(len(out))[:, None]
-        out[rows, top] += geometric_bonus(inl, cfg)
+        out[rows, top] += geometric_bonus(inl, cfg, mat)
         return out
 
     def metrics(cfg: Any) -> dict[str, Any]:
@@ -230,6 +232,12 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
                 cfg = replace(config, weight=weight, floor=floor, cap=cap)
                 grid.append((metrics(cfg)["calib_objective"], -weight, cfg))
     obj, _, chosen = max(grid, key=lambda g: (g[0], g[1]))
+    rgrid = [(metrics(c := replace(config, weight=weight, floor=floor, cap=cap, ratio_weight=rw))["calib_objective"],
+              -weight - rw, c)
+             for weight in (0.0, 0.1, 0.2, 0.5) for floor in (2, 3, 4) for cap in (4, 8) for rw in (0.1, 0.2, 0.5)]
+    robj, _, rchosen = max(rgrid, key=lambda g: (g[0], g[1]))
+    log(f"  with the inlier ratio: weight {rchosen.weight}, floor {rchosen.floor}, cap {rchosen.cap}, "
+        f"ratio_weight {rchosen.ratio_weight} (objective {robj:.3f})")
     inl_k = cands["test_known"][1]
     top_k = cands["test_known"][0]
     true_inl = np.where(top_k == labels["test_known"][:, None], inl_k, -1).max(1)
@@ -239,10 +247,11 @@ def verify_rows(refs: list[Image.Image], queries: dict[str, list[Image.Image]], 
         f"{np.median(np.where(top_k != labels['test_known'][:, None], inl_k, 0).max(1)):.0f}, of unknown queries' "
         f"best {np.median(cands['test_unknown'][1].max(1)):.0f}")
     out = {}
-    for name, cfg in (("served", config), ("fitted", chosen)):
+    for name, cfg in (("served", config), ("fitted", chosen), ("fitted_ratio", rchosen)):
         m = metrics(cfg)
         m.update({"ms_per_query": ms_q, "ms_per_reference": ms_ref, "weight": cfg.weight, "floor": cfg.floor,
-                  "cap": cfg.cap, "_pred": scores("test_known", cfg).argmax(1).tolist()})
+                  "cap": cfg.cap, "ratio_weight": cfg.ratio_weight,
+                  "_pred": scores("test_known", cfg).argmax(1).tolist()})
         out[name] = m
     return out
 
@@ -497,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         f = vres["fitted"]
         results[f"{best}, bonus fitted: {f['weight']} x (inliers - {f['floor']}) / {f['cap']}"] = {
             **f, "w_text": w, "_stage": "geometric verification"}
+        f = vres["fitted_ratio"]
+        results[f"{best}, bonus fitted: {f['weight']} x (inliers - {f['floor']}) / {f['cap']} "
+                f"+ {f['ratio_weight']} x inlier ratio"] = {**f, "w_text": w, "_stage": "geometric verification"}
         for variant in filter(None, args.verify_variants.split(";")):  # other settings, each its own row
             kw = {k.strip(): v.strip() for k, v in (kv.split("=") for kv in variant.split(","))}
             cfg = VerifyConfig.from_dict({**vcfg.to_dict(), **{k: type(getattr(vcfg, k))(v) if k != "ref_sides" else

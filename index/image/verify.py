@@ -53,6 +53,7 @@ class VerifyConfig:
     floor: int = 4  # inliers chance alone gives (two define a similarity; a third or fourth come by chance)
     cap: int = 8  # inliers beyond floor that count (more is not more evidence)
     weight: float = 0.5  # bonus of a fully verified candidate, in fused-score units
+    ratio_weight: float = 0.0  # extra bonus x inlier ratio (inliers / ratio-tested matches) above the floor
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> VerifyConfig:
@@ -180,7 +181,14 @@ def _nearest(block: np.ndarray, rxy: np.ndarray, k: int = 6) -> tuple[np.ndarray
 
 def verify_candidates(query: Features, refs: Sequence[Features | None],
                       config: VerifyConfig | None = None) -> np.ndarray:
-    """Inlier counts of ``query`` against each candidate (0 where a candidate has no features).
+    """Inlier counts of ``query`` against each candidate (see :func:`match_candidates`)."""
+    return match_candidates(query, refs, config)[0]
+
+
+def match_candidates(query: Features, refs: Sequence[Features | None],
+                     config: VerifyConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inlier counts of ``query`` against each candidate (0 where a candidate has no features), and
+    the counts of matches that passed the ratio test (what RANSAC was given).
 
     A query keypoint is matched to its nearest keypoint in each candidate; the match counts for a
     candidate only if it beats, by Lowe's ratio, both the nearest keypoint at another place of the
@@ -192,11 +200,12 @@ def verify_candidates(query: Features, refs: Sequence[Features | None],
 
     c = config or VerifyConfig()
     out = np.zeros(len(refs), np.int32)
+    matches = np.zeros(len(refs), np.int32)
     if query.n < 4:
-        return out
+        return out, matches
     present = [i for i, r in enumerate(refs) if r is not None and r.n >= 2]
     if not present:
-        return out
+        return out, matches
     allref = np.concatenate([refs[i].desc for i in present])  # type: ignore[union-attr]
     dist = _sqdist(query.desc, allref)  # one BLAS product for every candidate
     best_i, d1_i, d2_i = [], [], []
@@ -218,6 +227,7 @@ def verify_candidates(query: Features, refs: Sequence[Features | None],
     r2 = c.ratio**2
     for j, i in enumerate(present):
         keep = (d1m[:, j] < r2 * d2_i[j]) & (d1m[:, j] < r2 * other[:, j])
+        matches[i] = int(keep.sum())
         if keep.sum() < 4:
             out[i] = int(keep.sum()) if c.geometry == "similarity" and keep.sum() >= 2 else 0
             continue
@@ -229,38 +239,49 @@ def verify_candidates(query: Features, refs: Sequence[Features | None],
         else:
             _h, mask = cv2.findHomography(src, dst, cv2.RANSAC, c.ransac_px, maxIters=500, confidence=0.99)
         out[i] = int(mask.sum()) if mask is not None else 0
-    return out
+    return out, matches
 
 
-def geometric_bonus(inliers: np.ndarray, config: VerifyConfig | None = None) -> np.ndarray:
+def geometric_bonus(inliers: np.ndarray, config: VerifyConfig | None = None,
+                    matches: np.ndarray | None = None) -> np.ndarray:
+    """``weight x min(max(inliers - floor, 0), cap) / cap``, plus ``ratio_weight x inliers / matches``
+    for candidates above the floor when ``matches`` are given."""
     c = config or VerifyConfig()
-    return c.weight * np.clip(np.asarray(inliers, np.float32) - c.floor, 0, c.cap) / c.cap
+    inl = np.asarray(inliers, np.float32)
+    bonus = c.weight * np.clip(inl - c.floor, 0, c.cap) / c.cap
+    if c.ratio_weight and matches is not None:
+        ratio = inl / np.maximum(np.asarray(matches, np.float32), 1.0)
+        bonus = bonus + c.ratio_weight * np.where(inl > c.floor, np.minimum(ratio, 1.0), 0.0)
+    return bonus.astype(np.float32)
 
 
-def combine(fused: np.ndarray, inliers: np.ndarray, config: VerifyConfig | None = None) -> np.ndarray:
+def combine(fused: np.ndarray, inliers: np.ndarray, config: VerifyConfig | None = None,
+            matches: np.ndarray | None = None) -> np.ndarray:
     """Verified score: the fused score plus the inlier bonus (see the module docstring)."""
-    return np.asarray(fused, np.float32) + geometric_bonus(inliers, config)
+    return np.asarray(fused, np.float32) + geometric_bonus(inliers, config, matches)
 
 
 def verify_top(fused: np.ndarray, queries: Sequence[Image.Image], refs: Sequence[Features | None],
-               config: VerifyConfig) -> tuple[np.ndarray, np.ndarray, float]:
+               config: VerifyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Verify each query's ``top_k`` candidates by fused score (``fused``: ``(n_query, n_ref)``).
 
-    Returns ``(candidates, inliers, ms per query)``, both ``(n_query, top_k)``.
+    Returns ``(candidates, inliers, matches, ms per query)``, the arrays ``(n_query, top_k)``.
     """
     k = min(config.top_k, fused.shape[1]) if fused.ndim == 2 else 0
     top = np.argsort(-fused, axis=1, kind="stable")[:, :k]
     inl = np.zeros(top.shape, np.int32)
+    mat = np.zeros(top.shape, np.int32)
     t = time.perf_counter()
     for i, im in enumerate(queries):
-        inl[i] = verify_candidates(query_features(im, config), [refs[j] for j in top[i]], config)
-    return top, inl, (time.perf_counter() - t) * 1000 / max(1, len(queries))
+        inl[i], mat[i] = match_candidates(query_features(im, config), [refs[j] for j in top[i]], config)
+    return top, inl, mat, (time.perf_counter() - t) * 1000 / max(1, len(queries))
 
 
-def verified_matrix(fused: np.ndarray, top: np.ndarray, inliers: np.ndarray, config: VerifyConfig) -> np.ndarray:
+def verified_matrix(fused: np.ndarray, top: np.ndarray, inliers: np.ndarray, config: VerifyConfig,
+                    matches: np.ndarray | None = None) -> np.ndarray:
     """``fused`` with each verified candidate's bonus added."""
     out = np.array(fused, np.float64, copy=True)
-    out[np.arange(len(out))[:, None], top] += geometric_bonus(inliers, config)
+    out[np.arange(len(out))[:, None], top] += geometric_bonus(inliers, config, matches)
     return out
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from strop.index.collection import doc_text
 from strop.index.image.decode import ImageError, decode_image
-from strop.index.image.verify import FeatureTable, geometric_bonus, query_features, verify_candidates
+from strop.index.image.verify import FeatureTable, geometric_bonus, match_candidates, query_features
 from strop.index.metrics import evaluate_rankings, query_ranks
 from strop.index.settings import Settings
 from strop.index.store import Document, DocumentStore
@@ -140,12 +140,15 @@ def _hit(doc: Document, score: float, scores: dict[str, float] | None = None) ->
     return hit
 
 
-def verify_hits(img: Any, rids: list[int], table: FeatureTable, store: DocumentStore) -> tuple[np.ndarray, float]:
-    """Inliers of the query against each candidate's reference features, and the milliseconds it took."""
+def verify_hits(img: Any, rids: list[int], table: FeatureTable,
+                store: DocumentStore) -> tuple[np.ndarray, np.ndarray, float]:
+    """The query's inliers and ratio-tested matches against each candidate's reference features, and
+    the milliseconds it took."""
     t = time.perf_counter()
     feats = table.get(rids, store)
-    inliers = verify_candidates(query_features(img, table.config), [feats.get(r) for r in rids], table.config)
-    return inliers, round((time.perf_counter() - t) * 1000, 3)
+    inliers, matches = match_candidates(query_features(img, table.config), [feats.get(r) for r in rids],
+                                        table.config)
+    return inliers, matches, round((time.perf_counter() - t) * 1000, 3)
 
 
 async def image_search(body: SearchRequest, st: CollectionState, manager: CollectionManager,
@@ -197,9 +200,9 @@ async def image_search(body: SearchRequest, st: CollectionState, manager: Collec
     timings: dict[str, float] = {}
     threshold = encoder.threshold
     if verify and valid:
-        inliers, timings["verify_ms"] = await to_thread.run_sync(
+        inliers, matches, timings["verify_ms"] = await to_thread.run_sync(
             verify_hits, img, [r for _, r in valid], table, manager.store)
-        bonus = geometric_bonus(inliers, table.config)
+        bonus = geometric_bonus(inliers, table.config, matches)
         for i, (s, r) in enumerate(valid):
             parts[i].update({"fused": s, "inliers": float(inliers[i])})
             valid[i] = (s + float(bonus[i]), r)

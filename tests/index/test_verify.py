@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from strop.index.collection import write_version
@@ -47,6 +48,13 @@ def test_the_true_mark_verifies_and_a_different_one_does_not() -> None:
     verified = V.combine(np.array([0.60, 0.66]), inl, cfg)
     assert verified[0] > verified[1]
     assert V.geometric_bonus(np.array([0, cfg.floor, cfg.floor + cfg.cap + 50]), cfg).tolist() == [0.0, 0.0, cfg.weight]
+    # what RANSAC was given: at least the inliers; the inlier ratio adds to a verified candidate only
+    inl2, matches = V.match_candidates(V.query_features(photo(mark("w")), cfg), refs, cfg)
+    assert inl2.tolist() == inl.tolist() and (matches >= inl).all() and matches[0] > 0
+    rcfg = V.VerifyConfig(ratio_weight=0.2)
+    bonus = V.geometric_bonus(np.array([cfg.floor + 8, cfg.floor]), rcfg, np.array([(cfg.floor + 8) * 2, 4]))
+    assert bonus.tolist() == pytest.approx([rcfg.weight + 0.1, 0.0])
+    assert V.geometric_bonus(np.array([cfg.floor + 8]), rcfg).tolist() == [rcfg.weight]  # no matches, no ratio
 
 
 def test_colour_and_polarity_do_not_decide() -> None:

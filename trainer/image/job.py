@@ -94,9 +94,10 @@ def calibrate_verified(model: LogoModel, gallery: Embedded, known: Embedded, unk
     cfg = model.verify
     w = model.fusion.w_text
     fk, fu = fused_scores(gallery, known, w)[0], fused_scores(gallery, unknown, w)[0]
-    vk = verified_matrix(fk, *verify_top(fk, known_imgs, feats, cfg)[:2], cfg)
-    top_u, inl_u, ms = verify_top(fu, unknown_imgs, feats, cfg)
-    vu = verified_matrix(fu, top_u, inl_u, cfg)
+    top_k, inl_k, mat_k, _ = verify_top(fk, known_imgs, feats, cfg)
+    vk = verified_matrix(fk, top_k, inl_k, cfg, mat_k)
+    top_u, inl_u, mat_u, ms = verify_top(fu, unknown_imgs, feats, cfg)
+    vu = verified_matrix(fu, top_u, inl_u, cfg, mat_u)
     cal = calibrate_threshold(vk.max(axis=1), vu.max(axis=1), max_false_accept)
     osm = open_set_metrics(vk, labels, vu, cal["threshold"])
     out = {"recall@1": osm["top1"], "top5": osm["top5"], "auroc": osm["auroc"], "far_at_95tar": osm["far_at_95tar"],
