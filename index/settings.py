@@ -42,6 +42,10 @@ class Settings(BaseSettings):
                                                     "(it lists collection names and sizes)")
 
     default_encoder: str = "all-MiniLM-L6-v2"
+    preload_default_encoder: bool = Field(True, description=(
+        "load the default encoder at startup, before /readyz reports ready, and keep it loaded: a collection "
+        "created through another replica then opens here without a model load (an export and backend "
+        "calibration can take seconds)"))
     allowed_encoders: str = Field("", description="extra encoder specs /v1/embeddings may load by name")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="encoder weights: auto picks bf16 (and on CUDA fp16) when it is faster and a "

@@ -55,6 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Import the encoder stack before reporting ready: a replica that opens its first collection
         # later (one created through another replica) must not pay a multi-second import then.
         await to_thread.run_sync(importlib.import_module, "sentence_transformers")
+        pinned = None
+        if settings.preload_default_encoder:
+            try:
+                pinned = await to_thread.run_sync(models.acquire, settings.default_encoder)
+            except Exception:  # a missing default is reported when a collection asks for it
+                log.exception("could not preload the default encoder %s", settings.default_encoder)
         queue = None
         if settings.redis_url:
             from strop.service.queue import JobQueue
@@ -91,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await to_thread.run_sync(listener.join, 3.0)
             app.state.searchlog.close()
             manager.close()
+            if pinned is not None:
+                models.release(pinned)
             models.close()
             if queue is not None:
                 queue.close()
