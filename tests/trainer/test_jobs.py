@@ -537,4 +537,7 @@ def test_a_gate_with_too_few_evaluation_pairs_does_not_judge(client, corpus, wor
     workers.start()
     job = wait(client, job_id)
     assert job["state"] == "succeeded" and job["metrics"]["gate"]["judged"] is True, job["metrics"]
+    end = time.time() + 10  # the API process follows the activation (pub/sub or polling)
+    while active(client) != job["version"] and time.time() < end:
+        time.sleep(0.1)
     assert active(client) == job["version"]
